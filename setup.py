@@ -1,0 +1,47 @@
+"""advss_tf: adversarial self-supervised pre-training and adversarial fine-tuning in TensorFlow/Keras 3."""
+
+from setuptools import find_packages, setup
+
+TF_VERSION = "2.21.0"
+
+setup(
+    name="advss_tf",
+    version="0.1.0",
+    description=(
+        "Adversarially robust models from adversarial self-supervised pre-training "
+        "(Selfie, Rotation, Jigsaw, ensemble) and adversarial fine-tuning (Chen et al., CVPR 2020)."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["advss_tf", "advss_tf.*"]),
+    package_data={
+        "advss_tf.data": ["sample/*.bin", "sample/*.txt"],
+        "advss_tf.corruptions": ["frost/*.png", "frost/*.jpg"],
+    },
+    include_package_data=True,
+    install_requires=[
+        f"tensorflow-cpu=={TF_VERSION}",
+        "keras==3.15.1",
+        "tensorflow-datasets==4.9.10",
+        "importlib_resources>=6",  # tfds needs it on Python 3.11 but does not declare it
+        f"tensorboard=={TF_VERSION}",
+        "absl-py==2.5.1",
+        "numpy>=2,<3",
+        "scipy>=1.13,<2",
+        "pillow>=10,<14",
+        "matplotlib>=3.8,<4",
+    ],
+    extras_require={
+        # GPU users: pip install "advss_tf[gpu]" replaces the CPU wheel with the CUDA one.
+        "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
+        "test": ["pytest>=8", "ruff>=0.6"],
+    },
+    entry_points={
+        "console_scripts": [
+            "advss-pretrain=advss_tf.pretrain:run",
+            "advss-finetune=advss_tf.finetune:run",
+            "advss-evaluate=advss_tf.evaluate:run",
+        ]
+    },
+)

@@ -17,6 +17,36 @@ def _gpu_present() -> bool:
 
 if "TF_ENABLE_ONEDNN_OPTS" not in os.environ and not _gpu_present():
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# TensorFlow's C++ start-up INFO/WARNING lines would bury the one-line errors the binaries promise.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
+
+
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with fd 2 silenced: its C++ start-up banner ignores TF_CPP_MIN_LOG_LEVEL.
+
+    Only the import is silenced; an import failure is re-raised (and printed) after stderr is restored.
+    Set ADVSS_TF_VERBOSE_IMPORT=1 to see the banner.
+    """
+    import sys
+
+    if "tensorflow" in sys.modules or os.environ.get("ADVSS_TF_VERBOSE_IMPORT"):
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:
+        return
+    try:
+        sys.stderr.flush()
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+_import_tensorflow_quietly()

@@ -1,0 +1,191 @@
+"""Flags shared by the binaries (data, attack, runtime, run directory), and the way every binary starts and exits.
+
+Each flag is defined once, with a default, a help line with its unit, and a validator; the allowed values of
+enumerations come from the code's own tables. Exit status: 0 done, 1 training failed (non-finite loss),
+2 bad input (one line on stderr), 128+signal after SIGTERM/SIGINT (a checkpoint was saved).
+"""
+
+from __future__ import annotations
+
+import sys
+from fractions import Fraction
+from typing import Callable
+
+from absl import app, flags
+
+from advss_tf.errors import UsageError
+
+FLAGS = flags.FLAGS
+
+
+class FractionParser(flags.ArgumentParser):
+    """Parses '8/255', '0.0314' or '2' as a float: ε and step sizes read as they are written in papers."""
+
+    syntax_help = "a number or a fraction such as 8/255"
+
+    def parse(self, argument):
+        if isinstance(argument, (int, float)):
+            return float(argument)
+        try:
+            return float(Fraction(str(argument).strip()))
+        except (ValueError, ZeroDivisionError) as e:
+            raise ValueError(f"{argument!r} is not a number or fraction") from e
+
+    def flag_type(self):
+        return "fraction"
+
+
+def define_fraction(name: str, default: str, help_text: str) -> None:
+    flags.DEFINE(FractionParser(), name, default, help_text, serializer=flags.ArgumentSerializer())
+
+
+def define_run_flags() -> None:
+    flags.DEFINE_string("model_dir", None, "Run directory (config.json, checkpoints/, tensorboard/, export/).")
+    flags.mark_flag_as_required("model_dir")
+    flags.DEFINE_bool("overwrite", False, "Replace a different run's files in --model_dir instead of refusing.")
+    flags.DEFINE_integer("seed", 0, "The one seed every random choice is derived from.")
+
+
+def define_data_flags() -> None:
+    from advss_tf.data.cifar10 import SOURCES
+
+    flags.DEFINE_enum("dataset", "sample", SOURCES, "CIFAR-10 source: bundled sample, official binary files, or TFDS.")
+    flags.DEFINE_string("data_dir", None, "With --dataset=binary: cifar-10-batches-bin folder or cifar-10-binary.tar.gz.")
+    flags.DEFINE_string("tfds_data_dir", None, "With --dataset=tfds: TFDS data directory (default ~/tensorflow_datasets).")
+
+
+def define_attack_flags(steps_default: int = 10) -> None:
+    from advss_tf.config import ATTACK_BN_MODES
+
+    define_fraction("epsilon", "8/255", "L∞ attack radius on the [0,1] pixel scale (e.g. 8/255).")
+    define_fraction("attack_step_size", "2/255", "PGD step size on the [0,1] pixel scale (e.g. 2/255).")
+    flags.DEFINE_integer("attack_steps", steps_default, "PGD iterations while training.")
+    flags.DEFINE_enum(
+        "attack_bn", "train", ATTACK_BN_MODES, "BatchNorm mode while crafting training attacks (reference: train)."
+    )
+    flags.register_validator("epsilon", lambda v: 0 < v <= 1, "--epsilon must be in (0, 1] on the [0,1] pixel scale")
+    flags.register_validator("attack_step_size", lambda v: v > 0, "--attack_step_size must be > 0")
+    flags.register_validator("attack_steps", lambda v: v >= 1, "--attack_steps must be >= 1")
+
+
+def define_optimizer_flags(lr: float, momentum: float, wd: float, schedule: str, warmup_steps: int) -> None:
+    from advss_tf.training.schedules import SCHEDULES
+
+    flags.DEFINE_float("learning_rate", lr, "Peak learning rate (SGD).")
+    flags.DEFINE_float("momentum", momentum, "SGD momentum.")
+    flags.DEFINE_bool("nesterov", False, "Nesterov momentum.")
+    flags.DEFINE_float("weight_decay", wd, "Coupled L2 weight decay (PyTorch SGD style) on every parameter.")
+    flags.DEFINE_enum("lr_schedule", schedule, SCHEDULES, "Learning-rate schedule after the warm-up.")
+    flags.DEFINE_float("final_lr", 1e-6, "Cosine schedule: learning rate at the last step.")
+    flags.DEFINE_integer("warmup_steps", warmup_steps, "Epoch-0 linear warm-up length in steps (0: none).")
+    flags.DEFINE_float("warmup_start_lr", 0.01, "Learning rate at step 0 of the warm-up.")
+    flags.DEFINE_list("lr_boundaries", [], "Step schedule: epochs at which the lr is multiplied by --lr_decay.")
+    flags.DEFINE_float("lr_decay", 0.1, "Step schedule: the factor at each boundary.")
+    flags.register_validator("learning_rate", lambda v: v > 0, "--learning_rate must be > 0")
+    flags.register_validator("weight_decay", lambda v: v >= 0, "--weight_decay must be >= 0")
+
+
+def define_runtime_flags() -> None:
+    from advss_tf.config import MIXED_PRECISION, STRATEGIES
+
+    flags.DEFINE_enum("strategy", "auto", STRATEGIES, "tf.distribute strategy (auto: Mirrored on GPUs, default on CPU).")
+    flags.DEFINE_integer("num_cpu_devices", 1, "Split the CPU into this many logical devices (data parallel on CPU).")
+    flags.DEFINE_bool("jit_compile", False, "XLA-compile the replica step.")
+    flags.DEFINE_enum("mixed_precision", "none", MIXED_PRECISION, "float16 (loss scaling, GPU) or bfloat16.")
+    flags.DEFINE_integer("steps_per_loop", 10, "Training steps per host call (one tf.function).")
+    flags.DEFINE_integer("checkpoint_every", 100, "Save a checkpoint every this many steps (and at the end).")
+    flags.DEFINE_integer("image_summary_every", 500, "Write TensorBoard image grids every this many steps.")
+    flags.DEFINE_bool("deterministic", False, "tf.config.experimental.enable_op_determinism() (slower).")
+    flags.DEFINE_bool("quiet", False, "No progress bar: log lines at checkpoints only.")
+    for name in ("num_cpu_devices", "steps_per_loop", "checkpoint_every", "image_summary_every"):
+        flags.register_validator(name, lambda v: v >= 1, f"--{name} must be >= 1")
+
+
+def runtime_config():
+    from advss_tf.config import RuntimeConfig
+
+    if FLAGS.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    return RuntimeConfig(
+        strategy=FLAGS.strategy,
+        num_cpu_devices=FLAGS.num_cpu_devices,
+        jit_compile=FLAGS.jit_compile,
+        mixed_precision=FLAGS.mixed_precision,
+        steps_per_loop=FLAGS.steps_per_loop,
+        checkpoint_every=FLAGS.checkpoint_every,
+        image_summary_every=FLAGS.image_summary_every,
+        quiet=FLAGS.quiet,
+    )
+
+
+def data_source():
+    from advss_tf.data.cifar10 import DataSource
+
+    return DataSource(FLAGS.dataset, FLAGS.data_dir, FLAGS.tfds_data_dir)
+
+
+def attack_config():
+    from advss_tf.config import AttackConfig
+
+    return AttackConfig(FLAGS.epsilon, FLAGS.attack_step_size, FLAGS.attack_steps, FLAGS.attack_bn)
+
+
+def optimizer_config():
+    from advss_tf.config import OptimizerConfig
+
+    try:
+        boundaries = tuple(int(b) for b in FLAGS.lr_boundaries)
+    except ValueError as e:
+        raise UsageError(f"--lr_boundaries must be integers (epochs), got {FLAGS.lr_boundaries}") from e
+    return OptimizerConfig(
+        learning_rate=FLAGS.learning_rate,
+        momentum=FLAGS.momentum,
+        nesterov=FLAGS.nesterov,
+        weight_decay=FLAGS.weight_decay,
+        schedule=FLAGS.lr_schedule,
+        final_lr=FLAGS.final_lr,
+        warmup_steps=FLAGS.warmup_steps,
+        warmup_start_lr=FLAGS.warmup_start_lr,
+        boundaries_epochs=boundaries,
+        decay_factor=FLAGS.lr_decay,
+    )
+
+
+def fail(message: str, status: int = 2) -> None:
+    """One line on stderr, then exit."""
+    first = " ".join(str(message).split("\n")[0].split())
+    sys.stderr.write(f"error: {first}\n")
+    sys.stderr.flush()
+    sys.exit(status)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        fail(str(e))
+
+
+def run_binary(main: Callable[[], None]) -> None:
+    """app.run with the project's exit contract (see module docstring)."""
+
+    def _main(argv):
+        import logging as std_logging
+
+        std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)  # saver/export chatter
+        if len(argv) > 1:
+            fail(f"unexpected positional arguments: {' '.join(argv[1:])}")
+        from advss_tf.training.loop import Interrupted, TrainingError
+
+        try:
+            main()
+        except UsageError as e:
+            fail(str(e))
+        except TrainingError as e:
+            fail(str(e), status=1)
+        except Interrupted as e:
+            fail(str(e), status=128 + e.signum)
+
+    app.run(_main, flags_parser=_parse_flags)

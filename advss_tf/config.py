@@ -1,0 +1,156 @@
+"""Frozen configuration dataclasses: the binaries turn absl flags into these and pass them down.
+
+Library code never reads FLAGS. `config.json` in a run directory is `to_json(config)` plus versions; a re-run with
+a different identity (everything but the runtime fields) is refused unless --overwrite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from typing import Any
+
+from advss_tf.attacks.pgd import check_budget
+from advss_tf.data.cifar10 import SOURCES, DataSource
+from advss_tf.errors import UsageError
+from advss_tf.models.resnet import BackboneConfig
+from advss_tf.training.schedules import SCHEDULES
+
+ATTACK_BN_MODES = ("train", "eval")
+STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
+MIXED_PRECISION = ("none", "float16", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+    """L∞ PGD used while training. eps and step_size on the [0, 1] pixel scale."""
+
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 10
+    bn: str = "train"  # BatchNorm mode while crafting: the reference runs the model in train mode
+
+    def __post_init__(self):
+        check_budget(self.eps, self.step_size, self.steps)
+        if self.bn not in ATTACK_BN_MODES:
+            raise UsageError(f"unknown attack_bn {self.bn!r}; valid: {', '.join(ATTACK_BN_MODES)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """SGD with momentum and coupled (PyTorch-style) L2 weight decay, plus the learning-rate schedule."""
+
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    final_lr: float = 1e-6
+    warmup_steps: int = 200
+    warmup_start_lr: float = 0.01
+    boundaries_epochs: tuple[int, ...] = ()
+    decay_factor: float = 0.1
+
+    def __post_init__(self):
+        if self.learning_rate <= 0:
+            raise UsageError(f"--learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise UsageError(f"--weight_decay must be >= 0, got {self.weight_decay}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"unknown lr schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """How a run executes; changing these does not make it a different run."""
+
+    strategy: str = "auto"
+    num_cpu_devices: int = 1
+    jit_compile: bool = False
+    mixed_precision: str = "none"
+    steps_per_loop: int = 10
+    checkpoint_every: int = 100
+    image_summary_every: int = 500
+    max_checkpoints: int = 3
+    quiet: bool = False
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise UsageError(f"unknown strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise UsageError(f"unknown mixed_precision {self.mixed_precision!r}; valid: {', '.join(MIXED_PRECISION)}")
+        for name in ("num_cpu_devices", "steps_per_loop", "checkpoint_every", "image_summary_every", "max_checkpoints"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Everything a pretraining run depends on."""
+
+    task: str
+    model_dir: str
+    backbone: BackboneConfig = BackboneConfig()
+    data: DataSource = DataSource()
+    train_fraction: float = 1.0
+    batch_size: int = 128
+    epochs: float = 200.0
+    train_steps: int = 0  # > 0 overrides epochs (smoke runs, benchmarks)
+    adversarial: bool = True
+    attack: AttackConfig = AttackConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    seed: int = 0
+    jigsaw_permutations: int = 30
+    jigsaw_identity_prob: float = 0.1
+    selfie_layers: int = 13
+    selfie_heads: int = 16
+    selfie_ff_dim: int = 2048
+    selfie_dropout: float = 0.1
+    diversity_weight: float = 0.1
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise UsageError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if self.data.source not in SOURCES:
+            raise UsageError(f"unknown dataset {self.data.source!r}; valid: {', '.join(SOURCES)}")
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise UsageError(f"--train_fraction must be in (0, 1], got {self.train_fraction}")
+        if self.epochs <= 0 and self.train_steps <= 0:
+            raise UsageError("give --epochs > 0 or --train_steps > 0")
+        if self.jigsaw_permutations < 1:
+            raise UsageError(f"--jigsaw_permutations must be >= 1, got {self.jigsaw_permutations}")
+        if not 0.0 <= self.jigsaw_identity_prob <= 1.0:
+            raise UsageError(f"--jigsaw_identity_prob must be in [0, 1], got {self.jigsaw_identity_prob}")
+        if self.diversity_weight < 0:
+            raise UsageError(f"--diversity_weight must be >= 0, got {self.diversity_weight}")
+
+
+def to_dict(config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def versions() -> dict[str, str]:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import advss_tf
+
+    return {
+        "advss_tf": advss_tf.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def identity(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """The part of a config that makes a run what it is (runtime and output location excluded)."""
+    return {k: v for k, v in config_dict.items() if k not in ("runtime", "model_dir", "versions")}
+
+
+def dumps(config) -> str:
+    return json.dumps({**to_dict(config), "versions": versions()}, indent=2, sort_keys=True)

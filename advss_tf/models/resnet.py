@@ -1,0 +1,143 @@
+"""Pre-activation ResNets for 32x32 images, split into the shared trunk (stem + stages 1-3) and stage 4.
+
+The split is the paper's: the trunk is the part every pretext head and the classifier share (θp); each head that
+needs one owns its own stage 4. Convolutions have no bias and BatchNorm uses PyTorch's momentum/epsilon, as in the
+reference (Kuang Liu's PreActResNet).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+from advss_tf.errors import UsageError
+
+# ImageNet statistics, as the reference code normalises CIFAR-10 (SPEC §3): images stay in [0, 1] outside the model.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+_BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
+_BN_EPSILON = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchSpec:
+    block: str  # "basic" | "bottleneck"
+    blocks: tuple[int, int, int, int]
+    planes: tuple[int, int, int, int]
+    stem: int
+
+
+BACKBONES: dict[str, ArchSpec] = {
+    "resnet50v2": ArchSpec("bottleneck", (3, 4, 6, 3), (64, 128, 256, 512), 64),
+    "resnet18": ArchSpec("basic", (2, 2, 2, 2), (64, 128, 256, 512), 64),
+    # Width/depth-reduced for tests and CPU smoke runs: same code path, ~0.2M parameters.
+    "tiny": ArchSpec("basic", (1, 1, 1, 1), (16, 32, 64, 128), 16),
+}
+_STRIDES = (1, 2, 2, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneConfig:
+    """Which backbone, and whether BatchNorm statistics are synchronised across replicas."""
+
+    name: str = "resnet18"
+    sync_bn: bool = False
+
+    def __post_init__(self):
+        if self.name not in BACKBONES:
+            raise UsageError(f"unknown backbone {self.name!r}; valid: {', '.join(BACKBONES)}")
+
+    @property
+    def spec(self) -> ArchSpec:
+        return BACKBONES[self.name]
+
+    def stage_channels(self, stage: int) -> int:
+        """Output channels of stage 1..4."""
+        expansion = 4 if self.spec.block == "bottleneck" else 1
+        return self.spec.planes[stage - 1] * expansion
+
+    @property
+    def trunk_channels(self) -> int:
+        return self.stage_channels(3)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.stage_channels(4)
+
+
+@keras.saving.register_keras_serializable(package="advss_tf")
+class ImageNormalization(keras.layers.Layer):
+    """(x - mean) / std per channel, inside the model so attacks work in [0, 1] pixel space."""
+
+    def __init__(self, mean=MEAN, std=STD, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def call(self, x):
+        mean = keras.ops.cast(keras.ops.convert_to_tensor(self.mean), x.dtype)
+        std = keras.ops.cast(keras.ops.convert_to_tensor(self.std), x.dtype)
+        return (x - mean) / std
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+def _bn(sync: bool, name: str) -> keras.layers.BatchNormalization:
+    return keras.layers.BatchNormalization(momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, synchronized=sync, name=name)
+
+
+def _conv(filters: int, kernel: int, stride: int, name: str) -> keras.layers.Conv2D:
+    return keras.layers.Conv2D(
+        filters, kernel, strides=stride, padding="same", use_bias=False, kernel_initializer="he_normal", name=name
+    )
+
+
+def _block(x, kind: str, planes: int, stride: int, sync: bool, name: str):
+    """One pre-activation block: pre = relu(bn(x)); the projection shortcut (if any) starts from `pre`."""
+    out_channels = planes * (4 if kind == "bottleneck" else 1)
+    pre = keras.layers.ReLU(name=f"{name}_pre_relu")(_bn(sync, f"{name}_pre_bn")(x))
+    if stride != 1 or x.shape[-1] != out_channels:
+        shortcut = _conv(out_channels, 1, stride, f"{name}_shortcut")(pre)
+    else:
+        shortcut = x
+    if kind == "basic":
+        h = _conv(planes, 3, stride, f"{name}_conv1")(pre)
+        h = keras.layers.ReLU(name=f"{name}_relu2")(_bn(sync, f"{name}_bn2")(h))
+        h = _conv(planes, 3, 1, f"{name}_conv2")(h)
+    else:
+        h = _conv(planes, 1, 1, f"{name}_conv1")(pre)
+        h = keras.layers.ReLU(name=f"{name}_relu2")(_bn(sync, f"{name}_bn2")(h))
+        h = _conv(planes, 3, stride, f"{name}_conv2")(h)
+        h = keras.layers.ReLU(name=f"{name}_relu3")(_bn(sync, f"{name}_bn3")(h))
+        h = _conv(out_channels, 1, 1, f"{name}_conv3")(h)
+    return keras.layers.Add(name=f"{name}_add")([h, shortcut])
+
+
+def _stage(x, cfg: BackboneConfig, stage: int):
+    spec = cfg.spec
+    for i in range(spec.blocks[stage - 1]):
+        stride = _STRIDES[stage - 1] if i == 0 else 1
+        x = _block(x, spec.block, spec.planes[stage - 1], stride, cfg.sync_bn, name=f"stage{stage}_block{i + 1}")
+    return x
+
+
+def build_trunk(cfg: BackboneConfig, name: str = "trunk") -> keras.Model:
+    """Normalisation + stem + stages 1-3: images [N, H, W, 3] in [0, 1] → feature map [N, H/4, W/4, C3].
+
+    Spatial size is left open so Selfie can encode 8x8 patches with the same weights.
+    """
+    images = keras.Input((None, None, 3), name="images")
+    x = ImageNormalization(name="normalize")(images)
+    x = _conv(cfg.spec.stem, 3, 1, "stem_conv")(x)
+    x = keras.layers.ReLU(name="stem_relu")(_bn(cfg.sync_bn, "stem_bn")(x))
+    for stage in (1, 2, 3):
+        x = _stage(x, cfg, stage)
+    return keras.Model(images, x, name=name)
+
+
+def build_stage4(cfg: BackboneConfig, name: str = "stage4") -> keras.Model:
+    """Stage 4 alone: trunk feature map → [N, H/8, W/8, C4]. No BN/ReLU after it (as the reference)."""
+    features = keras.Input((None, None, cfg.trunk_channels), name="trunk_features")
+    return keras.Model(features, _stage(features, cfg, 4), name=name)

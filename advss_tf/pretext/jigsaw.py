@@ -1,0 +1,67 @@
+"""Jigsaw pretext task: a 4x4 grid of 8x8 patches shuffled by one of 31 permutations; predict which one.
+
+The 30 random permutations are drawn once from the seed (plus the identity, class 0). They are part of the model:
+a model trained with one set is meaningless with another, so they travel with checkpoints and exports.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+GRID = 4
+PATCH = 8
+NUM_PATCHES = GRID * GRID
+
+
+def make_permutations(num_random: int = 30, seed: int = 0) -> np.ndarray:
+    """int32 [num_random + 1, 16]: row 0 the identity, then distinct non-identity permutations from `seed`."""
+    rng = np.random.default_rng(seed)
+    perms = [tuple(range(NUM_PATCHES))]
+    while len(perms) < num_random + 1:
+        p = tuple(int(v) for v in rng.permutation(NUM_PATCHES))
+        if p not in perms:
+            perms.append(p)
+    return np.asarray(perms, np.int32)
+
+
+def to_patches(images: tf.Tensor, grid: int = GRID) -> tf.Tensor:
+    """[N, S, S, C] → [N, grid², S/grid, S/grid, C], patches in row-major order."""
+    n, s, c = tf.shape(images)[0], images.shape[1], images.shape[-1]
+    p = s // grid
+    x = tf.reshape(images, [n, grid, p, grid, p, c])
+    x = tf.transpose(x, [0, 1, 3, 2, 4, 5])
+    return tf.reshape(x, [n, grid * grid, p, p, c])
+
+
+def from_patches(patches: tf.Tensor, grid: int = GRID) -> tf.Tensor:
+    """Inverse of `to_patches`."""
+    n, p, c = tf.shape(patches)[0], patches.shape[2], patches.shape[-1]
+    x = tf.reshape(patches, [n, grid, grid, p, p, c])
+    x = tf.transpose(x, [0, 1, 3, 2, 4, 5])
+    return tf.reshape(x, [n, grid * p, grid * p, c])
+
+
+def shuffle_patches(images: tf.Tensor, perms: tf.Tensor) -> tf.Tensor:
+    """new_patch[j] = patch[perm[j]] for each image's own permutation perms[i] (int [N, 16])."""
+    return from_patches(tf.gather(to_patches(images), perms, axis=1, batch_dims=1))
+
+
+def inverse_permutations(perms: tf.Tensor) -> tf.Tensor:
+    """The permutation that undoes each row of `perms`."""
+    return tf.argsort(perms, axis=-1)
+
+
+def jigsaw_labels(batch_size: tf.Tensor, num_classes: int, identity_prob: float, seed: tf.Tensor) -> tf.Tensor:
+    """Uniform over the classes, then forced to the identity (class 0) with probability `identity_prob`."""
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    labels = tf.random.stateless_uniform([batch_size], seed=seeds[0], maxval=num_classes, dtype=tf.int32)
+    force = tf.random.stateless_uniform([batch_size], seed=seeds[1]) < identity_prob
+    return tf.where(force, tf.zeros_like(labels), labels)
+
+
+def jigsaw_transform(images: tf.Tensor, seed: tf.Tensor, permutations, identity_prob: float = 0.1) -> dict:
+    """Pure TF: images [N, 32, 32, 3], seed [2] → {'inputs': shuffled images, 'labels': permutation index}."""
+    permutations = tf.convert_to_tensor(permutations, tf.int32)
+    labels = jigsaw_labels(tf.shape(images)[0], permutations.shape[0], identity_prob, seed)
+    return {"inputs": shuffle_patches(images, tf.gather(permutations, labels)), "labels": labels}

@@ -1,0 +1,192 @@
+"""A whole pretraining run: data → strategy scope (model, optimizer) → resume → loop → export → results."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from advss_tf import export, workspace
+from advss_tf.config import PretrainConfig, to_dict, versions
+from advss_tf.data import cifar10, pipeline
+from advss_tf.errors import UsageError
+from advss_tf.pretext.tasks import AUGMENTATION, build_task
+from advss_tf.training import loop, summaries
+from advss_tf.training.schedules import LearningRate
+from advss_tf.training.strategy import make_strategy, per_replica_batch
+
+PRETRAIN_EXPORT = "pretrain"
+
+
+def set_precision(mode: str) -> None:
+    """Keras global dtype policy; float16 also wraps the optimizer in loss scaling (see `make_optimizer`)."""
+    keras.mixed_precision.set_dtype_policy({"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}[mode])
+
+
+def make_optimizer(cfg, steps_per_epoch: int, total_steps: int, mixed_precision: str):
+    opt_cfg = cfg.optimizer
+    lr = LearningRate(
+        opt_cfg.schedule,
+        opt_cfg.learning_rate,
+        total_steps,
+        steps_per_epoch,
+        warmup_steps=opt_cfg.warmup_steps,
+        warmup_start_lr=opt_cfg.warmup_start_lr,
+        final_lr=opt_cfg.final_lr,
+        boundaries_epochs=opt_cfg.boundaries_epochs,
+        decay_factor=opt_cfg.decay_factor,
+    )
+    opt = keras.optimizers.SGD(learning_rate=lr, momentum=opt_cfg.momentum, nesterov=opt_cfg.nesterov)
+    if mixed_precision == "float16":
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt, lr
+
+
+def load_training_images(cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train images, train labels, validation images, validation labels) from the official training split."""
+    images, labels = cifar10.load_arrays(cfg.data, "train")
+    train_idx, val_idx = pipeline.train_val_split(labels, cfg.seed)
+    train_idx = pipeline.class_balanced_subset(labels, train_idx, cfg.train_fraction, cfg.seed)
+    return images[train_idx], labels[train_idx], images[val_idx], labels[val_idx]
+
+
+def restore_or_init(manager: tf.train.CheckpointManager, checkpoint: tf.train.Checkpoint, expected: dict) -> bool:
+    """Restores the latest checkpoint (inside the strategy scope, so optimizer slots are mirrored)."""
+    latest = manager.latest_checkpoint
+    if not latest:
+        return False
+    try:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as e:
+        raise UsageError(f"checkpoint {latest} does not fit this task/model: {str(e).splitlines()[0][:200]}") from e
+    for name, (var, value) in expected.items():
+        if not np.array_equal(var.numpy(), value):
+            raise UsageError(f"checkpoint {latest} was made with other {name}; use another --model_dir")
+    return True
+
+
+def run(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Trains (or resumes) the run in `cfg.model_dir`, exports it and returns the results dict."""
+    start_time = time.time()
+    rt = cfg.runtime
+    strategy = make_strategy(rt.strategy, rt.num_cpu_devices)
+    per_replica_batch(cfg.batch_size, strategy)
+    x_train, y_train, x_val, _ = load_training_images(cfg)  # bad data fails before anything is written
+    workspace.prepare(cfg.model_dir, cfg, overwrite)
+    set_precision(rt.mixed_precision)
+    steps_per_epoch = len(x_train) // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise UsageError(f"batch size {cfg.batch_size} is larger than the {len(x_train)} training images")
+    total_steps = loop.steps_for(cfg.epochs, cfg.train_steps, steps_per_epoch)
+
+    with strategy.scope():
+        task = build_task(cfg)
+        model = task.build_model()
+        optimizer, lr = make_optimizer(cfg, steps_per_epoch, total_steps, rt.mixed_precision)
+        optimizer.build(model.trainable_variables)  # Keras 3 under MirroredStrategy: build inside the scope
+        extras = task.extra_checkpoint_items()
+        expected = {k: (v, v.numpy().copy()) for k, v in extras.items()}
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **extras)
+        manager = tf.train.CheckpointManager(
+            checkpoint, workspace.path(cfg.model_dir, workspace.CHECKPOINTS), max_to_keep=rt.max_checkpoints
+        )
+        resumed = restore_or_init(manager, checkpoint, expected)
+    start_step = int(optimizer.iterations.numpy())
+    if resumed:
+        logging.info("resuming %s from step %d of %d", cfg.model_dir, start_step, total_steps)
+
+    trainer = loop.Trainer(
+        strategy,
+        task,
+        model,
+        optimizer,
+        global_batch_size=cfg.batch_size,
+        weight_decay=cfg.optimizer.weight_decay,
+        adversarial=cfg.adversarial,
+        attack_bn_train=cfg.attack.bn == "train",
+        jit_compile=rt.jit_compile,
+    )
+    augmentation = AUGMENTATION[cfg.task]
+    dataset = pipeline.train_dataset(
+        x_train,
+        y_train,
+        global_batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        start_step=start_step,
+        transform=task.transform,
+        **augmentation,
+    )
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    writer = tf.summary.create_file_writer(workspace.path(cfg.model_dir, workspace.TENSORBOARD, "train"))
+    if start_step == 0:
+        with writer.as_default():
+            summaries.write_config({**to_dict(cfg), "versions": versions()})
+
+    probe = _probe_batch(task, x_val, cfg)
+
+    def image_fn():
+        for name, img in task.summary_images(probe).items():
+            tf.summary.image(name, summaries.image_grid([img]))
+        adv = task.craft(model, probe, tf.constant([cfg.seed, 7], tf.int64), False)
+        if isinstance(adv, tf.Tensor):
+            tf.summary.image("adversarial/clean|adv|perturbation", summaries.adversarial_grid(probe["inputs"], adv, cfg.attack.eps))
+
+    last = loop.run_loop(
+        trainer,
+        iterator,
+        start_step=start_step,
+        total_steps=total_steps,
+        manager=manager,
+        writer=writer,
+        steps_per_loop=rt.steps_per_loop,
+        checkpoint_every=rt.checkpoint_every,
+        image_summary_every=rt.image_summary_every,
+        image_fn=image_fn,
+        lr_fn=lambda step: float(lr(step)),
+        quiet=rt.quiet,
+    )
+    if manager.latest_checkpoint is None or int(optimizer.iterations.numpy()) > _ckpt_step(manager):
+        manager.save(checkpoint_number=int(optimizer.iterations.numpy()))
+
+    export_dir = workspace.path(cfg.model_dir, workspace.EXPORT, PRETRAIN_EXPORT)
+    export.save(
+        export_dir,
+        task.export_parts(model),
+        task.export_signatures(model),
+        info={
+            "format": "advss_tf.pretrain",
+            "version": 1,
+            **task.export_info(),
+            "backbone": to_dict(cfg.backbone),
+            "feature_dim": cfg.backbone.feature_dim,
+            "trunk_channels": cfg.backbone.trunk_channels,
+            "config": to_dict(cfg),
+            "versions": versions(),
+        },
+        assets=task.export_assets(),
+    )
+    results = {
+        "task": cfg.task,
+        "steps": int(optimizer.iterations.numpy()),
+        "final_train_metrics": last,
+        "export": export_dir,
+        "wall_time_sec": time.time() - start_time,
+        "versions": versions(),
+    }
+    workspace.write_json(workspace.path(cfg.model_dir, workspace.RESULTS), results)
+    return results
+
+
+def _ckpt_step(manager: tf.train.CheckpointManager) -> int:
+    return int(manager.latest_checkpoint.rsplit("-", 1)[-1]) if manager.latest_checkpoint else -1
+
+
+def _probe_batch(task, x_val: np.ndarray, cfg: PretrainConfig, n: int = 8) -> dict:
+    """A fixed handful of validation images, pretext-transformed, for the TensorBoard pictures."""
+    images = pipeline.to_float(tf.constant(x_val[:n]))
+    batch = task.transform(images, tf.zeros([n], tf.int32), tf.constant([cfg.seed, 11], tf.int64))
+    return batch

@@ -1,0 +1,32 @@
+"""Test set-up: two logical CPU devices (for MirroredStrategy tests) before TensorFlow initialises, no network."""
+
+import os
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import advss_tf  # noqa: E402,F401  (imports TensorFlow quietly)
+import tensorflow as tf  # noqa: E402
+
+from advss_tf.training.strategy import configure_cpu_devices  # noqa: E402
+
+configure_cpu_devices(2)
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+
+
+@pytest.fixture(scope="session")
+def sample_arrays():
+    """Real CIFAR-10 images from the bundled sample: (train images, train labels, test images, test labels)."""
+    from advss_tf.data import cifar10
+
+    x, y = cifar10.load_arrays(cifar10.DataSource(), "train")
+    xt, yt = cifar10.load_arrays(cifar10.DataSource(), "test")
+    return x, y, xt, yt
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: longer end-to-end paths (CI still runs them once)")

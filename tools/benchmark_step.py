@@ -1,0 +1,115 @@
+"""Seconds per training step of any pretext task (adversarial by default), and peak memory.
+
+    python tools/benchmark_step.py --task=jigsaw --backbone=resnet18 --batch_size=128 --steps=3
+
+Builds the task's model and the real distributed train step (the same `Trainer` the binary uses) on real CIFAR-10
+images, runs one warm-up step (tracing), then times `--steps` steps one host call each. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+from absl import app, flags
+
+import advss_tf  # noqa: F401  (TF_ENABLE_ONEDNN_OPTS before TensorFlow)
+from advss_tf.models.resnet import BACKBONES
+from advss_tf.pretext.tasks import TASKS
+
+flags.DEFINE_enum("task", "jigsaw", sorted(TASKS), "Pretext task.")
+flags.DEFINE_enum("backbone", "resnet18", sorted(BACKBONES), "Backbone.")
+flags.DEFINE_integer("batch_size", 128, "Global batch size.")
+flags.DEFINE_integer("steps", 3, "Timed steps (after one warm-up step).")
+flags.DEFINE_integer("attack_steps", 10, "PGD steps inside each training step.")
+flags.DEFINE_bool("adversarial", True, "Adversarial step (PGD inside) or standard.")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the replica step.")
+flags.DEFINE_string("strategy", "auto", "auto | mirrored | one_device.")
+flags.DEFINE_integer("selfie_layers", 13, "Selfie transformer layers.")
+flags.DEFINE_integer("selfie_heads", 16, "Selfie attention heads.")
+flags.DEFINE_integer("selfie_ff_dim", 2048, "Selfie feed-forward width.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    import os
+
+    import tensorflow as tf
+
+    from advss_tf.config import AttackConfig, PretrainConfig
+    from advss_tf.data import cifar10, pipeline
+    from advss_tf.models.resnet import BackboneConfig
+    from advss_tf.pretext.tasks import AUGMENTATION, build_task
+    from advss_tf.training import loop
+    from advss_tf.training.pretraining import make_optimizer
+    from advss_tf.training.strategy import make_strategy
+
+    cfg = PretrainConfig(
+        task=FLAGS.task,
+        model_dir="/tmp/unused",
+        backbone=BackboneConfig(FLAGS.backbone),
+        batch_size=FLAGS.batch_size,
+        train_steps=FLAGS.steps + 1,
+        adversarial=FLAGS.adversarial,
+        attack=AttackConfig(steps=FLAGS.attack_steps),
+        selfie_layers=FLAGS.selfie_layers,
+        selfie_heads=FLAGS.selfie_heads,
+        selfie_ff_dim=FLAGS.selfie_ff_dim,
+    )
+    strategy = make_strategy(FLAGS.strategy)
+    images, labels = cifar10.load_arrays(cifar10.DataSource(), "train")
+    with strategy.scope():
+        task = build_task(cfg)
+        model = task.build_model()
+        optimizer, _ = make_optimizer(cfg, 10, cfg.train_steps, "none")
+        optimizer.build(model.trainable_variables)
+    trainer = loop.Trainer(
+        strategy,
+        task,
+        model,
+        optimizer,
+        global_batch_size=cfg.batch_size,
+        weight_decay=cfg.optimizer.weight_decay,
+        adversarial=cfg.adversarial,
+        attack_bn_train=True,
+        jit_compile=FLAGS.jit_compile,
+    )
+    ds = pipeline.train_dataset(
+        images, labels, global_batch_size=cfg.batch_size, seed=0, transform=task.transform, **AUGMENTATION[cfg.task]
+    )
+    it = iter(strategy.experimental_distribute_dataset(ds))
+    t0 = time.perf_counter()
+    trainer.train(it, 1)
+    warmup = time.perf_counter() - t0
+    times = []
+    for _ in range(FLAGS.steps):
+        t0 = time.perf_counter()
+        trainer.train(it, 1)
+        times.append(time.perf_counter() - t0)
+    peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    result = {
+        "task": FLAGS.task,
+        "backbone": FLAGS.backbone,
+        "batch_size": FLAGS.batch_size,
+        "adversarial": FLAGS.adversarial,
+        "attack_steps": FLAGS.attack_steps,
+        "jit_compile": FLAGS.jit_compile,
+        "params": int(model.count_params()),
+        "first_step_sec_incl_tracing": round(warmup, 2),
+        "step_sec": [round(t, 2) for t in times],
+        "mean_step_sec": round(sum(times) / len(times), 2),
+        "images_per_sec": round(FLAGS.batch_size * len(times) / sum(times), 1),
+        "peak_rss_gib": round(peak_rss_gib, 2),
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "tensorflow": tf.__version__,
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(result))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    app.run(main)

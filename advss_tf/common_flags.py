@@ -174,7 +174,13 @@ def run_binary(main: Callable[[], None]) -> None:
     def _main(argv):
         import logging as std_logging
 
-        std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)  # saver/export chatter
+        from absl import logging
+
+        # TensorFlow's saver/export INFO lines go through absl too; keep ours, drop theirs below WARNING.
+        std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
+        logging.get_absl_handler().addFilter(
+            lambda r: r.levelno >= std_logging.WARNING or "site-packages/tensorflow" not in r.pathname
+        )
         if len(argv) > 1:
             fail(f"unexpected positional arguments: {' '.join(argv[1:])}")
         from advss_tf.training.loop import Interrupted, TrainingError

@@ -30,3 +30,30 @@ def sample_arrays():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: longer end-to-end paths (CI still runs them once)")
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(sample_arrays):
+    """A tiny pre-activation ResNet fitted to 256 real training images (undefended), and those images.
+
+    Returns (model, images float32 [256,32,32,3] in [0,1], labels int32 [256]); clean accuracy on them is high,
+    which is what attack-strength tests need (an attack must drive it to ~0%).
+    """
+    import keras
+    import numpy as np
+
+    from advss_tf.models.classifier import ImageClassifier
+    from advss_tf.models.resnet import BackboneConfig
+
+    x, y, _, _ = sample_arrays
+    images = (x[:256].astype(np.float32) / 255.0)
+    labels = y[:256].astype(np.int32)
+    keras.utils.set_random_seed(0)
+    model = ImageClassifier(BackboneConfig("tiny"), 10)
+    model.compile(
+        optimizer=keras.optimizers.Adam(2e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(images, labels, batch_size=64, epochs=40, verbose=0)
+    return model, images, labels

@@ -28,6 +28,16 @@ def sample_arrays():
     return x, y, xt, yt
 
 
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+    """MirroredStrategy over the two logical CPU devices; share this one: see advss_tf.training.strategy."""
+    from advss_tf.training.strategy import make_strategy
+
+    strategy = make_strategy("mirrored", 2)
+    assert strategy.num_replicas_in_sync == 2
+    return strategy
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: longer end-to-end paths (CI still runs them once)")
 

@@ -83,6 +83,7 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
         raise UsageError(f"batch size {cfg.batch_size} is larger than the {len(x_train)} training images")
     total_steps = loop.steps_for(cfg.epochs, cfg.train_steps, steps_per_epoch)
 
+    keras.utils.set_random_seed(cfg.seed)  # weight initialisation follows --seed too
     with strategy.scope():
         task = build_task(cfg)
         model = task.build_model()

@@ -34,8 +34,12 @@ def make_strategy(name: str, num_cpu_devices: int = 1) -> tf.distribute.Strategy
         else:
             return tf.distribute.get_strategy()
     if name == "mirrored":
-        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices)
+        if gpus:
+            return tf.distribute.MirroredStrategy([d.name for d in gpus])
+        # On split CPU devices, reduce through one device instead of collective ops: collectives of two
+        # MirroredStrategy objects in one process share instance keys and can pair up the wrong tensors.
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
     if name == "multi_worker":
         # Reads the cluster from TF_CONFIG: how a run outgrows one machine.
         return tf.distribute.MultiWorkerMirroredStrategy()

@@ -1,0 +1,145 @@
+"""The distributed training step and a whole pretraining run: data parallel = per-half gradients averaged,
+resume = uninterrupted, NaN guard, export = Keras model, TensorBoard content."""
+
+import glob
+import os
+import signal
+import threading
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from advss_tf.config import AttackConfig, OptimizerConfig, PretrainConfig, RuntimeConfig
+from advss_tf.data import pipeline
+from advss_tf.models.resnet import BackboneConfig
+from advss_tf.pretext.tasks import build_task
+from advss_tf.training import loop, pretraining
+
+WD = 5e-4
+
+
+def _config(model_dir, task="rotation", steps=4, **runtime):
+    return PretrainConfig(
+        task=task,
+        model_dir=str(model_dir),
+        backbone=BackboneConfig("tiny"),
+        batch_size=16,
+        train_steps=steps,
+        attack=AttackConfig(steps=2),
+        optimizer=OptimizerConfig(learning_rate=0.05, weight_decay=WD, warmup_steps=2),
+        runtime=RuntimeConfig(**{"steps_per_loop": 2, "checkpoint_every": 2, "image_summary_every": 2, "quiet": True, **runtime}),
+    )
+
+
+@pytest.mark.parametrize("task_name", ["rotation", "jigsaw"])
+def test_mirrored_step_equals_per_half_gradients_averaged(sample_arrays, tmp_path, task_name, mirrored_strategy):
+    """One adversarial step on 2 replicas == the same step on one device computed per half-batch (per-replica BN)."""
+    x, y, _, _ = sample_arrays
+    cfg = _config(tmp_path, task=task_name)
+    strategy = mirrored_strategy
+    batch = next(iter(pipeline.train_dataset(x[:64], y[:64], global_batch_size=8, seed=1, transform=build_task(cfg).transform)))
+
+    keras.utils.set_random_seed(3)
+    with strategy.scope():
+        task = build_task(cfg)
+        model = task.build_model()
+        opt = keras.optimizers.SGD(0.1, momentum=0.9)
+        opt.build(model.trainable_variables)
+    init = [v.numpy() for v in model.trainable_variables]
+    trainer = loop.Trainer(strategy, task, model, opt, global_batch_size=8, weight_decay=WD, adversarial=True, attack_bn_train=True)
+    trainer.train(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))), 1)
+
+    task1 = build_task(cfg)
+    ref = task1.build_model()
+    for v, value in zip(ref.trainable_variables, init):
+        v.assign(value)
+    ref_opt = keras.optimizers.SGD(0.1, momentum=0.9)
+
+    @tf.function  # a graph, as the replica step is: eager and grappler-fused kernels round differently
+    def half_gradients(half):
+        adv = task1.craft(ref, half, half["noise_seed"][0], True)
+        with tf.GradientTape() as tape:
+            per_example, _ = task1.losses(ref, half, adv)
+            loss = tf.reduce_sum(per_example) / 8 + WD * tf.add_n([tf.nn.l2_loss(v) for v in ref.trainable_variables]) / 2
+        return tape.gradient(loss, ref.trainable_variables)
+
+    halves = [half_gradients({k: v[4 * h : 4 * h + 4] for k, v in batch.items()}) for h in range(2)]
+    grads = [a + b for a, b in zip(*halves)]
+    ref_opt.apply_gradients(zip(grads, ref.trainable_variables))
+
+    moved = 0
+    for a, b, i in zip(model.trainable_variables, ref.trainable_variables, init):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+        moved += not np.allclose(a.numpy(), i)
+    assert moved > len(init) // 2  # the step really changed the weights
+
+
+def _weights(model_dir, task="rotation"):
+    cfg = _config(model_dir, task=task)
+    model = build_task(cfg).build_model()
+    ckpt = tf.train.Checkpoint(model=model)
+    ckpt.restore(tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))).expect_partial()
+    return model
+
+
+def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path):
+    straight = tmp_path / "straight"
+    pretraining.run(_config(straight, steps=6, steps_per_loop=1))
+
+    resumed = tmp_path / "resumed"
+    # SIGTERM arrives mid-run (after the first checkpoint); the run saves and stops, the re-run finishes.
+    def kill_after_first_checkpoint():
+        deadline = time.time() + 120
+        while time.time() < deadline and not glob.glob(str(resumed / "checkpoints" / "ckpt-2.index")):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=kill_after_first_checkpoint, daemon=True).start()
+    with pytest.raises(loop.Interrupted):
+        pretraining.run(_config(resumed, steps=6, steps_per_loop=1))
+    stopped_at = int(tf.train.latest_checkpoint(str(resumed / "checkpoints")).rsplit("-", 1)[1])
+    assert 2 <= stopped_at < 6
+    pretraining.run(_config(resumed, steps=6, steps_per_loop=1))
+    a, b = _weights(str(straight)), _weights(str(resumed))
+    for va, vb in zip(a.weights, b.weights):
+        np.testing.assert_allclose(va.numpy(), vb.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = _config(tmp_path, steps=40, steps_per_loop=1, checkpoint_every=1)
+    cfg = PretrainConfig(**{**cfg.__dict__, "optimizer": OptimizerConfig(learning_rate=1e12, warmup_steps=0, schedule="constant")})
+    with pytest.raises(loop.TrainingError, match="non-finite"):
+        pretraining.run(cfg)
+    model = _weights(str(tmp_path))
+    assert all(np.isfinite(v.numpy()).all() for v in model.weights)
+
+
+def test_export_reloads_with_the_same_outputs_and_tensorboard_has_the_content(tmp_path):
+    cfg = _config(tmp_path, task="jigsaw", steps=4)
+    results = pretraining.run(cfg)
+    export_dir = results["export"]
+    model = _weights(str(tmp_path), task="jigsaw")
+    loaded = tf.saved_model.load(export_dir)
+    x = tf.random.uniform([3, 32, 32, 3], seed=4)
+    np.testing.assert_allclose(loaded.features(x)["features"], model.features(x), atol=1e-5)
+    np.testing.assert_allclose(loaded.jigsaw_logits(x)["logits"], model(x), atol=1e-5)
+    assert {"features", "jigsaw_logits"} <= set(loaded.signatures)
+    perms = np.array(__import__("json").load(open(os.path.join(export_dir, "assets", "jigsaw_permutations.json"))))
+    assert perms.shape == (31, 16)
+    # input gradients work through the loaded export
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = tf.reduce_sum(loaded.jigsaw_logits(x)["logits"])
+    assert float(tf.reduce_sum(tf.abs(tape.gradient(out, x)))) > 0
+
+    tags = set()
+    for f in glob.glob(os.path.join(str(tmp_path), "tensorboard", "train", "events*")):
+        for event in tf.compat.v1.train.summary_iterator(f):
+            tags |= {v.tag for v in event.summary.value}
+    for tag in ("train/loss", "train/adv_accuracy", "train/clean_accuracy", "train/learning_rate", "train/images_per_sec", "config"):
+        assert any(t.startswith(tag) for t in tags), (tag, tags)
+    assert any(t.startswith("adversarial/") for t in tags) and any(t.startswith("jigsaw_inputs") for t in tags)
+    assert os.path.exists(os.path.join(str(tmp_path), "results.json"))

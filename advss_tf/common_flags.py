@@ -8,8 +8,8 @@ enumerations come from the code's own tables. Exit status: 0 done, 1 training fa
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Callable
 
 from absl import app, flags
 
@@ -50,8 +50,12 @@ def define_data_flags() -> None:
     from advss_tf.data.cifar10 import SOURCES
 
     flags.DEFINE_enum("dataset", "sample", SOURCES, "CIFAR-10 source: bundled sample, official binary files, or TFDS.")
-    flags.DEFINE_string("data_dir", None, "With --dataset=binary: cifar-10-batches-bin folder or cifar-10-binary.tar.gz.")
-    flags.DEFINE_string("tfds_data_dir", None, "With --dataset=tfds: TFDS data directory (default ~/tensorflow_datasets).")
+    flags.DEFINE_string(
+        "data_dir", None, "With --dataset=binary: cifar-10-batches-bin folder or cifar-10-binary.tar.gz."
+    )
+    flags.DEFINE_string(
+        "tfds_data_dir", None, "With --dataset=tfds: TFDS data directory (default ~/tensorflow_datasets)."
+    )
 
 
 def define_attack_flags(steps_default: int = 10) -> None:
@@ -88,7 +92,9 @@ def define_optimizer_flags(lr: float, momentum: float, wd: float, schedule: str,
 def define_runtime_flags() -> None:
     from advss_tf.config import MIXED_PRECISION, STRATEGIES
 
-    flags.DEFINE_enum("strategy", "auto", STRATEGIES, "tf.distribute strategy (auto: Mirrored on GPUs, default on CPU).")
+    flags.DEFINE_enum(
+        "strategy", "auto", STRATEGIES, "tf.distribute strategy (auto: Mirrored on GPUs, default on CPU)."
+    )
     flags.DEFINE_integer("num_cpu_devices", 1, "Split the CPU into this many logical devices (data parallel on CPU).")
     flags.DEFINE_bool("jit_compile", False, "XLA-compile the replica step.")
     flags.DEFINE_enum("mixed_precision", "none", MIXED_PRECISION, "float16 (loss scaling, GPU) or bfloat16.")

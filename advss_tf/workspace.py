@@ -42,7 +42,9 @@ def prepare(model_dir: str, config, overwrite: bool) -> bool:
         if same and not overwrite:
             return os.path.isdir(path(model_dir, CHECKPOINTS))
         if not overwrite:
-            diff = sorted(k for k in set(config_lib.identity(old)) | set(config_lib.identity(new)) if old.get(k) != new.get(k))
+            diff = sorted(
+                k for k in set(config_lib.identity(old)) | set(config_lib.identity(new)) if old.get(k) != new.get(k)
+            )
             raise UsageError(
                 f"{model_dir} holds a different run (differs in: {', '.join(diff)}); "
                 "use another --model_dir or pass --overwrite"

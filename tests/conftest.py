@@ -5,9 +5,8 @@ import os
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import advss_tf  # noqa: E402,F401  (imports TensorFlow quietly)
-import tensorflow as tf  # noqa: E402
 
+import advss_tf  # noqa: E402,F401  (imports TensorFlow quietly)
 from advss_tf.training.strategy import configure_cpu_devices  # noqa: E402
 
 configure_cpu_devices(2)
@@ -56,7 +55,7 @@ def trained_classifier(sample_arrays):
     from advss_tf.models.resnet import BackboneConfig
 
     x, y, _, _ = sample_arrays
-    images = (x[:256].astype(np.float32) / 255.0)
+    images = x[:256].astype(np.float32) / 255.0
     labels = y[:256].astype(np.int32)
     keras.utils.set_random_seed(0)
     model = ImageClassifier(BackboneConfig("tiny"), 10)

@@ -6,10 +6,10 @@ import tarfile
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import SHARED_DATA
 
 from advss_tf.data import cifar10, pipeline
 from advss_tf.errors import UsageError
-from conftest import SHARED_DATA
 
 SUBSET = os.path.join(SHARED_DATA, "cifar10-subset")
 

@@ -32,7 +32,10 @@ def test_trunk_is_8x8_at_stage3_and_takes_patches():
 def test_heads_share_one_trunk_object():
     cfg = BackboneConfig("tiny")
     trunk = build_trunk(cfg)
-    rot, jig = ImageClassifier(cfg, 4, trunk=trunk, head_name="rotation"), ImageClassifier(cfg, 31, trunk=trunk, head_name="jigsaw")
+    rot, jig = (
+        ImageClassifier(cfg, 4, trunk=trunk, head_name="rotation"),
+        ImageClassifier(cfg, 31, trunk=trunk, head_name="jigsaw"),
+    )
     assert rot.trunk is jig.trunk and rot.stage4 is not jig.stage4
 
 
@@ -51,5 +54,5 @@ def test_unknown_backbone_lists_valid_names():
 
 def test_sync_bn_flag_reaches_batchnorm():
     trunk = build_trunk(BackboneConfig("tiny", sync_bn=True))
-    bns = [l for l in trunk.layers if isinstance(l, keras.layers.BatchNormalization)]
-    assert bns and all(l.synchronized for l in bns)
+    bns = [layer for layer in trunk.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and all(bn.synchronized for bn in bns)

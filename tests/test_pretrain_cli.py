@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO
 
 TINY = ["--backbone=tiny", "--batch_size=16", "--attack_steps=1", "--steps_per_loop=1", "--quiet"]
@@ -16,7 +15,12 @@ TINY = ["--backbone=tiny", "--batch_size=16", "--attack_steps=1", "--steps_per_l
 
 def pretrain(*args, **kwargs):
     return subprocess.run(
-        [sys.executable, "-m", "advss_tf.pretrain", *args], capture_output=True, text=True, cwd=REPO, timeout=300, **kwargs
+        [sys.executable, "-m", "advss_tf.pretrain", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        **kwargs,
     )
 
 
@@ -57,7 +61,16 @@ def test_truncated_data_is_refused(tmp_path):
 
 def test_sigterm_checkpoints_then_the_same_command_resumes_and_another_run_is_refused(tmp_path):
     model_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "advss_tf.pretrain", "--task=rotation", f"--model_dir={model_dir}", "--train_steps=60", "--checkpoint_every=5", *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "advss_tf.pretrain",
+        "--task=rotation",
+        f"--model_dir={model_dir}",
+        "--train_steps=60",
+        "--checkpoint_every=5",
+        *TINY,
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and not (model_dir / "checkpoints" / "ckpt-5.index").exists():
@@ -66,7 +79,9 @@ def test_sigterm_checkpoints_then_the_same_command_resumes_and_another_run_is_re
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "checkpoint saved" in err.strip().splitlines()[-1]
-    steps = sorted(int(f.split("-")[1].split(".")[0]) for f in os.listdir(model_dir / "checkpoints") if f.endswith(".index"))
+    steps = sorted(
+        int(f.split("-")[1].split(".")[0]) for f in os.listdir(model_dir / "checkpoints") if f.endswith(".index")
+    )
     assert 5 <= steps[-1] < 60
     assert not (model_dir / "export").exists()
 

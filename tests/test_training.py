@@ -30,7 +30,9 @@ def _config(model_dir, task="rotation", steps=4, **runtime):
         train_steps=steps,
         attack=AttackConfig(steps=2),
         optimizer=OptimizerConfig(learning_rate=0.05, weight_decay=WD, warmup_steps=2),
-        runtime=RuntimeConfig(**{"steps_per_loop": 2, "checkpoint_every": 2, "image_summary_every": 2, "quiet": True, **runtime}),
+        runtime=RuntimeConfig(
+            **{"steps_per_loop": 2, "checkpoint_every": 2, "image_summary_every": 2, "quiet": True, **runtime}
+        ),
     )
 
 
@@ -40,7 +42,9 @@ def test_mirrored_step_equals_per_half_gradients_averaged(sample_arrays, tmp_pat
     x, y, _, _ = sample_arrays
     cfg = _config(tmp_path, task=task_name)
     strategy = mirrored_strategy
-    batch = next(iter(pipeline.train_dataset(x[:64], y[:64], global_batch_size=8, seed=1, transform=build_task(cfg).transform)))
+    batch = next(
+        iter(pipeline.train_dataset(x[:64], y[:64], global_batch_size=8, seed=1, transform=build_task(cfg).transform))
+    )
 
     keras.utils.set_random_seed(3)
     with strategy.scope():
@@ -49,7 +53,9 @@ def test_mirrored_step_equals_per_half_gradients_averaged(sample_arrays, tmp_pat
         opt = keras.optimizers.SGD(0.1, momentum=0.9)
         opt.build(model.trainable_variables)
     init = [v.numpy() for v in model.trainable_variables]
-    trainer = loop.Trainer(strategy, task, model, opt, global_batch_size=8, weight_decay=WD, adversarial=True, attack_bn_train=True)
+    trainer = loop.Trainer(
+        strategy, task, model, opt, global_batch_size=8, weight_decay=WD, adversarial=True, attack_bn_train=True
+    )
     trainer.train(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))), 1)
 
     task1 = build_task(cfg)
@@ -63,7 +69,9 @@ def test_mirrored_step_equals_per_half_gradients_averaged(sample_arrays, tmp_pat
         adv = task1.craft(ref, half, half["noise_seed"][0], True)
         with tf.GradientTape() as tape:
             per_example, _ = task1.losses(ref, half, adv)
-            loss = tf.reduce_sum(per_example) / 8 + WD * tf.add_n([tf.nn.l2_loss(v) for v in ref.trainable_variables]) / 2
+            loss = (
+                tf.reduce_sum(per_example) / 8 + WD * tf.add_n([tf.nn.l2_loss(v) for v in ref.trainable_variables]) / 2
+            )
         return tape.gradient(loss, ref.trainable_variables)
 
     halves = [half_gradients({k: v[4 * h : 4 * h + 4] for k, v in batch.items()}) for h in range(2)]
@@ -90,6 +98,7 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path):
     pretraining.run(_config(straight, steps=6, steps_per_loop=1))
 
     resumed = tmp_path / "resumed"
+
     # SIGTERM arrives mid-run (after the first checkpoint); the run saves and stops, the re-run finishes.
     def kill_after_first_checkpoint():
         deadline = time.time() + 120
@@ -110,7 +119,9 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = _config(tmp_path, steps=40, steps_per_loop=1, checkpoint_every=1)
-    cfg = PretrainConfig(**{**cfg.__dict__, "optimizer": OptimizerConfig(learning_rate=1e12, warmup_steps=0, schedule="constant")})
+    cfg = PretrainConfig(
+        **{**cfg.__dict__, "optimizer": OptimizerConfig(learning_rate=1e12, warmup_steps=0, schedule="constant")}
+    )
     with pytest.raises(loop.TrainingError, match="non-finite"):
         pretraining.run(cfg)
     model = _weights(str(tmp_path))
@@ -139,7 +150,14 @@ def test_export_reloads_with_the_same_outputs_and_tensorboard_has_the_content(tm
     for f in glob.glob(os.path.join(str(tmp_path), "tensorboard", "train", "events*")):
         for event in tf.compat.v1.train.summary_iterator(f):
             tags |= {v.tag for v in event.summary.value}
-    for tag in ("train/loss", "train/adv_accuracy", "train/clean_accuracy", "train/learning_rate", "train/images_per_sec", "config"):
+    for tag in (
+        "train/loss",
+        "train/adv_accuracy",
+        "train/clean_accuracy",
+        "train/learning_rate",
+        "train/images_per_sec",
+        "config",
+    ):
         assert any(t.startswith(tag) for t in tags), (tag, tags)
     assert any(t.startswith("adversarial/") for t in tags) and any(t.startswith("jigsaw_inputs") for t in tags)
     assert os.path.exists(os.path.join(str(tmp_path), "results.json"))

@@ -7,7 +7,7 @@ Python-unrolled, so the graph does not grow with ``steps``) and the result is ``
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -19,7 +19,9 @@ LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Per-example softmax cross-entropy with integer labels, in float32."""
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)
+    )
 
 
 def check_budget(eps: float, step_size: float, steps: int) -> None:

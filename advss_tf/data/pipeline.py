@@ -6,7 +6,7 @@ depend on whether it was interrupted: resuming rebuilds the pipeline from the ch
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -91,7 +91,9 @@ def train_dataset(
 
     def epoch_batches(epoch):
         order = tf.argsort(tf.random.stateless_uniform([n], seed=base + [0, 1_000_003 * (epoch + 1)]))
-        return tf.data.Dataset.from_tensor_slices(tf.reshape(order[: steps_per_epoch * global_batch_size], [steps_per_epoch, -1]))
+        return tf.data.Dataset.from_tensor_slices(
+            tf.reshape(order[: steps_per_epoch * global_batch_size], [steps_per_epoch, -1])
+        )
 
     start_epoch = start_step // steps_per_epoch
     ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_batches)
@@ -105,7 +107,10 @@ def train_dataset(
         x = augment(to_float(tf.gather(images_t, idx)), aug_seed, pad=pad, flip=flip)
         y = tf.gather(labels_t, idx)
         batch = transform(x, y, task_seed) if transform is not None else {"inputs": x, "labels": y}
-        noise = tf.stack([tf.fill([global_batch_size], noise_seed[0]), tf.range(global_batch_size, dtype=tf.int64) + noise_seed[1]], 1)
+        noise = tf.stack(
+            [tf.fill([global_batch_size], noise_seed[0]), tf.range(global_batch_size, dtype=tf.int64) + noise_seed[1]],
+            1,
+        )
         return {**batch, "noise_seed": noise}
 
     options = tf.data.Options()

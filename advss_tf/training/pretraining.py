@@ -24,7 +24,9 @@ PRETRAIN_EXPORT = "pretrain"
 
 def set_precision(mode: str) -> None:
     """Keras global dtype policy; float16 also wraps the optimizer in loss scaling (see `make_optimizer`)."""
-    keras.mixed_precision.set_dtype_policy({"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}[mode])
+    keras.mixed_precision.set_dtype_policy(
+        {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}[mode]
+    )
 
 
 def make_optimizer(cfg, steps_per_epoch: int, total_steps: int, mixed_precision: str):
@@ -134,7 +136,9 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
             tf.summary.image(name, summaries.image_grid([img]))
         adv = task.craft(model, probe, tf.constant([cfg.seed, 7], tf.int64), False)
         if isinstance(adv, tf.Tensor):
-            tf.summary.image("adversarial/clean|adv|perturbation", summaries.adversarial_grid(probe["inputs"], adv, cfg.attack.eps))
+            tf.summary.image(
+                "adversarial/clean|adv|perturbation", summaries.adversarial_grid(probe["inputs"], adv, cfg.attack.eps)
+            )
 
     last = loop.run_loop(
         trainer,

@@ -12,6 +12,10 @@ class ImageClassifier(keras.Model):
 
     Rotation (4 classes), Jigsaw (31) and the downstream classifier (10) are all this model; the ensemble shares
     one `trunk` object between several of them.
+
+    `frozen_parts` (names among "trunk", "stage4") run in inference mode whatever `training` says: fine-tuning's
+    linear/partial modes freeze them, and a frozen part's BatchNorm must neither use batch statistics nor move its
+    moving averages. Empty by default (every part follows `training`).
     """
 
     def __init__(
@@ -29,6 +33,7 @@ class ImageClassifier(keras.Model):
         self.stage4 = build_stage4(backbone, name=f"{head_name}_stage4")
         self.pool = keras.layers.GlobalAveragePooling2D(name=f"{head_name}_pool")
         self.head = keras.layers.Dense(num_classes, name=f"{head_name}_dense")
+        self.frozen_parts: frozenset[str] = frozenset()
         self.build((None, 32, 32, 3))
 
     def build(self, input_shape):
@@ -37,9 +42,14 @@ class ImageClassifier(keras.Model):
         del features
         super().build(input_shape)
 
+    def part_training(self, part: str, training: bool) -> bool:
+        """The `training` flag a part runs with: False for a frozen part, else `training`."""
+        return False if part in self.frozen_parts else training
+
     def features(self, images, training: bool = False):
         """Pooled stage-4 features [N, D] (what a linear probe or the ensemble sees)."""
-        return self.pool(self.stage4(self.trunk(images, training=training), training=training))
+        trunk_out = self.trunk(images, training=self.part_training("trunk", training))
+        return self.pool(self.stage4(trunk_out, training=self.part_training("stage4", training)))
 
     def call(self, images, training: bool = False):
         # Logits stay float32 under mixed precision: the losses and the attacks' gradients need the range.

@@ -1,0 +1,167 @@
+"""Auto-PGD (Croce & Hein, ICML 2020, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks"): PGD with momentum and a step size that halves at checkpoints when progress stalls.
+
+Written from the paper and the reference ``fra31/auto-attack`` ``autoattack/autopgd_base.py`` (L∞ and L2):
+
+- start: x + ε·t/‖t‖ (t uniform in [-1, 1]^d for L∞, Gaussian for L2), clipped to [0, 1]; initial step η = 2ε;
+- step: z = P(x_k + η·s(∇)), x_{k+1} = P(x_k + a·(z − x_k) + (1 − a)·(x_k − x_{k−1})), a = 1 at the first step and
+  0.75 after (s = sign for L∞, ∇/‖∇‖₂ for L2; P projects onto the ε-ball and [0, 1]);
+- checkpoints: the first after ⌈0.22·N⌉ iterations, each next interval 0.03·N shorter, never below 0.06·N;
+- at a checkpoint, an example's η halves and it restarts from its best point (highest loss) when either
+  (1) the loss rose in at most ρ = 75% of the iterations since the last checkpoint, or
+  (2) η was not halved at the previous checkpoint and the best loss has not improved since it.
+
+One difference from the reference code, which compares the first iterate of the run against an unfilled (zero)
+loss slot when counting condition (1): here it is compared with the loss at the starting point, as the paper
+writes the sum. The attack returns, per example, the last misclassified iterate if one was found, else the
+highest-loss point. Restarts are run by the caller (a fresh seed each; an example is robust only if it survives all).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from advss_tf.attacks.l2 import l2_normalize, per_example, project_l2
+from advss_tf.attacks.pgd import LossFn, ModelFn, cross_entropy
+
+NORMS = ("linf", "l2")
+MOMENTUM = 0.75  # a: weight of the new step against the previous displacement
+RHO = 0.75  # ρ: the fraction of successful iterations below which the step size halves
+
+
+def checkpoint_schedule(steps: int) -> tuple[int, int, int]:
+    """(first checkpoint interval, minimum interval, interval decrement) for `steps` iterations, as the reference."""
+    return max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
+
+
+def loss_logits_and_gradient(
+    model_fn: ModelFn, x: tf.Tensor, y, loss_fn: LossFn
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(per-example loss [N], model output, d sum(loss)/dx); a model with no path from x to its output gives 0."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = model_fn(x)
+        loss = loss_fn(y, logits)
+    grad = tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return loss, logits, grad
+
+
+def _project(x_adv: tf.Tensor, x: tf.Tensor, eps: float, norm: str) -> tf.Tensor:
+    if norm == "linf":
+        return tf.clip_by_value(tf.clip_by_value(x_adv, x - eps, x + eps), 0.0, 1.0)
+    return project_l2(x_adv, x, eps)
+
+
+def _direction(grad: tf.Tensor, norm: str) -> tf.Tensor:
+    return tf.sign(grad) if norm == "linf" else l2_normalize(grad)
+
+
+def _random_start(x: tf.Tensor, eps: float, norm: str, seed: tf.Tensor) -> tf.Tensor:
+    # A point on the ball's surface (in L∞: at least one coordinate at ±ε), as the reference.
+    if norm == "linf":
+        t = tf.random.stateless_uniform(tf.shape(x), seed=seed, minval=-1.0, maxval=1.0, dtype=x.dtype)
+        t = t / per_example(tf.reduce_max(tf.abs(t), axis=tf.range(1, tf.rank(t))) + 1e-12, t)
+    else:
+        t = l2_normalize(tf.random.stateless_normal(tf.shape(x), seed=seed, dtype=x.dtype))
+    return tf.clip_by_value(x + eps * t, 0.0, 1.0)
+
+
+def apgd(
+    model_fn: ModelFn,
+    x: tf.Tensor,
+    y,
+    *,
+    eps: float,
+    steps: int,
+    seed: tf.Tensor,
+    step_size: float | None = None,
+    norm: str = "linf",
+    loss_fn: LossFn = cross_entropy,
+    **unused,
+) -> tf.Tensor:
+    """Auto-PGD with momentum and the checkpointed step-size schedule (see the module docstring).
+
+    Args:
+      model_fn: images in [0, 1] → logits [N, K] (the output is also used to see which examples are fooled).
+      x: clean images [N, H, W, C] in [0, 1].
+      y: integer labels [N].
+      eps: radius on the [0, 1] pixel scale (L∞ or L2 per `norm`).
+      steps: iterations (the paper: 100).
+      seed: int32/int64 [2] for the stateless random start.
+      step_size: the initial step η; default 2ε as the paper (it halves from there).
+      norm: "linf" or "l2".
+      loss_fn: (labels, logits) → per-example loss to ascend: cross_entropy (APGD-CE) or losses.dlr (APGD-DLR).
+
+    Returns:
+      The adversarial images [N, H, W, C], gradient-stopped.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+    x = tf.convert_to_tensor(x)
+    labels = tf.cast(y, tf.int64)
+    eta0 = 2.0 * eps if step_size is None else float(step_size)
+    first_interval, min_interval, interval_decrement = checkpoint_schedule(steps)
+
+    def fooled_by(logits):
+        return tf.argmax(logits, axis=-1) != labels
+
+    x_adv = _random_start(x, eps, norm, seed)
+    loss, logits, grad = loss_logits_and_gradient(model_fn, x_adv, y, loss_fn)
+    n = tf.shape(x)[0]
+    state = dict(
+        x_adv=x_adv,
+        x_prev=x_adv,
+        grad=grad,
+        loss_prev=loss,
+        increases=tf.zeros([n], tf.int32),  # iterations since the last checkpoint whose loss rose
+        since_check=tf.constant(0),
+        interval=tf.constant(first_interval),
+        eta=tf.fill([n], tf.constant(eta0, x.dtype)),
+        x_best=x_adv,
+        grad_best=grad,
+        loss_best=loss,
+        loss_best_at_check=loss,
+        halved_at_check=tf.ones([n], tf.bool),  # as the reference: condition (2) is off at the first checkpoint
+        fooled=fooled_by(logits),
+        x_fooled=x_adv,
+    )
+
+    def body(i, s):
+        s = dict(s)
+        a = tf.where(i > 0, MOMENTUM, 1.0)
+        eta = per_example(s["eta"], x)
+        z = _project(s["x_adv"] + eta * _direction(s["grad"], norm), x, eps, norm)
+        momentum_step = s["x_adv"] - s["x_prev"]
+        x_new = _project(s["x_adv"] + a * (z - s["x_adv"]) + (1.0 - a) * momentum_step, x, eps, norm)
+        x_new = tf.stop_gradient(x_new)
+        s["x_prev"] = s["x_adv"]
+        loss, logits, grad = loss_logits_and_gradient(model_fn, x_new, y, loss_fn)
+
+        now_fooled = fooled_by(logits)
+        s["x_fooled"] = tf.where(per_example(now_fooled, x), x_new, s["x_fooled"])
+        s["fooled"] = s["fooled"] | now_fooled
+        improved = loss > s["loss_best"]
+        s["x_best"] = tf.where(per_example(improved, x), x_new, s["x_best"])
+        s["grad_best"] = tf.where(per_example(improved, x), grad, s["grad_best"])
+        s["loss_best"] = tf.where(improved, loss, s["loss_best"])
+        s["increases"] = s["increases"] + tf.cast(loss > s["loss_prev"], tf.int32)
+        s["loss_prev"] = loss
+        s["since_check"] = s["since_check"] + 1
+
+        at_check = tf.equal(s["since_check"], s["interval"])
+        oscillating = tf.cast(s["increases"], tf.float32) <= RHO * tf.cast(s["interval"], tf.float32)
+        stalled = ~s["halved_at_check"] & (s["loss_best_at_check"] >= s["loss_best"])
+        halve = at_check & (oscillating | stalled)
+        s["eta"] = tf.where(halve, s["eta"] / 2.0, s["eta"])
+        s["x_adv"] = tf.where(per_example(halve, x), s["x_best"], x_new)
+        s["grad"] = tf.where(per_example(halve, x), s["grad_best"], grad)
+        s["halved_at_check"] = tf.where(at_check, oscillating | stalled, s["halved_at_check"])
+        s["loss_best_at_check"] = tf.where(at_check, s["loss_best"], s["loss_best_at_check"])
+        s["increases"] = tf.where(at_check, tf.zeros_like(s["increases"]), s["increases"])
+        s["since_check"] = tf.where(at_check, 0, s["since_check"])
+        s["interval"] = tf.where(at_check, tf.maximum(s["interval"] - interval_decrement, min_interval), s["interval"])
+        return i + 1, s
+
+    _, state = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), state))
+    result = tf.where(per_example(state["fooled"], x), state["x_fooled"], state["x_best"])
+    return tf.stop_gradient(result)

@@ -1,0 +1,195 @@
+"""The table of evaluation attacks (SPEC §6): PGD-20 (the paper's RA) and the "unforeseen" set, by name.
+
+`--attacks` is validated against `ATTACKS`; an unknown name lists the valid ones. Every entry records what a
+result must carry: norm, ε, step size, steps, restarts and the loss it ascends. ε and step sizes are on the [0, 1]
+pixel scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Iterable, Mapping
+from fractions import Fraction
+from typing import Any
+
+import tensorflow as tf
+
+from advss_tf.attacks.apgd import apgd
+from advss_tf.attacks.l2 import l2_norm, pgd_l2
+from advss_tf.attacks.losses import cw_margin, dlr
+from advss_tf.attacks.pgd import ModelFn, cross_entropy, fgsm, pgd_linf
+from advss_tf.errors import UsageError
+
+NORMS = ("linf", "l2")
+LOSSES: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {"ce": cross_entropy, "cw": cw_margin, "dlr": dlr}
+# Which ε flag of the evaluate binary an attack's budget follows.
+BUDGETS = ("linf", "linf_large", "l2")
+# The largest L2 distance between two images in [0, 1]^(32·32·3): a larger ε constrains nothing.
+MAX_L2_EPS = math.sqrt(32 * 32 * 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+    """One evaluation attack: the function and its budget.
+
+    Attributes:
+      name: the key in `ATTACKS` (what `--attacks` takes and results.json uses).
+      description: one line for the report.
+      fn: an attack with the `advss_tf.attacks.pgd` contract.
+      norm: "linf" or "l2".
+      eps: radius on the [0, 1] pixel scale.
+      step_size: step length on the same scale (APGD: the initial step, halved by its schedule).
+      steps: gradient steps per restart.
+      restarts: random restarts; an example is robust only if it survives every one.
+      loss: key in `LOSSES`.
+      random_start: whether each restart starts from a random point (FGSM: no, so it never restarts).
+      budget: which ε the evaluate binary's flags set (`BUDGETS`).
+    """
+
+    name: str
+    description: str
+    fn: Callable[..., tf.Tensor]
+    norm: str
+    eps: float
+    step_size: float
+    steps: int
+    restarts: int = 1
+    loss: str = "ce"
+    random_start: bool = True
+    budget: str = "linf"
+
+    def __call__(self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        """One restart of the attack from stateless `seed` [2]; returns gradient-stopped adversarial images."""
+        return self.fn(
+            model_fn,
+            x,
+            y,
+            eps=self.eps,
+            step_size=self.step_size,
+            steps=self.steps,
+            seed=seed,
+            random_start=self.random_start,
+            loss_fn=LOSSES[self.loss],
+        )
+
+    def with_budget(self, eps: float | None = None, restarts: int | None = None) -> AttackSpec:
+        """The same attack at radius `eps` (step size scaled with it) and/or with `restarts` restarts."""
+        spec = self
+        if eps is not None:
+            spec = dataclasses.replace(spec, eps=float(eps), step_size=self.step_size * float(eps) / self.eps)
+        if restarts is not None and self.random_start:
+            spec = dataclasses.replace(spec, restarts=int(restarts))
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        """What results.json records about the attack."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "norm": self.norm,
+            "epsilon": self.eps,
+            "epsilon_label": epsilon_label(self.eps, self.norm),
+            "step_size": self.step_size,
+            "steps": self.steps,
+            "restarts": self.restarts,
+            "loss": self.loss,
+            "random_start": self.random_start,
+        }
+
+
+def epsilon_label(eps: float, norm: str) -> str:
+    """'8/255' for L∞ radii that are whole 255ths, else the number ('0.5')."""
+    frac = Fraction(eps).limit_denominator(255)
+    if norm == "linf" and abs(float(frac) - eps) < 1e-9 and 255 % frac.denominator == 0:
+        return f"{round(eps * 255)}/255"
+    return f"{eps:g}"
+
+
+_APGD = functools.partial(apgd, norm="linf")
+
+ATTACKS: dict[str, AttackSpec] = {
+    spec.name: spec
+    for spec in (
+        AttackSpec(
+            "fgsm", "FGSM: one signed-gradient step of ε", fgsm, "linf", 8 / 255, 8 / 255, 1, random_start=False
+        ),
+        AttackSpec("pgd20", "PGD-20 L∞ (the paper's RA)", pgd_linf, "linf", 8 / 255, 2 / 255, 20),
+        AttackSpec("pgd100", "PGD-100 L∞", pgd_linf, "linf", 8 / 255, 2 / 255, 100),
+        AttackSpec(
+            "pgd20_eps16", "PGD-20 L∞ at twice the radius", pgd_linf, "linf", 16 / 255, 4 / 255, 20, budget="linf_large"
+        ),
+        AttackSpec("pgd_l2", "PGD-20 L2", pgd_l2, "l2", 0.5, 0.1, 20, budget="l2"),
+        AttackSpec("cw_linf", "CW-L∞: PGD-20 on the CW margin loss", pgd_linf, "linf", 8 / 255, 2 / 255, 20, loss="cw"),
+        AttackSpec("apgd_ce", "APGD-CE (AutoAttack's first component)", _APGD, "linf", 8 / 255, 16 / 255, 100),
+        AttackSpec("apgd_dlr", "APGD-DLR (AutoAttack's second)", _APGD, "linf", 8 / 255, 16 / 255, 100, loss="dlr"),
+    )
+}
+DEFAULT_ATTACKS = ("pgd20",)
+# Accuracy under the first may not exceed accuracy under the second (more steps, larger ε, iterative vs
+# one step, a stronger optimiser): if it does, the gradients are probably lying (gradient masking).
+MONOTONE_PAIRS: tuple[tuple[str, str, str], ...] = (
+    ("pgd100", "pgd20", "more PGD steps gave higher accuracy"),
+    ("pgd20", "fgsm", "iterative PGD-20 gave higher accuracy than one-step FGSM"),
+    ("pgd20_eps16", "pgd20", "a larger ε gave higher accuracy"),
+    ("apgd_ce", "pgd20", "APGD-CE gave higher accuracy than PGD-20"),
+)
+
+
+def parse_attacks(names: Iterable[str]) -> list[str]:
+    """Validates attack names ('all' = every attack, 'none' or nothing = no attack); keeps order, drops repeats.
+
+    Raises:
+      UsageError: an unknown name (the message lists the valid ones).
+    """
+    out: list[str] = []
+    for raw in names:
+        name = raw.strip().lower()
+        if not name or name == "none":
+            continue
+        if name == "all":
+            out.extend(n for n in ATTACKS if n not in out)
+            continue
+        if name not in ATTACKS:
+            raise UsageError(f"unknown attack {raw!r}; valid: {', '.join(ATTACKS)}, all, none")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def check_epsilon(eps: float, norm: str) -> None:
+    """Raises UsageError unless 0 < ε ≤ 1 (L∞) or 0 < ε ≤ √3072 (L2), on the [0, 1] pixel scale."""
+    upper = 1.0 if norm == "linf" else MAX_L2_EPS
+    if not (0.0 < eps <= upper):
+        raise UsageError(f"{norm} epsilon must be in (0, {upper:g}] on the [0,1] pixel scale, got {eps}")
+
+
+def configure(
+    names: Iterable[str], *, restarts: int = 1, epsilons: Mapping[str, float] | None = None
+) -> list[AttackSpec]:
+    """The specs for `names` with the given restarts and per-budget radii (`BUDGETS` → ε; missing: the default).
+
+    Raises:
+      UsageError: unknown attack or budget, ε out of range, restarts < 1.
+    """
+    if restarts < 1:
+        raise UsageError(f"--restarts must be >= 1, got {restarts}")
+    epsilons = dict(epsilons or {})
+    for budget, eps in epsilons.items():
+        if budget not in BUDGETS:
+            raise UsageError(f"unknown attack budget {budget!r}; valid: {', '.join(BUDGETS)}")
+        check_epsilon(eps, "l2" if budget == "l2" else "linf")
+    specs = []
+    for name in parse_attacks(names):
+        spec = ATTACKS[name]
+        specs.append(spec.with_budget(epsilons.get(spec.budget), restarts))
+    return specs
+
+
+def perturbation_norm(x_adv: tf.Tensor, x: tf.Tensor, norm: str) -> tf.Tensor:
+    """Per-example ‖x_adv − x‖ in `norm` [N]."""
+    delta = tf.convert_to_tensor(x_adv) - x
+    if norm == "linf":
+        return tf.reduce_max(tf.abs(delta), axis=tf.range(1, tf.rank(delta)))
+    return l2_norm(delta)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+_SECTOR_CHANNELS = np.array([[0, 1, 2], [3, 0, 2], [2, 0, 1], [2, 3, 0], [1, 2, 0], [0, 2, 3]])
+
 
 def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
     """``[..., 3]`` RGB in [0, 1] -> HSV in [0, 1]; hue and saturation are 0 where the pixel is grey."""
@@ -30,10 +32,5 @@ def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     q = v * (1 - f * s)
     t = v * (1 - (1 - f) * s)
     sector = sector.astype(np.uint8) % 6
-    candidates = np.stack(
-        [
-            np.stack(channels, axis=-1)
-            for channels in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))
-        ]
-    )
-    return np.choose(sector[..., None], candidates)
+    # Which of (v, t, p, q) each of R, G, B takes in each of the six hue sectors.
+    return np.take_along_axis(np.stack([v, t, p, q], axis=-1), _SECTOR_CHANNELS[sector], axis=-1)

@@ -79,22 +79,66 @@ def elastic_transform(images: np.ndarray, severity: int, rngs: list[np.random.Ge
     for r in rngs:
         targets.append(source + r.uniform(-jitter, jitter, size=source.shape).astype(np.float32))
         fields.append(r.uniform(-1, 1, size=(2, size, size)))
-    # The affine map A with A [col, row, 1] = target at each control point; cv2.warpAffine samples the source at
-    # the inverse map of each output pixel.
+    # The affine map A with A [col, row, 1] = target at each control point (cv2.getAffineTransform).
     homogeneous = np.concatenate([source, np.ones((3, 1), np.float32)], axis=1).astype(np.float64)
     forward = np.linalg.solve(homogeneous[None], np.stack(targets).astype(np.float64)).transpose(0, 2, 1)
-    forward = np.concatenate([forward, np.tile([[[0.0, 0.0, 1.0]]], (n, 1, 1))], axis=1)
-    inverse = np.linalg.inv(forward)[:, :2]
-    index, rows, cols, chans = np.meshgrid(
-        np.arange(n), np.arange(size), np.arange(size), np.arange(channels), indexing="ij"
-    )
-    src_cols = inverse[:, 0, 0, None, None, None] * cols + inverse[:, 0, 1, None, None, None] * rows
-    src_rows = inverse[:, 1, 0, None, None, None] * cols + inverse[:, 1, 1, None, None, None] * rows
-    src_cols += inverse[:, 0, 2, None, None, None]
-    src_rows += inverse[:, 1, 2, None, None, None]
-    warped = ndimage.map_coordinates(x, [index, src_rows, src_cols, chans], order=1, mode="mirror")
+    warped = warp_affine(x, forward)
     fields = np.stack(fields)
-    dx = (gaussian(fields[:, 0], sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)[..., None]
-    dy = (gaussian(fields[:, 1], sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)[..., None]
-    out = ndimage.map_coordinates(warped, [index, rows + dy, cols + dx, chans], order=1, mode="reflect")
+    dx = (gaussian(fields[:, 0], sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
+    dy = (gaussian(fields[:, 1], sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
+    # Channels become batch entries: the field is the same for all three, and 3-D interpolation reads 8 taps where
+    # 4-D (image, row, column, channel) reads 16; the extra taps carry zero weight, so the values are the same.
+    planes = warped.transpose(0, 3, 1, 2).reshape(n * channels, size, size)
+    rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    coords = np.broadcast_arrays(
+        np.arange(n * channels)[:, None, None],
+        rows + np.repeat(dy, channels, axis=0),
+        cols + np.repeat(dx, channels, axis=0),
+    )
+    out = ndimage.map_coordinates(planes, coords, order=1, mode="reflect")
+    out = out.reshape(n, channels, size, size).transpose(0, 2, 3, 1)
     return np.clip(out, 0, 1) * 255
+
+
+def warp_affine(x: np.ndarray, forward: np.ndarray) -> np.ndarray:
+    """cv2.warpAffine(INTER_LINEAR, BORDER_REFLECT_101) of each float32 image ``[N, H, W, C]`` by its forward
+    ``[N, 2, 3]`` map, with OpenCV's arithmetic: the inverse map in 1/1024 px fixed point, rounded to 1/32 px for
+    the bilinear weights, each of the four taps reflected about the edge pixel on its own.
+    """
+    m = forward.astype(np.float64)
+    det = m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] * m[:, 1, 0]
+    inv_det = np.where(det != 0, 1.0 / np.where(det != 0, det, 1.0), 0.0)
+    a11, a12 = m[:, 1, 1] * inv_det, -m[:, 0, 1] * inv_det
+    a21, a22 = -m[:, 1, 0] * inv_det, m[:, 0, 0] * inv_det
+    b1 = -a11 * m[:, 0, 2] - a12 * m[:, 1, 2]
+    b2 = -a21 * m[:, 0, 2] - a22 * m[:, 1, 2]
+    n, height, width = x.shape[:3]
+    cols, rows = np.arange(width), np.arange(height)
+
+    def fixed(v: np.ndarray) -> np.ndarray:
+        return np.rint(v * 1024).astype(np.int64)  # cvRound: half to even
+
+    # Positions in 1/32 px: (1/1024 px sums + half a 1/32 step) >> 5.
+    fx = (fixed(a12[:, None] * rows + b1[:, None])[:, :, None] + 16 + fixed(a11[:, None] * cols)[:, None, :]) >> 5
+    fy = (fixed(a22[:, None] * rows + b2[:, None])[:, :, None] + 16 + fixed(a21[:, None] * cols)[:, None, :]) >> 5
+    ix, iy = fx >> 5, fy >> 5
+    wx1 = ((fx & 31) / 32).astype(np.float32)[..., None]
+    wy1 = ((fy & 31) / 32).astype(np.float32)[..., None]
+    wx0, wy0 = 1 - wx1, 1 - wy1
+    batch = np.arange(n)[:, None, None]
+
+    def tap(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return x[batch, _reflect101(r, height), _reflect101(c, width)]
+
+    return (
+        tap(iy, ix) * (wy0 * wx0)
+        + tap(iy, ix + 1) * (wy0 * wx1)
+        + tap(iy + 1, ix) * (wy1 * wx0)
+        + tap(iy + 1, ix + 1) * (wy1 * wx1)
+    )
+
+
+def _reflect101(i: np.ndarray, n: int) -> np.ndarray:
+    """Reflects indices about the first and last pixel (OpenCV BORDER_REFLECT_101), for overshoots below n."""
+    i = np.abs(i)
+    return np.where(i >= n, 2 * n - 2 - i, i)

@@ -27,7 +27,7 @@ def shot_noise(images: np.ndarray, severity: int, rngs: list[np.random.Generator
     """Poisson(x * c) / c: photon noise with c photons at full intensity."""
     photons = _SHOT_PHOTONS[severity - 1]
     x = images / 255.0
-    counts = np.stack([r.poisson(image * photons) for r, image in zip(rngs, x)])
+    counts = np.stack([r.poisson(image * photons) for r, image in zip(rngs, x, strict=True)])
     return np.clip(counts / photons, 0, 1) * 255
 
 

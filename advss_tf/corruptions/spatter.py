@@ -42,6 +42,8 @@ def spatter(images: np.ndarray, severity: int, rngs: list[np.random.Generator]) 
         return np.clip(x * (1 - mask) + _MUD * mask, 0, 1) * 255
     # The reference casts to uint8 unclipped; values above 1 wrap around (x86 behaviour, made explicit here).
     layer = (liquid * 255).astype(np.int64).astype(np.uint8)
+    # The reference's OpenCV pipeline: distance to the drop outlines capped at 20, 3x3 mean truncated to uint8,
+    # histogram equalisation, emboss saturated to uint8, 3x3 mean rounded; it shades the drops.
     dist = np.minimum(chamfer_distance(canny(layer, 50, 150)), 20)
     dist = (box3_sum(dist.astype(np.float64)) * (1.0 / 9)).astype(np.float32).astype(np.uint8)
     dist = equalize_hist(dist)
@@ -52,11 +54,6 @@ def spatter(images: np.ndarray, severity: int, rngs: list[np.random.Generator]) 
     # All-dry images (no value over the threshold) would divide 0 by 0 in the reference; they stay unchanged.
     drops = np.where(peak > 0, drops / np.where(peak > 0, peak, 1), 0).astype(np.float32) * np.float32(intensity)
     return np.clip(x + drops[..., None] * _WATER, 0, 1) * 255
-
-
-def _mirror_pad(x: np.ndarray, width: int = 1) -> np.ndarray:
-    """Pads rows and columns of ``[N, H, W]`` reflecting about the edge pixel (OpenCV's default, reflect-101)."""
-    return np.pad(x, ((0, 0), (width, width), (width, width)), mode="reflect")
 
 
 def correlate3(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:

@@ -26,8 +26,6 @@ _FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.
 # (strength, wibble decay)
 _FOG = ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75))
 _BRIGHTNESS = (0.05, 0.1, 0.15, 0.2, 0.3)
-# ITU-R 601 luma, as cv2.COLOR_RGB2GRAY
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 @functools.lru_cache(maxsize=1)
@@ -84,11 +82,20 @@ def snow(images: np.ndarray, severity: int, rngs: list[np.random.Generator]) -> 
     layer[layer < threshold] = 0
     layer = (np.clip(layer, 0, 1) * 255).astype(np.uint8)
     angles = np.array([r.uniform(-135, -45) for r in rngs])
-    # ImageMagick blurs an 8-bit greyscale PNG and writes one back: round to 8 bits.
-    layer = np.floor(magick_motion_blur(layer[..., None].astype(np.float64), radius, sigma, angles) + 0.5) / 255.0
-    luma = (x @ _LUMA)[..., None]
+    layer = magick_motion_blur(layer[..., None].astype(np.float64), radius, sigma, angles) / 255.0
+    luma = _luma(x)[..., None]
     x = blend * x + (1 - blend) * np.maximum(x, luma * 1.5 + 0.5)
     return np.clip(x + layer + np.rot90(layer, 2, axes=(1, 2)), 0, 1) * 255
+
+
+def _luma(x: np.ndarray) -> np.ndarray:
+    """cv2.cvtColor(RGB2GRAY) of float32 images: 0.299 R + 0.587 G + 0.114 B, summed in OpenCV's order with
+    fused multiply-adds (its x86-64 SIMD path), so the float32 result matches it bit for bit."""
+    r, g, b = (x[..., i].astype(np.float64) for i in range(3))
+    weight_r, weight_g, weight_b = (np.float64(np.float32(w)) for w in (0.299, 0.587, 0.114))
+    luma = (g * weight_g).astype(np.float32)
+    luma = (r * weight_r + luma).astype(np.float32)
+    return (b * weight_b + luma).astype(np.float32)
 
 
 def frost(images: np.ndarray, severity: int, rngs: list[np.random.Generator]) -> np.ndarray:

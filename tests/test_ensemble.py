@@ -1,0 +1,259 @@
+"""The ensemble: the diversity term h, the joint attack, the λ = 0 reduction, training under MirroredStrategy,
+export, and the binary's resume / SIGTERM / bad-input behaviour."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from advss_tf.attacks.pgd import pgd_linf
+from advss_tf.config import AttackConfig, OptimizerConfig, PretrainConfig, RuntimeConfig
+from advss_tf.data import pipeline
+from advss_tf.models.resnet import BackboneConfig, build_trunk
+from advss_tf.pretext import diversity
+from advss_tf.pretext.tasks import AUGMENTATION, ENSEMBLE_TASKS, build_task
+from advss_tf.training import loop, pretraining
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPS = 8 / 255
+
+
+def _config(model_dir="/tmp/unused", steps=4, attack_steps=1, weight=0.1, **runtime):
+    return PretrainConfig(
+        task="ensemble",
+        model_dir=str(model_dir),
+        backbone=BackboneConfig("tiny"),
+        batch_size=8,
+        train_steps=steps,
+        attack=AttackConfig(steps=attack_steps),
+        optimizer=OptimizerConfig(learning_rate=0.01, nesterov=True, weight_decay=1e-4, warmup_steps=0),
+        selfie_layers=1,
+        selfie_heads=2,
+        selfie_ff_dim=32,
+        diversity_weight=weight,
+        runtime=RuntimeConfig(
+            **{"steps_per_loop": 1, "checkpoint_every": 2, "image_summary_every": 2, "quiet": True, **runtime}
+        ),
+    )
+
+
+# -- h -----------------------------------------------------------------------------------------------------------------
+def _numpy_h(grads):
+    cols = []
+    for g in grads:
+        flat = g.reshape(g.shape[0], -1).astype(np.float64)
+        cols.append(flat / (np.linalg.norm(flat, axis=1, keepdims=True) + 1e-10))
+    G = np.stack(cols, axis=2)
+    gram = np.einsum("bnk,bnl->bkl", G, G) + 1e-5 * np.eye(3)
+    return np.mean([np.log(np.linalg.det(m)) for m in gram])
+
+
+def test_h_matches_numpy_on_a_hand_made_batch():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(4, 2, 2, 3))
+    # Example 0 near-parallel, 1 orthogonal-ish, 2 and 3 random; different scales must not matter.
+    grads = [base * 5.0, base + 0.01 * rng.normal(size=base.shape), rng.normal(size=base.shape) * 1e-3]
+    grads[1][1] = np.eye(12)[0].reshape(2, 2, 3)
+    grads[0][1], grads[2][1] = np.eye(12)[1].reshape(2, 2, 3), np.eye(12)[2].reshape(2, 2, 3)
+    h = diversity.diversity([tf.constant(g, tf.float32) for g in grads])
+    np.testing.assert_allclose(float(h), _numpy_h(grads), rtol=1e-4)
+
+
+def test_h_is_about_zero_for_orthogonal_gradients_and_very_negative_for_parallel_ones():
+    eye = np.eye(6, dtype=np.float32)
+    orthogonal = [tf.constant(eye[k].reshape(1, 2, 3) * (k + 1)) for k in range(3)]
+    parallel = [tf.constant(eye[0].reshape(1, 2, 3) * s) for s in (1.0, 2.0, 0.5)]
+    h_orth = float(diversity.diversity(orthogonal))
+    h_par = float(diversity.diversity(parallel))
+    assert abs(h_orth) < 1e-4
+    assert h_par < -20.0  # log(3e-10) ≈ -21.9
+    rng = np.random.default_rng(1)
+    for _ in range(5):  # anything else lies in between (Hadamard's inequality)
+        h = float(diversity.diversity([tf.constant(rng.normal(size=(2, 2, 3)), tf.float32) for _ in range(3)]))
+        assert h_par < h <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def tiny_ensemble(sample_arrays):
+    x, y, _, _ = sample_arrays
+    keras.utils.set_random_seed(2)
+    task = build_task(_config())
+    model = task.build_model()
+    data = pipeline.train_dataset(
+        x[:64], y[:64], global_batch_size=4, seed=3, transform=task.transform, **AUGMENTATION["ensemble"]
+    )
+    return task, model, next(iter(data))
+
+
+def _heads(task, model, batch, training=False):
+    return [lambda x, f=f, loss=loss: loss(f(x)) for f, loss, _ in task._heads(model, batch, training)]
+
+
+def test_h_has_finite_nonzero_gradients_wrt_each_input_and_the_weights(tiny_ensemble):
+    task, model, batch = tiny_ensemble
+    inputs = task._inputs(batch)
+    with tf.GradientTape(persistent=True) as outer:
+        outer.watch(inputs)
+        _, grads = diversity.input_gradients(_heads(task, model, batch), inputs)
+        h = diversity.diversity(grads)
+    assert -22.0 < float(h) <= 1e-4
+    for g in outer.gradient(h, inputs):
+        g = g.numpy()
+        assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
+    trunk_grads = outer.gradient(h, model.trunk.trainable_variables)
+    assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in trunk_grads)
+    assert sum(float(tf.reduce_sum(tf.abs(g))) for g in trunk_grads) > 0
+
+
+# -- attack and objective ----------------------------------------------------------------------------------------------
+def test_one_joint_pgd_step_moves_each_input_within_its_ball(tiny_ensemble):
+    task, model, batch = tiny_ensemble
+    adv = task.craft(model, batch, batch["noise_seed"][0], False)
+    assert set(adv) == set(ENSEMBLE_TASKS)
+    for name, clean in zip(ENSEMBLE_TASKS, task._inputs(batch), strict=True):
+        delta = (adv[name] - clean).numpy()
+        assert np.abs(delta).max() <= EPS + 1e-6 and np.abs(delta).max() > 0.5 * EPS, name
+        assert adv[name].numpy().min() >= 0.0 and adv[name].numpy().max() <= 1.0
+
+
+def test_zero_diversity_weight_is_exactly_three_independent_attacks_and_the_plain_objective(tiny_ensemble):
+    task, model, batch = tiny_ensemble
+    plain = build_task(
+        PretrainConfig(**{**_config().__dict__, "diversity_weight": 0.0, "attack": AttackConfig(steps=2)})
+    )
+    assert "diversity_h" not in plain.metric_names(True) and "diversity_h" in task.metric_names(True)
+
+    seed = batch["noise_seed"][0]
+    joint = plain.craft(model, batch, seed, False)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+    for k, (loss_fn, x) in enumerate(zip(_heads(plain, model, batch), plain._inputs(batch), strict=True)):
+        alone = pgd_linf(
+            lambda z: z,
+            x,
+            None,
+            eps=EPS,
+            step_size=2 / 255,
+            steps=2,
+            seed=seeds[k],
+            loss_fn=lambda _, z, f=loss_fn: f(z),
+        )
+        np.testing.assert_allclose(joint[ENSEMBLE_TASKS[k]], alone, atol=1e-6)
+
+    loss, metrics = plain.losses(model, batch, joint)
+    six = sum(metrics[f"{t}_{kind}_loss"] for t in ENSEMBLE_TASKS for kind in ("clean", "adv")) / 6.0
+    np.testing.assert_allclose(loss, six, rtol=1e-6)
+    # With λ > 0 the only difference is + λ·h_b, h_b on the same adversarial inputs.
+    loss_h, metrics_h = task.losses(model, batch, joint)
+    six_h = sum(metrics_h[f"{t}_{kind}_loss"] for t in ENSEMBLE_TASKS for kind in ("clean", "adv")) / 6.0
+    np.testing.assert_allclose(loss_h - task.weight * metrics_h["diversity_h"], six_h, rtol=1e-5, atol=1e-5)
+    assert np.all(metrics_h["diversity_h"].numpy() < 0)
+
+
+@pytest.mark.slow
+def test_loss_decreases_over_a_short_run(tiny_ensemble):
+    task, _, batch = tiny_ensemble
+    keras.utils.set_random_seed(4)
+    model = task.build_model()
+    optimizer = keras.optimizers.SGD(0.02, momentum=0.9, nesterov=True)
+    optimizer.build(model.trainable_variables)
+    trainer = loop.Trainer(
+        tf.distribute.get_strategy(),
+        task,
+        model,
+        optimizer,
+        global_batch_size=4,
+        weight_decay=1e-4,
+        adversarial=True,
+        attack_bn_train=True,
+    )
+    it = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    first = trainer.train(it, 3)
+    trainer.train(it, 24)
+    last = trainer.train(it, 3)
+    assert np.isfinite(list(last.values())).all()
+    assert last["loss"] < first["loss"] - 0.5, (first, last)
+
+
+@pytest.mark.slow
+def test_mirrored_run_on_two_cpus_exports_a_restorable_trunk_and_logs_every_task(tmp_path):
+    cfg = _config(tmp_path, steps=2, strategy="mirrored", num_cpu_devices=2)
+    results = pretraining.run(cfg)
+    assert np.isfinite(list(results["final_train_metrics"].values())).all()
+    assert {"diversity_h", "selfie_adv_accuracy", "rotation_clean_loss", "jigsaw_adv_loss"} <= set(
+        results["final_train_metrics"]
+    )
+    export_dir = results["export"]
+    loaded = tf.saved_model.load(export_dir)
+    assert {"features", "rotation_logits", "jigsaw_logits", "selfie_logits"} <= set(loaded.signatures)
+    x = tf.random.uniform([3, 32, 32, 3], seed=5)
+    features = loaded.signatures["features"](images=x)["features"]
+    trunk = build_trunk(BackboneConfig("tiny"))
+    status = tf.train.Checkpoint(trunk=trunk).read(os.path.join(export_dir, "variables", "variables"))
+    status.expect_partial().assert_existing_objects_matched()
+    np.testing.assert_allclose(features, tf.reduce_mean(trunk(x, training=False), axis=[1, 2]), atol=1e-5)
+    info = json.load(open(os.path.join(export_dir, "assets", "advss_export.json")))
+    assert info["task"] == "ensemble" and info["parts"][0] == "trunk" and "stage4" not in info["parts"]
+    assert np.array(json.load(open(os.path.join(export_dir, "assets", "jigsaw_permutations.json")))).shape == (31, 16)
+
+    tags = set()
+    for f in glob.glob(os.path.join(str(tmp_path), "tensorboard", "train", "events*")):
+        for event in tf.compat.v1.train.summary_iterator(f):
+            tags |= {v.tag for v in event.summary.value}
+    for tag in (
+        "train/diversity_h",
+        "train/selfie_adv_loss",
+        "train/jigsaw_clean_accuracy",
+        "train/rotation_adv_accuracy",
+        "train/learning_rate",
+        "train/images_per_sec",
+        "selfie_masked_inputs",
+        "adversarial/rotation/",
+    ):
+        assert any(t.startswith(tag) for t in tags), (tag, tags)
+
+
+# -- the binary --------------------------------------------------------------------------------------------------------
+def _binary(model_dir, *extra):
+    return [
+        sys.executable, "-m", "advss_tf.pretrain", "--task=ensemble", "--backbone=tiny", f"--model_dir={model_dir}",
+        "--batch_size=8", "--train_steps=4", "--attack_steps=1", "--selfie_layers=1", "--selfie_heads=2",
+        "--selfie_ff_dim=32", "--steps_per_loop=1", "--checkpoint_every=2", "--image_summary_every=100", "--quiet",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", ["--diversity_weight=-0.1", "--selfie_heads=5"])
+def test_binary_rejects_bad_ensemble_settings_with_one_line(tmp_path, bad):
+    proc = subprocess.run(_binary(tmp_path / "run", bad), capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+
+
+@pytest.mark.slow
+def test_binary_saves_on_sigterm_and_the_same_command_resumes(tmp_path):
+    model_dir = tmp_path / "run"
+    proc = subprocess.Popen(_binary(model_dir), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    deadline = time.time() + 600
+    while time.time() < deadline and not glob.glob(str(model_dir / "checkpoints" / "ckpt-2.index")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1].startswith("error: stopped by signal 15")
+    stopped = int(tf.train.latest_checkpoint(str(model_dir / "checkpoints")).rsplit("-", 1)[1])
+    assert 2 <= stopped < 4
+
+    done = subprocess.run(_binary(model_dir), capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert done.returncode == 0, done.stderr
+    results = json.load(open(model_dir / "results.json"))
+    assert results["steps"] == 4 and results["task"] == "ensemble"
+    assert "diversity_h" in results["final_train_metrics"]

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -276,6 +278,22 @@ def test_classifier_export_attacks_like_the_keras_model(tmp_path, trained_classi
     assert robust_accuracy(logits_fn) == pytest.approx(keras_ra, abs=1 / 64)
 
 
+def test_validator_agrees_across_strategies_on_an_uneven_last_batch(trained_classifier):
+    """5 images in batches of 4 over 2 replicas: one replica gets an empty slice of the last batch."""
+    model, images, labels = trained_classifier
+    x, y = (images[:5] * 255).round().astype(np.uint8), labels[:5]
+    results = []
+    for strategy in (tf.distribute.get_strategy(), make_strategy("mirrored", 2)):
+        validator = finetuning.Validator(
+            strategy, model, x, y, batch_size=4, attack=AttackConfig(steps=2), steps=2, seed=0, quiet=True
+        )
+        results.append(validator())
+    assert results[0]["clean_accuracy"] == pytest.approx(results[1]["clean_accuracy"])
+    assert 0 <= results[0]["robust_accuracy"] <= results[0]["clean_accuracy"]
+    # random starts differ per replica slice, so robust accuracy may differ by an image at most
+    assert results[0]["robust_accuracy"] == pytest.approx(results[1]["robust_accuracy"], abs=1 / 5 + 1e-9)
+
+
 # -- a whole run: validation, exports, resume --------------------------------------------------------------------------
 def small_config(model_dir, **overrides) -> finetuning.FinetuneConfig:
     from advss_tf.config import RuntimeConfig
@@ -428,3 +446,30 @@ def test_smoke_pipeline_pretrain_finetune_export_reload_predict(tmp_path, sample
     assert np.all(np.isfinite(out["logits"].numpy()))
     info = export.read_info(results["exports"]["best_ra"])
     assert info["pretrained"]["task"] == "rotation" and info["backbone"]["name"] == "tiny"
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
+    model_dir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "advss_tf.finetune",
+        "--backbone=tiny",  # no --pretrained: the end-to-end baseline
+        "--batch_size=16",
+        "--train_steps=200",
+        "--attack_steps=1",
+        "--steps_per_loop=1",
+        "--checkpoint_every=2",
+        f"--model_dir={model_dir}",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (model_dir / "checkpoints" / "ckpt-2.index").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "checkpoint saved" in err.strip().splitlines()[-1]
+    assert not (model_dir / "results.json").exists()

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -159,6 +160,7 @@ class Validator:
     """
 
     def __init__(self, strategy, model, images, labels, *, batch_size, attack: AttackConfig, steps, seed, quiet):
+        per_replica_batch(batch_size, strategy)
         self.strategy = strategy
         self.model = model
         self.attack = attack
@@ -166,37 +168,47 @@ class Validator:
         self.quiet = quiet
         self.num_examples = len(labels)
         self.num_batches = -(-len(labels) // batch_size)
-        ds = pipeline.eval_dataset(images, labels, batch_size).enumerate()
+        # Pad the last batch with weight-0 images: every replica then gets a non-empty slice of every batch (an
+        # empty one breaks the CPU convolution kernels), and the padding counts for nothing.
+        pad = self.num_batches * batch_size - len(labels)
+        images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+        weights = np.concatenate([np.ones(len(labels), np.float32), np.zeros(pad, np.float32)])
+        labels = np.concatenate([labels, np.zeros(pad, labels.dtype)]).astype(np.int32)
+        base = tf.constant(seed, tf.int64)
 
-        def add_seed(i, batch):
-            n = tf.shape(batch["labels"])[0]
+        def make_batch(i, batch):
+            x, y, w = batch
             # Row j carries (seed, global example index): each replica's slice starts with a distinct seed.
-            rows = tf.stack(
-                [tf.fill([n], tf.constant(seed, tf.int64)), i * batch_size + tf.range(n, dtype=tf.int64)], 1
-            )
-            return {**batch, "noise_seed": rows}
+            rows = tf.stack([tf.fill([batch_size], base), i * batch_size + tf.range(batch_size, dtype=tf.int64)], 1)
+            return {"inputs": pipeline.to_float(x), "labels": y, "weights": w, "noise_seed": rows}
 
-        self.dataset = strategy.experimental_distribute_dataset(ds.map(add_seed))
+        ds = tf.data.Dataset.from_tensor_slices((images, labels, weights)).batch(batch_size).enumerate()
+        ds = ds.map(make_batch).prefetch(tf.data.AUTOTUNE)
+        self.dataset = strategy.experimental_distribute_dataset(ds)
         self._step = tf.function(self._distributed_step)
 
     def _replica_step(self, batch):
-        x, y = batch["inputs"], batch["labels"]
-        # reduce_min is safe on a replica's empty slice of the last batch (indexing [0] is not)
-        seed = tf.reduce_min(batch["noise_seed"], axis=0)
+        x, y, w = batch["inputs"], batch["labels"], batch["weights"]
 
         def model_fn(z):
             return self.model(z, training=False)
 
         logits = model_fn(x)
         adv = pgd_linf(
-            model_fn, x, y, eps=self.attack.eps, step_size=self.attack.step_size, steps=self.steps, seed=seed
+            model_fn,
+            x,
+            y,
+            eps=self.attack.eps,
+            step_size=self.attack.step_size,
+            steps=self.steps,
+            seed=batch["noise_seed"][0],
         )
         adv_logits = model_fn(adv)
         return {
-            "clean_correct": tf.reduce_sum(accuracy(y, logits)),
-            "robust_correct": tf.reduce_sum(accuracy(y, adv_logits)),
-            "clean_loss": tf.reduce_sum(cross_entropy(y, logits)),
-            "robust_loss": tf.reduce_sum(cross_entropy(y, adv_logits)),
+            "clean_correct": tf.reduce_sum(w * accuracy(y, logits)),
+            "robust_correct": tf.reduce_sum(w * accuracy(y, adv_logits)),
+            "clean_loss": tf.reduce_sum(w * cross_entropy(y, logits)),
+            "robust_loss": tf.reduce_sum(w * cross_entropy(y, adv_logits)),
         }
 
     def _distributed_step(self, batch):
@@ -279,6 +291,7 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
         )
     strategy = make_strategy(rt.strategy, rt.num_cpu_devices)
     per_replica_batch(cfg.batch_size, strategy)
+    per_replica_batch(cfg.val_batch_size, strategy)
     x_train, y_train, x_val, y_val = load_training_images(cfg)  # the training set only: never the test set
     if cfg.val_examples:
         x_val, y_val = x_val[: cfg.val_examples], y_val[: cfg.val_examples]

@@ -32,31 +32,47 @@ def values(variables) -> list[np.ndarray]:
     return [np.array(v.numpy()) for v in variables]
 
 
-def pretrain_export(path, backbone="tiny", parts=("trunk", "stage4", "head"), seed=0) -> ImageClassifier:
-    """A Rotation pretraining export written the way `pretraining.run` writes it, with non-trivial BN statistics."""
+def pretrain_export(path, backbone="tiny", parts=None, seed=0, task_name="rotation"):
+    """A pretraining export written the way `pretraining.run` writes it, with non-trivial BN statistics.
+
+    `parts` restricts a Rotation export to some parts (e.g. only the trunk); Selfie and ensemble exports hold
+    their task's own parts (a trunk and no `stage4`).
+    """
     keras.utils.set_random_seed(seed)
-    cfg = PretrainConfig(task="rotation", model_dir=str(path), backbone=BackboneConfig(backbone))
+    cfg = PretrainConfig(
+        task=task_name,
+        model_dir=str(path),
+        backbone=BackboneConfig(backbone),
+        selfie_layers=1,
+        selfie_heads=4,
+        selfie_ff_dim=32,
+    )
     task = build_task(cfg)
     model = task.build_model()
     rng = np.random.default_rng(seed)
     for v in model.variables:  # fresh BN moving statistics are all 0/1: make "exactly restored" mean something
-        v.assign(rng.normal(size=v.shape).astype(np.float32) * 0.1 + v.numpy())
+        if "float" in str(v.dtype):
+            v.assign(rng.normal(size=v.shape).astype(np.float32) * 0.1 + v.numpy())
     all_parts = task.export_parts(model)
     signatures = task.export_signatures(model)
-    if "stage4" not in parts:  # a trunk-only export (Selfie's shape): its signature may touch the trunk only
-        signatures = {"features": lambda im: {"features": tf.reduce_mean(model.trunk(im, training=False), [1, 2])}}
+    info = task.export_info()
+    if parts is not None:
+        all_parts = {k: all_parts[k] for k in parts}
+        info["parts"] = list(parts)
+        if "stage4" not in parts:  # a trunk-only export: its signature may touch the trunk only
+            signatures = {"features": lambda im: {"features": tf.reduce_mean(model.trunk(im, training=False), [1, 2])}}
     export.save(
         str(path),
-        {k: all_parts[k] for k in parts},
+        all_parts,
         signatures,
         info={
-            **task.export_info(),
+            **info,
             "format": "advss_tf.pretrain",
-            "parts": list(parts),
             "backbone": to_dict(cfg.backbone),
             "feature_dim": cfg.backbone.feature_dim,
             "trunk_channels": cfg.backbone.trunk_channels,
         },
+        assets=task.export_assets(),
     )
     return model
 
@@ -95,6 +111,19 @@ def test_trunk_only_export_restores_the_trunk_and_keeps_stage4_random(tmp_path):
     for a, b in zip(values(model.trunk.variables), values(pre.trunk.variables)):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(values(model.stage4.variables), stage4_before):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("task_name", ["selfie", "ensemble"])
+def test_selfie_and_ensemble_exports_give_their_shared_trunk(task_name, tmp_path):
+    pre = pretrain_export(tmp_path / "pretrain", task_name=task_name)
+    cfg, info = finetuning.resolve_backbone(
+        finetuning.FinetuneConfig(model_dir=str(tmp_path / "ft"), pretrained=str(tmp_path / "pretrain"))
+    )
+    model = ImageClassifier(cfg.backbone, 10)
+    assert finetuning.restore_pretrained(cfg.pretrained, info, model) == ["trunk"]
+    assert len(model.trunk.variables) == len(pre.trunk.variables)
+    for a, b in zip(values(model.trunk.variables), values(pre.trunk.variables)):
         np.testing.assert_array_equal(a, b)
 
 

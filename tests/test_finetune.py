@@ -349,19 +349,19 @@ def dataclass_replace(obj, **changes):
     return dataclasses.replace(obj, **changes)
 
 
-def test_run_validates_every_epoch_exports_and_resumes(tmp_path, monkeypatch):
+def test_run_validates_every_epoch_exports_and_resumes_after_sigterm_in_validation(tmp_path, monkeypatch):
     cfg = small_config(tmp_path / "run")
     calls = []
     original = finetuning.Validator.__call__
 
-    def crash_on_second(self):
+    def sigterm_on_second(self, should_stop=None):
         calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("simulated crash during the second validation")
-        return original(self)
+        if len(calls) == 2:  # SIGTERM arrives during the second validation
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, should_stop)
 
-    monkeypatch.setattr(finetuning.Validator, "__call__", crash_on_second)
-    with pytest.raises(RuntimeError, match="simulated"):
+    monkeypatch.setattr(finetuning.Validator, "__call__", sigterm_on_second)
+    with pytest.raises(loop.Interrupted, match="stopped by signal 15 at step 8"):
         finetuning.run(cfg)
     history = json.load(open(tmp_path / "run/export/validation_history.json"))
     assert [h["step"] for h in history] == [4]

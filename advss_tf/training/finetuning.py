@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -215,11 +216,16 @@ class Validator:
         out = self.strategy.run(self._replica_step, args=(batch,))
         return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in out.items()}
 
-    def __call__(self) -> dict[str, float]:
-        """{'clean_accuracy', 'robust_accuracy', 'clean_loss', 'robust_loss'} over the split."""
+    def __call__(self, should_stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
+        """{'clean_accuracy', 'robust_accuracy', 'clean_loss', 'robust_loss'} over the split.
+
+        Returns None when `should_stop()` turned true between batches (a signal arrived).
+        """
         totals = dict.fromkeys(("clean_correct", "robust_correct", "clean_loss", "robust_loss"), 0.0)
         bar = None if self.quiet else keras.utils.Progbar(self.num_batches, unit_name="val batch")
         for i, batch in enumerate(self.dataset):
+            if should_stop is not None and should_stop():
+                return None
             out = self._step(batch)
             for k in totals:
                 totals[k] += float(out[k].numpy())
@@ -437,7 +443,9 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
             continue
         t0 = time.perf_counter()
         with loop.SignalGuard() as guard:
-            metrics = validator()
+            metrics = validator(should_stop=lambda: guard.signum is not None)
+            if metrics is None:  # the checkpoint of this step exists: a re-run validates it again
+                raise loop.Interrupted(guard.signum, point)
             entry = {"step": point, "epoch": round(point / steps_per_epoch, 4), **metrics}
             history.append(entry)
             logging.info(

@@ -268,13 +268,6 @@ def _copy_export(src: str, dst: str, selected_by: str) -> None:
             json.dump({**info, "selected_by": selected_by}, f, indent=2, sort_keys=True)
 
 
-def _read_history(path: str) -> list[dict[str, Any]]:
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def _best(history: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
     """The first entry with the highest `key` (a later tie does not replace it, as the reference's `>`)."""
     best = None
@@ -282,6 +275,62 @@ def _best(history: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
         if best is None or h[key] > best[key]:
             best = h
     return best
+
+
+class ModelSelection:
+    """The validation history and the exports it decides (SPEC §8: select on validation RA).
+
+    After every validation: `last` is exported; `best_ra` / `best_sa` are replaced when this validation is the new
+    best (the first of equal values is kept, as the reference's `>`). The history lives next to the exports in
+    `export/validation_history.json`, written after them, so a run cut short re-validates rather than mis-selects.
+    """
+
+    def __init__(self, export_root: str, base_info: dict[str, Any], attack_info: dict[str, Any], writer):
+        self.export_root = export_root
+        self.base_info = base_info
+        self.attack_info = attack_info
+        self.writer = writer
+        self.history_path = os.path.join(export_root, HISTORY)
+        self.history: list[dict[str, Any]] = []
+        if os.path.exists(self.history_path):
+            with open(self.history_path, encoding="utf-8") as f:
+                self.history = json.load(f)
+
+    def validated(self, step: int) -> bool:
+        return any(h["step"] == step for h in self.history)
+
+    def record(self, model: ImageClassifier, entry: dict[str, Any]) -> None:
+        """Adds a validation (step, epoch, metrics): TensorBoard, exports, then the history file."""
+        self.history.append(entry)
+        with self.writer.as_default(step=entry["step"]):
+            for k, v in entry.items():
+                if k not in ("step", "epoch"):
+                    tf.summary.scalar(f"validation/{k}", v)
+        self.writer.flush()
+        validation = {**entry, "split": "validation (held out of the training set)", "attack": self.attack_info}
+        last = os.path.join(self.export_root, "last")
+        export_classifier(last, model, {**self.base_info, "selected_by": "last", "validation": validation})
+        for name, key in (("best_ra", "robust_accuracy"), ("best_sa", "clean_accuracy")):
+            if _best(self.history, key) is entry:  # the same weights as `last`: copy it rather than trace again
+                _copy_export(last, os.path.join(self.export_root, name), selected_by=key)
+        workspace.write_json(self.history_path, self.history)
+
+    def summary(self) -> dict[str, Any]:
+        """Best-RA, best-SA and last validation (epoch, step, SA, RA), and the whole history."""
+
+        def pick(entry):
+            return (
+                None if entry is None else {k: entry[k] for k in ("epoch", "step", "clean_accuracy", "robust_accuracy")}
+            )
+
+        return {
+            "best_robust_accuracy": pick(_best(self.history, "robust_accuracy")),
+            "best_clean_accuracy": pick(_best(self.history, "clean_accuracy")),
+            "last": pick(self.history[-1] if self.history else None),
+            "exports": {name: os.path.join(self.export_root, name) for name in EXPORTS},
+            "history": self.history,
+            "validation_attack": self.attack_info,
+        }
 
 
 # -- the run ---------------------------------------------------------------------------------------------------------
@@ -378,7 +427,6 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
     )
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
     writer = tf.summary.create_file_writer(workspace.path(cfg.model_dir, workspace.TENSORBOARD, "train"))
-    val_writer = tf.summary.create_file_writer(workspace.path(cfg.model_dir, workspace.TENSORBOARD, "validation"))
     if step == 0:
         with writer.as_default():
             summaries.write_config({**to_dict(cfg), "versions": versions()})
@@ -404,10 +452,6 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
                 "adversarial/clean|adv|perturbation", summaries.adversarial_grid(probe["inputs"], adv, cfg.attack.eps)
             )
 
-    export_root = workspace.path(cfg.model_dir, workspace.EXPORT)
-    history_path = os.path.join(export_root, HISTORY)
-    history = _read_history(history_path)
-    validated = {h["step"] for h in history}
     base_info = {
         "version": 1,
         "backbone": to_dict(cfg.backbone),
@@ -416,6 +460,13 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
         "config": to_dict(cfg),
         "versions": versions(),
     }
+    attack_info = {"name": "pgd_linf", "eps": cfg.attack.eps, "step_size": cfg.attack.step_size}
+    selection = ModelSelection(
+        workspace.path(cfg.model_dir, workspace.EXPORT),
+        base_info,
+        {**attack_info, "steps": cfg.val_attack_steps},
+        tf.summary.create_file_writer(workspace.path(cfg.model_dir, workspace.TENSORBOARD, "validation")),
+    )
     train_seconds = 0.0
     val_seconds = 0.0
     trained_steps = 0
@@ -439,41 +490,35 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
             train_seconds += time.perf_counter() - t0
             trained_steps += point - step
             step = point
-        if point != step or point in validated:
+        if point != step or selection.validated(point):
             continue
         t0 = time.perf_counter()
         with loop.SignalGuard() as guard:
             metrics = validator(should_stop=lambda: guard.signum is not None)
             if metrics is None:  # the checkpoint of this step exists: a re-run validates it again
                 raise loop.Interrupted(guard.signum, point)
-            entry = {"step": point, "epoch": round(point / steps_per_epoch, 4), **metrics}
-            history.append(entry)
             logging.info(
                 "validation at epoch %.2f (step %d): clean accuracy %.4f, PGD-%d robust accuracy %.4f",
-                entry["epoch"],
+                point / steps_per_epoch,
                 point,
                 metrics["clean_accuracy"],
                 cfg.val_attack_steps,
                 metrics["robust_accuracy"],
             )
-            with val_writer.as_default(step=point):
-                for k, v in metrics.items():
-                    tf.summary.scalar(f"validation/{k}", v)
-            val_writer.flush()
-            last_path = os.path.join(export_root, "last")
-            export_classifier(
-                last_path, model, {**base_info, "selected_by": "last", "validation": _validation_info(entry, cfg)}
-            )
-            for name, key in (("best_ra", "robust_accuracy"), ("best_sa", "clean_accuracy")):
-                if _best(history, key) is entry:  # the same weights as `last`: copy it rather than trace again
-                    _copy_export(last_path, os.path.join(export_root, name), selected_by=key)
-            workspace.write_json(history_path, history)
-            validated.add(point)
+            selection.record(model, {"step": point, "epoch": round(point / steps_per_epoch, 4), **metrics})
         val_seconds += time.perf_counter() - t0
         if guard.signum is not None:
             raise loop.Interrupted(guard.signum, point)
 
-    results = _results(cfg, history, steps_per_epoch, total_steps, export_root)
+    results = {
+        "mode": cfg.mode,
+        "objective": cfg.objective,
+        "backbone": cfg.backbone.name,
+        "pretrained": cfg.pretrained,
+        "steps": total_steps,
+        "epochs": round(total_steps / steps_per_epoch, 4),
+        **selection.summary(),
+    }
     results.update(
         wall_time_sec=time.time() - start_time,
         train_time_sec_this_session=train_seconds,
@@ -486,38 +531,3 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
     )
     workspace.write_json(workspace.path(cfg.model_dir, workspace.RESULTS), results)
     return results
-
-
-def _validation_info(entry: dict[str, Any], cfg: FinetuneConfig) -> dict[str, Any]:
-    return {
-        **entry,
-        "split": "validation (held out of the training set)",
-        "attack": {
-            "name": "pgd_linf",
-            "eps": cfg.attack.eps,
-            "step_size": cfg.attack.step_size,
-            "steps": cfg.val_attack_steps,
-        },
-    }
-
-
-def _results(cfg, history, steps_per_epoch, total_steps, export_root) -> dict[str, Any]:
-    def pick(entry):
-        if entry is None:
-            return None
-        return {k: entry[k] for k in ("epoch", "step", "clean_accuracy", "robust_accuracy")}
-
-    return {
-        "mode": cfg.mode,
-        "objective": cfg.objective,
-        "backbone": cfg.backbone.name,
-        "pretrained": cfg.pretrained,
-        "steps": total_steps,
-        "epochs": round(total_steps / steps_per_epoch, 4),
-        "best_robust_accuracy": pick(_best(history, "robust_accuracy")),
-        "best_clean_accuracy": pick(_best(history, "clean_accuracy")),
-        "last": pick(history[-1] if history else None),
-        "exports": {name: os.path.join(export_root, name) for name in EXPORTS},
-        "history": history,
-        "validation_attack": _validation_info({}, cfg)["attack"],
-    }

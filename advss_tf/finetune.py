@@ -67,6 +67,7 @@ def config_from_flags():
         model_dir=FLAGS.model_dir,
         pretrained=FLAGS.pretrained,
         backbone=BackboneConfig(FLAGS.backbone, FLAGS.sync_bn) if FLAGS.backbone else None,
+        sync_bn=FLAGS.sync_bn,
         mode=FLAGS.mode,
         objective=FLAGS.objective,
         trades_beta=FLAGS.trades_beta,

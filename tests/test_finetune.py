@@ -83,7 +83,11 @@ def test_restore_is_exact_for_trunk_and_stage4_and_leaves_the_head_new(tmp_path)
     cfg, info = finetuning.resolve_backbone(
         finetuning.FinetuneConfig(model_dir=str(tmp_path / "ft"), pretrained=str(tmp_path / "pretrain"))
     )
-    assert cfg.backbone.name == "tiny"  # taken from the export
+    assert cfg.backbone == BackboneConfig("tiny")  # taken from the export
+    synced, _ = finetuning.resolve_backbone(
+        finetuning.FinetuneConfig(model_dir="x", pretrained=str(tmp_path / "pretrain"), sync_bn=True)
+    )
+    assert synced.backbone == BackboneConfig("tiny", sync_bn=True)
     keras.utils.set_random_seed(1)
     model = ImageClassifier(cfg.backbone, 10)
     head_before = values(model.head.variables)

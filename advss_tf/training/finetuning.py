@@ -55,12 +55,13 @@ FINETUNE_OPTIMIZER = OptimizerConfig(
 class FinetuneConfig:
     """Everything a fine-tuning run depends on.
 
-    `backbone` None means: the pretraining export's backbone (or resnet18 without `pretrained`).
+    `backbone` None means: the pretraining export's backbone (or resnet18 without `pretrained`), with `sync_bn`.
     """
 
     model_dir: str
     pretrained: str | None = None
     backbone: BackboneConfig | None = None
+    sync_bn: bool = False
     mode: str = "full"
     objective: str = "adversarial"
     trades_beta: float = 6.0
@@ -126,11 +127,13 @@ def read_pretrained_info(path: str) -> dict[str, Any]:
 def resolve_backbone(cfg: FinetuneConfig) -> tuple[FinetuneConfig, dict[str, Any] | None]:
     """Fills in `cfg.backbone` from the export when not given; refuses an export of another architecture."""
     if not cfg.pretrained:
-        return (cfg if cfg.backbone else dataclasses.replace(cfg, backbone=BackboneConfig(DEFAULT_BACKBONE))), None
+        if cfg.backbone:
+            return cfg, None
+        return dataclasses.replace(cfg, backbone=BackboneConfig(DEFAULT_BACKBONE, cfg.sync_bn)), None
     info = read_pretrained_info(cfg.pretrained)
     name = info["backbone"].get("name")
     if cfg.backbone is None:
-        return dataclasses.replace(cfg, backbone=BackboneConfig(name)), info
+        return dataclasses.replace(cfg, backbone=BackboneConfig(name, cfg.sync_bn)), info
     if cfg.backbone.name != name:
         raise UsageError(
             f"--backbone={cfg.backbone.name} but {cfg.pretrained} was pretrained with {name}; "

@@ -125,6 +125,20 @@ class PretrainConfig:
             raise UsageError(f"--jigsaw_identity_prob must be in [0, 1], got {self.jigsaw_identity_prob}")
         if self.diversity_weight < 0:
             raise UsageError(f"--diversity_weight must be >= 0, got {self.diversity_weight}")
+        if self.task in ("selfie", "ensemble"):
+            self._check_selfie_dims()
+
+    def _check_selfie_dims(self) -> None:
+        """Selfie's transformer must fit the trunk: d_model is the trunk's width, split evenly over the heads."""
+        if min(self.selfie_layers, self.selfie_heads, self.selfie_ff_dim) < 1:
+            raise UsageError("--selfie_layers, --selfie_heads and --selfie_ff_dim must be >= 1")
+        width = self.backbone.trunk_channels
+        if width % self.selfie_heads:
+            raise UsageError(
+                f"--selfie_heads={self.selfie_heads} does not divide the {self.backbone.name} trunk width {width}"
+            )
+        if not 0.0 <= self.selfie_dropout < 1.0:
+            raise UsageError(f"--selfie_dropout must be in [0, 1), got {self.selfie_dropout}")
 
 
 def to_dict(config) -> dict[str, Any]:

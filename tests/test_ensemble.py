@@ -4,15 +4,12 @@ export, and the binary's resume / SIGTERM / bad-input behaviour."""
 import glob
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from pretrain_binary import assert_sigterm_saves_and_rerun_finishes, assert_usage_error, pretrain_command
 
 from advss_tf.attacks.pgd import pgd_linf
 from advss_tf.config import AttackConfig, OptimizerConfig, PretrainConfig, RuntimeConfig
@@ -221,39 +218,23 @@ def test_mirrored_run_on_two_cpus_exports_a_restorable_trunk_and_logs_every_task
 
 
 # -- the binary --------------------------------------------------------------------------------------------------------
-def _binary(model_dir, *extra):
-    return [
-        sys.executable, "-m", "advss_tf.pretrain", "--task=ensemble", "--backbone=tiny", f"--model_dir={model_dir}",
-        "--batch_size=8", "--train_steps=4", "--attack_steps=1", "--selfie_layers=1", "--selfie_heads=2",
-        "--selfie_ff_dim=32", "--steps_per_loop=1", "--checkpoint_every=2", "--image_summary_every=100", "--quiet",
-        *extra,
-    ]  # fmt: skip
+TINY_ENSEMBLE = [
+    "--backbone=tiny", "--batch_size=8", "--train_steps=4", "--attack_steps=1", "--selfie_layers=1",
+    "--selfie_heads=2", "--selfie_ff_dim=32", "--steps_per_loop=1", "--checkpoint_every=2",
+    "--image_summary_every=100", "--quiet",
+]  # fmt: skip
 
 
-@pytest.mark.parametrize("bad", ["--diversity_weight=-0.1", "--selfie_heads=5"])
-def test_binary_rejects_bad_ensemble_settings_with_one_line(tmp_path, bad):
-    proc = subprocess.run(_binary(tmp_path / "run", bad), capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+@pytest.mark.parametrize(
+    "bad, message",
+    [("--diversity_weight=-0.1", "--diversity_weight must be >= 0"), ("--selfie_heads=5", "does not divide")],
+)
+def test_binary_rejects_bad_ensemble_settings_with_one_line(tmp_path, bad, message):
+    assert_usage_error(pretrain_command("ensemble", tmp_path / "run", *TINY_ENSEMBLE, bad), tmp_path / "run", message)
 
 
 @pytest.mark.slow
 def test_binary_saves_on_sigterm_and_the_same_command_resumes(tmp_path):
-    model_dir = tmp_path / "run"
-    proc = subprocess.Popen(_binary(model_dir), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
-    deadline = time.time() + 600
-    while time.time() < deadline and not glob.glob(str(model_dir / "checkpoints" / "ckpt-2.index")):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert err.strip().splitlines()[-1].startswith("error: stopped by signal 15")
-    stopped = int(tf.train.latest_checkpoint(str(model_dir / "checkpoints")).rsplit("-", 1)[1])
-    assert 2 <= stopped < 4
-
-    done = subprocess.run(_binary(model_dir), capture_output=True, text=True, cwd=REPO, timeout=900)
-    assert done.returncode == 0, done.stderr
-    results = json.load(open(model_dir / "results.json"))
-    assert results["steps"] == 4 and results["task"] == "ensemble"
-    assert "diversity_h" in results["final_train_metrics"]
+    command = pretrain_command("ensemble", tmp_path / "run", *TINY_ENSEMBLE)
+    results = assert_sigterm_saves_and_rerun_finishes(command, tmp_path / "run", first_checkpoint=2, total_steps=4)
+    assert results["task"] == "ensemble" and "diversity_h" in results["final_train_metrics"]

@@ -4,15 +4,12 @@ export, and the binary's resume / SIGTERM / bad-input behaviour."""
 import glob
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from pretrain_binary import assert_sigterm_saves_and_rerun_finishes, assert_usage_error, pretrain_command
 
 from advss_tf.config import AttackConfig, OptimizerConfig, PretrainConfig, RuntimeConfig
 from advss_tf.data import pipeline
@@ -164,8 +161,9 @@ def test_bad_selfie_dims_are_usage_errors():
     from advss_tf.errors import UsageError
 
     for kw in (dict(selfie_heads=3), dict(selfie_layers=0), dict(selfie_dropout=1.0)):
-        with pytest.raises(UsageError):
-            build_task(PretrainConfig(**{**_config().__dict__, **kw}))
+        with pytest.raises(UsageError):  # when the config is made, so before anything is written
+            PretrainConfig(**{**_config().__dict__, **kw})
+    PretrainConfig(**{**_config().__dict__, "task": "rotation", "selfie_heads": 3})  # irrelevant there
 
 
 # -- attack and export -------------------------------------------------------------------------------------------------
@@ -277,38 +275,19 @@ def test_a_tiny_selfie_model_beats_chance_on_held_out_images(sample_arrays):
 
 
 # -- the binary --------------------------------------------------------------------------------------------------------
-def _binary(model_dir, *extra):
-    return [
-        sys.executable, "-m", "advss_tf.pretrain", "--task=selfie", "--backbone=tiny", f"--model_dir={model_dir}",
-        "--batch_size=16", "--train_steps=6", "--attack_steps=1", "--selfie_layers=1", "--selfie_heads=2",
-        "--selfie_ff_dim=32", "--steps_per_loop=1", "--checkpoint_every=2", "--quiet", *extra,
-    ]  # fmt: skip
+TINY_SELFIE = [
+    "--backbone=tiny", "--batch_size=16", "--train_steps=6", "--attack_steps=1", "--selfie_layers=1",
+    "--selfie_heads=2", "--selfie_ff_dim=32", "--steps_per_loop=1", "--checkpoint_every=2", "--quiet",
+]  # fmt: skip
 
 
 def test_binary_rejects_heads_that_do_not_divide_the_trunk(tmp_path):
-    proc = subprocess.run(
-        _binary(tmp_path / "run", "--selfie_heads=3"), capture_output=True, text=True, cwd=REPO, timeout=300
-    )
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "selfie_heads" in lines[0], proc.stderr
+    command = pretrain_command("selfie", tmp_path / "run", *TINY_SELFIE, "--selfie_heads=3")
+    assert_usage_error(command, tmp_path / "run", "--selfie_heads=3 does not divide the tiny trunk width 64")
 
 
 @pytest.mark.slow
 def test_binary_saves_on_sigterm_and_the_same_command_resumes(tmp_path):
-    model_dir = tmp_path / "run"
-    proc = subprocess.Popen(_binary(model_dir), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
-    deadline = time.time() + 300
-    while time.time() < deadline and not glob.glob(str(model_dir / "checkpoints" / "ckpt-2.index")):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert err.strip().splitlines()[-1].startswith("error: stopped by signal 15")
-    stopped = int(tf.train.latest_checkpoint(str(model_dir / "checkpoints")).rsplit("-", 1)[1])
-    assert 2 <= stopped < 6
-
-    done = subprocess.run(_binary(model_dir), capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert done.returncode == 0, done.stderr
-    results = json.load(open(model_dir / "results.json"))
-    assert results["steps"] == 6 and results["task"] == "selfie"
+    command = pretrain_command("selfie", tmp_path / "run", *TINY_SELFIE)
+    results = assert_sigterm_saves_and_rerun_finishes(command, tmp_path / "run", first_checkpoint=2, total_steps=6)
+    assert results["task"] == "selfie"

@@ -126,17 +126,18 @@ def _jigsaw(config: PretrainConfig) -> ClassificationPretextTask:
     return ClassificationPretextTask(config, "jigsaw", len(perms), transform, assets={"jigsaw_permutations": perms_var})
 
 
-def _check_selfie_dims(config: PretrainConfig) -> None:
-    """The transformer must fit the trunk: d_model is the trunk's width, split evenly over the heads."""
-    width = config.backbone.trunk_channels
-    if config.selfie_layers < 1 or config.selfie_heads < 1 or config.selfie_ff_dim < 1:
-        raise UsageError("--selfie_layers, --selfie_heads and --selfie_ff_dim must be >= 1")
-    if width % config.selfie_heads:
-        raise UsageError(
-            f"--selfie_heads={config.selfie_heads} does not divide the {config.backbone.name} trunk width {width}"
-        )
-    if not 0.0 <= config.selfie_dropout < 1.0:
-        raise UsageError(f"--selfie_dropout must be in [0, 1), got {config.selfie_dropout}")
+def _selfie_export_info(config: PretrainConfig) -> dict[str, Any]:
+    """What an export records about Selfie's transformer and its `selfie_logits` signature."""
+    return {
+        "selfie": {
+            "layers": config.selfie_layers,
+            "heads": config.selfie_heads,
+            "ff_dim": config.selfie_ff_dim,
+            "dropout": config.selfie_dropout,
+        },
+        "selfie_logits_order": list(range(selfie_lib.NUM_PATCHES)),
+        "selfie_logit_scale": config.backbone.trunk_channels**-0.5,  # SelfieModel's default
+    }
 
 
 def selfie_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
@@ -165,8 +166,7 @@ class SelfieTask:
     name = "selfie"
 
     def __init__(self, config: PretrainConfig):
-        _check_selfie_dims(config)
-        self.config = config
+        self.config = config  # its selfie dimensions were checked against the trunk when it was made
 
     def metric_names(self, adversarial: bool) -> tuple[str, ...]:
         names = ("loss", "clean_loss", "clean_accuracy")
@@ -230,18 +230,10 @@ class SelfieTask:
         return {}
 
     def export_info(self) -> dict[str, Any]:
-        c = self.config
         return {
             "task": self.name,
             "parts": ["trunk", "selfie_head"],
-            "selfie": {
-                "layers": c.selfie_layers,
-                "heads": c.selfie_heads,
-                "ff_dim": c.selfie_ff_dim,
-                "dropout": c.selfie_dropout,
-            },
-            "selfie_logits_order": list(range(selfie_lib.NUM_PATCHES)),
-            "selfie_logit_scale": c.backbone.trunk_channels**-0.5,
+            **_selfie_export_info(self.config),
         }
 
     def summary_images(self, batch: dict) -> dict[str, tf.Tensor]:
@@ -265,8 +257,7 @@ class EnsembleTask:
     name = "ensemble"
 
     def __init__(self, config: PretrainConfig):
-        _check_selfie_dims(config)
-        self.config = config
+        self.config = config  # its selfie dimensions were checked against the trunk when it was made
         self.permutations = jigsaw.make_permutations(config.jigsaw_permutations, config.seed)
         self.permutations_var = tf.Variable(self.permutations, trainable=False, name="jigsaw_permutations")
         self.weight = float(config.diversity_weight)
@@ -403,19 +394,11 @@ class EnsembleTask:
         return {"jigsaw_permutations.json": json.dumps(np.asarray(self.permutations_var.numpy()).tolist())}
 
     def export_info(self) -> dict[str, Any]:
-        c = self.config
         return {
             "task": self.name,
             "parts": list(ENSEMBLE_PARTS),
             "jigsaw_classes": len(self.permutations),
-            "selfie": {
-                "layers": c.selfie_layers,
-                "heads": c.selfie_heads,
-                "ff_dim": c.selfie_ff_dim,
-                "dropout": c.selfie_dropout,
-            },
-            "selfie_logits_order": list(range(selfie_lib.NUM_PATCHES)),
-            "selfie_logit_scale": c.backbone.trunk_channels**-0.5,
+            **_selfie_export_info(self.config),
             "diversity_weight": self.weight,
         }
 

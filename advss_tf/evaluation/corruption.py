@@ -1,0 +1,143 @@
+"""Accuracy on CIFAR-10-C (SPEC §7): one loop over (corruption, severity), whatever the source.
+
+The sets come from `advss_tf.corruptions.sources.load_cifar10c` (the built-in generator, the official .npy folder,
+or TFDS); the per-set accuracies are aggregated with `aggregate_cifar10c` into the uncertainty-baselines keys
+(`corrupt/<name>_<s>/accuracy`, ...). results.json also holds them as a corruption × severity table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import keras
+import numpy as np
+
+from advss_tf.corruptions.cifar10c import ALL_CORRUPTIONS, EXTRA_CORRUPTIONS, HEADLINE_CORRUPTIONS, SEVERITIES
+from advss_tf.corruptions.sources import aggregate_cifar10c, load_cifar10c
+from advss_tf.errors import UsageError
+from advss_tf.evaluation.robustness import ModelFn, Predictor
+
+CORRUPTION_GROUPS = {"headline": HEADLINE_CORRUPTIONS, "all": ALL_CORRUPTIONS, "extra": EXTRA_CORRUPTIONS}
+
+
+def parse_corruptions(names: Iterable[str]) -> tuple[str, ...]:
+    """Corruption names from `--corruptions`: names and/or the groups headline (15), extra (4), all (19).
+
+    Raises:
+      UsageError: an unknown name (the message lists the valid ones), or none given.
+    """
+    out: list[str] = []
+    for raw in names:
+        name = raw.strip().lower()
+        if not name:
+            continue
+        if name in CORRUPTION_GROUPS:
+            out.extend(c for c in CORRUPTION_GROUPS[name] if c not in out)
+        elif name in ALL_CORRUPTIONS:
+            if name not in out:
+                out.append(name)
+        else:
+            raise UsageError(
+                f"unknown corruption {raw!r}; valid: {', '.join(ALL_CORRUPTIONS)}, or {', '.join(CORRUPTION_GROUPS)}"
+            )
+    if not out:
+        raise UsageError("--corruptions is empty; give corruption names, headline, extra or all")
+    return tuple(out)
+
+
+def parse_severities(values: Iterable[str | int]) -> tuple[int, ...]:
+    """Severities from `--severities` (1..5), sorted, without repeats.
+
+    Raises:
+      UsageError: a value that is not 1..5, or none given.
+    """
+    out = set()
+    for raw in values:
+        text = str(raw).strip()
+        if not text:
+            continue
+        if not text.isdigit() or int(text) not in SEVERITIES:
+            raise UsageError(f"unknown severity {text!r}; valid: {', '.join(map(str, SEVERITIES))}")
+        out.add(int(text))
+    if not out:
+        raise UsageError("--severities is empty; give some of 1,2,3,4,5")
+    return tuple(sorted(out))
+
+
+def evaluate_cifar10c(
+    model_fn: ModelFn,
+    *,
+    source: str,
+    corruptions: tuple[str, ...],
+    severities: tuple[int, ...],
+    data_dir: str | None,
+    tfds_data_dir: str | None,
+    clean_images: np.ndarray,
+    clean_labels: np.ndarray,
+    seed: int,
+    max_examples: int | None,
+    batch_size: int,
+    fixed_batch: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Accuracy on every (corruption, severity) set, with the means.
+
+    Args:
+      model_fn: float32 images [N, 32, 32, 3] in [0, 1] → logits [N, 10].
+      source: "generate", "npy" or "tfds" (`CIFAR10C_SOURCES`).
+      corruptions, severities: what to evaluate.
+      data_dir: the .npy folder (npy); tfds_data_dir: the TFDS data folder (tfds).
+      clean_images, clean_labels: uint8 test images and labels the generator corrupts (generate).
+      seed: the generator's seed.
+      max_examples: first this many examples of each set (None: all).
+      batch_size, fixed_batch: images per call; the signature's fixed batch size or None.
+      progress: show a progress bar over the sets.
+
+    Returns:
+      The "cifar10c" section of results.json (see docs/evaluate.md).
+    """
+    start = time.perf_counter()
+    predictor = Predictor(model_fn, fixed_batch)
+    accuracy: dict[tuple[str, int], float] = {}
+    sizes = set()
+    pairs = [(c, s) for c in corruptions for s in severities]
+    bar = keras.utils.Progbar(len(pairs), stateful_metrics=["acc"], unit_name="set") if progress else None
+    for i, (name, severity) in enumerate(pairs):
+        images, labels = load_cifar10c(
+            source,
+            name,
+            severity,
+            data_dir=data_dir,
+            tfds_data_dir=tfds_data_dir,
+            clean_images=clean_images,
+            clean_labels=clean_labels,
+            seed=seed,
+            max_examples=max_examples,
+        )
+        if not len(images):
+            raise UsageError(f"CIFAR-10-C {name} severity {severity} from source {source} is empty")
+        accuracy[(name, severity)] = float(np.mean(predictor.correct(images, labels, batch_size)))
+        sizes.add(len(images))
+        if bar is not None:
+            bar.update(i + 1, values=[("acc", accuracy[(name, severity)])])
+    metrics = aggregate_cifar10c(accuracy)
+    table = {name: {str(s): accuracy[(name, s)] for s in severities} for name in corruptions}
+    return {
+        "source": source,
+        "corruptions": list(corruptions),
+        "severities": list(severities),
+        "num_examples": max(sizes) if len(sizes) == 1 else sorted(sizes),
+        "accuracy": table,
+        "mean_accuracy": metrics.get("corrupt/mean_accuracy"),
+        "mean_accuracy_per_severity": {
+            str(s): metrics[f"corrupt/severity_{s}/accuracy"]
+            for s in severities
+            if f"corrupt/severity_{s}/accuracy" in metrics
+        },
+        "mean_accuracy_per_corruption": {c: metrics[f"corrupt/{c}/accuracy"] for c in corruptions},
+        "extra_mean_accuracy": metrics.get("corrupt/extra_mean_accuracy"),
+        "metrics": metrics,
+        "seconds": time.perf_counter() - start,
+    }

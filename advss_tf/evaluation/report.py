@@ -1,0 +1,229 @@
+"""What a person reads: the Markdown report of one evaluation, a table across several, and the figures.
+
+Figures are matplotlib PNGs drawn on `matplotlib.figure.Figure` (the Agg canvas, no pyplot state, no display):
+the SA-vs-RA scatter of several models (like the paper's Figure 1), the CIFAR-10-C corruption × severity heat map,
+and the clean | adversarial | amplified perturbation grid.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+# SPEC §9: the paper's CIFAR-10 results (ResNet-50v2, adversarial full fine-tuning, PGD-20), in percent, with a
+# label offset (points) each so the six close points stay readable.
+PAPER_POINTS: tuple[tuple[str, float, float, tuple[int, int]], ...] = (
+    ("end-to-end AT", 84.72, 47.22, (-66, -4)),
+    ("Selfie", 86.02, 51.05, (-4, 7)),
+    ("Rotation", 85.66, 50.05, (-40, 7)),
+    ("Jigsaw", 83.74, 48.84, (-10, -12)),
+    ("ens. pretrain", 83.00, 52.22, (4, -10)),
+    ("ens. of 3", 86.04, 54.64, (5, 3)),
+)
+_NORM_NAMES = {"linf": "L∞", "l2": "L2"}
+
+
+def norm_name(norm: str) -> str:
+    return _NORM_NAMES.get(norm, norm)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def model_label(results: dict[str, Any]) -> str:
+    return results.get("model", {}).get("name") or os.path.basename(results.get("model", {}).get("path", "model"))
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    """The report of one results.json: accuracy per attack, masking check, CIFAR-10-C table (accuracies in %)."""
+    model, data = results["model"], results["data"]
+    lines = [
+        f"# Robustness of {model_label(results)}",
+        "",
+        f"- Model: `{model['path']}` (signature `{model['signature']}`, output `{model['output']}`: "
+        f"{model['output_kind']}); saved_model.pb sha256 `{model['saved_model_pb_sha256'][:12]}`, "
+        f"variables sha256 `{model['variables_sha256'][:12]}`",
+        f"- Test set: CIFAR-10 test from `{data['dataset']}`, {data['num_examples']} examples; seed {results['seed']}",
+        f"- Wall time: {results['wall_time_sec']:.1f} s; TensorFlow {results['versions'].get('tensorflow')}, "
+        f"Keras {results['versions'].get('keras')}",
+        "",
+        "## Accuracy (%)",
+        "",
+        "Robust accuracy counts an example only if it is classified correctly clean and after every restart.",
+        "",
+        "| evaluation | norm | ε | step | steps | restarts | loss | accuracy | images/s |",
+        "|---|---|---|---|---|---|---|---:|---:|",
+        f"| clean | – | – | – | – | – | – | {_pct(results['standard_accuracy'])} | – |",
+    ]
+    for name, r in results["robust_accuracy"].items():
+        ips = "–" if r.get("images_per_sec") is None else f"{r['images_per_sec']:.1f}"
+        lines.append(
+            f"| {name} | {norm_name(r['norm'])} | {r['epsilon_label']} | {r['step_size']:.4g} | "
+            f"{r['steps']} | {r['restarts']} | {r['loss']} | {_pct(r['accuracy'])} | {ips} |"
+        )
+    masking = results["gradient_masking"]
+    lines += ["", "## Gradient-masking check", ""]
+    if masking["suspected"]:
+        lines.append("**Possible gradient masking** — robust accuracies above may overstate robustness:")
+        lines += [f"- {f['message']}" for f in masking["flags"]]
+    else:
+        lines.append(
+            "No sign found (stronger attacks never scored higher than weaker ones beyond "
+            f"tolerance; input gradients zero for {masking['zero_gradient_fraction']:.1%} and non-finite for "
+            f"{masking['nonfinite_gradient_fraction']:.1%} of test images)."
+        )
+    c10c = results.get("cifar10c")
+    if c10c:
+        lines += ["", "## CIFAR-10-C accuracy (%)", ""]
+        lines.append(
+            f"Source `{c10c['source']}`, {c10c['num_examples']} examples per set. Headline mean over the 15 "
+            f"corruptions × 5 severities present: **{_pct(c10c['mean_accuracy'])}**; the 4 extra corruptions: "
+            f"{_pct(c10c['extra_mean_accuracy'])}."
+        )
+        lines.append("")
+        severities = c10c["severities"]
+        lines.append("| corruption | " + " | ".join(f"s{s}" for s in severities) + " | mean |")
+        lines.append("|---|" + "---:|" * (len(severities) + 1))
+        for name, row in c10c["accuracy"].items():
+            cells = " | ".join(_pct(row[str(s)]) for s in severities)
+            lines.append(f"| {name} | {cells} | {_pct(c10c['mean_accuracy_per_corruption'][name])} |")
+        per_sev = c10c["mean_accuracy_per_severity"]
+        if per_sev:
+            cells = " | ".join(_pct(per_sev.get(str(s))) for s in severities)
+            lines.append(f"| **mean (headline)** | {cells} | {_pct(c10c['mean_accuracy'])} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def combined_table(all_results: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
+    """One Markdown row per model: examples, clean accuracy, each attack's robust accuracy, CIFAR-10-C mean (%)."""
+    attacks: list[str] = []
+    for r in all_results:
+        attacks.extend(a for a in r["robust_accuracy"] if a not in attacks)
+    header = ["model", "examples", "clean", *attacks, "CIFAR-10-C mean", "masking?"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 2) + "---|"]
+    for label, r in zip(labels, all_results):
+        robust = [_pct(r["robust_accuracy"][a]["accuracy"]) if a in r["robust_accuracy"] else "–" for a in attacks]
+        c10c = (r.get("cifar10c") or {}).get("mean_accuracy")
+        masking = "yes" if r["gradient_masking"]["suspected"] else "no"
+        cells = [label, str(r["data"]["num_examples"]), _pct(r["standard_accuracy"]), *robust, _pct(c10c), masking]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=120, layout="constrained")
+
+
+def _save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def plot_sa_vs_ra(
+    all_results: Sequence[dict[str, Any]], labels: Sequence[str], path: str, attack: str = "pgd20", paper: bool = False
+) -> str:
+    """Standard vs robust accuracy, one labelled point per model (the paper's Figure 1); returns `path`.
+
+    Args:
+      all_results: results.json contents; a model without `attack` is left out.
+      labels: a label per model.
+      path: the PNG to write.
+      attack: which robust accuracy goes on the x axis.
+      paper: also draw the paper's reported points (grey) for comparison.
+    """
+    fig = _figure(6.0, 4.5)
+    ax = fig.add_subplot()
+    for label, r in zip(labels, all_results):
+        if attack not in r["robust_accuracy"]:
+            continue
+        ra, sa = 100 * r["robust_accuracy"][attack]["accuracy"], 100 * r["standard_accuracy"]
+        marker = "x" if r["gradient_masking"]["suspected"] else "o"
+        ax.scatter([ra], [sa], marker=marker, s=50, zorder=3)
+        ax.annotate(label, (ra, sa), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if paper:
+        for i, (label, sa, ra, offset) in enumerate(PAPER_POINTS):
+            legend = "paper (ResNet-50v2, PGD-20)" if i == 0 else None
+            ax.scatter([ra], [sa], color="0.6", marker="s", s=20, zorder=2, label=legend)
+            ax.annotate(label, (ra, sa), textcoords="offset points", xytext=offset, fontsize=6, color="0.4")
+        ax.legend(loc="lower right", fontsize=7)
+    spec = next((r["robust_accuracy"][attack] for r in all_results if attack in r["robust_accuracy"]), None)
+    budget = f" ({norm_name(spec['norm'])} ε={spec['epsilon_label']})" if spec else ""
+    ax.set_xlabel(f"robust accuracy under {attack}{budget} (%)")
+    ax.set_ylabel("standard accuracy (%)")
+    ax.set_title("Standard vs robust accuracy (x: suspected gradient masking)")
+    ax.grid(alpha=0.3)
+    ax.margins(0.12)
+    return _save(fig, path)
+
+
+def plot_cifar10c_heatmap(results: dict[str, Any], path: str) -> str:
+    """CIFAR-10-C accuracy (%) as a corruption × severity heat map with the numbers written in; returns `path`."""
+    c10c = results["cifar10c"]
+    names, severities = list(c10c["accuracy"]), c10c["severities"]
+    grid = np.array([[100 * c10c["accuracy"][n][str(s)] for s in severities] for n in names])
+    fig = _figure(1.2 + 0.8 * len(severities), 1.2 + 0.32 * len(names))
+    ax = fig.add_subplot()
+    image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(severities)), [str(s) for s in severities])
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("severity")
+    for i in range(len(names)):
+        for j in range(len(severities)):
+            ax.text(
+                j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7, color="w" if grid[i, j] < 60 else "k"
+            )
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    ax.set_title(f"CIFAR-10-C: {model_label(results)} (mean {_pct(c10c['mean_accuracy'])}%)", fontsize=9)
+    return _save(fig, path)
+
+
+def amplified_perturbation(clean: np.ndarray, adversarial: np.ndarray) -> np.ndarray:
+    """The perturbation stretched per image to fill [0, 1] (0.5 = unchanged), so an 8/255 change is visible."""
+    delta = adversarial - clean
+    scale = np.abs(delta).reshape(len(delta), -1).max(axis=1).reshape(-1, 1, 1, 1)
+    return np.clip(0.5 + delta / (2 * np.maximum(scale, 1e-12)), 0.0, 1.0)
+
+
+def plot_adversarial_examples(
+    clean: np.ndarray,
+    adversarial: np.ndarray,
+    path: str,
+    *,
+    title: str = "",
+    clean_labels: Sequence[str] | None = None,
+    adversarial_labels: Sequence[str] | None = None,
+) -> str:
+    """Rows of clean | adversarial | amplified perturbation for a few images in [0, 1]; returns `path`.
+
+    Args:
+      clean, adversarial: float [k, 32, 32, 3] in [0, 1].
+      path: the PNG to write.
+      title: the figure's title (attack and budget).
+      clean_labels, adversarial_labels: the model's predicted class names, shown under the images.
+    """
+    k = len(clean)
+    amplified = amplified_perturbation(clean, adversarial)
+    fig = _figure(4.2, 1.35 * k + 0.4)
+    axes = fig.subplots(k, 3, squeeze=False)
+    for i in range(k):
+        columns = ((clean[i], "clean", clean_labels), (adversarial[i], "adversarial", adversarial_labels))
+        for j, (image, name, labels) in enumerate((*columns, (amplified[i], "perturbation (amplified)", None))):
+            ax = axes[i, j]
+            ax.imshow(np.clip(image, 0, 1), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=8)
+            if labels is not None:
+                ax.set_xlabel(labels[i], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

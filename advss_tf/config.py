@@ -107,6 +107,7 @@ class PretrainConfig:
     selfie_heads: int = 16
     selfie_ff_dim: int = 2048
     selfie_dropout: float = 0.1
+    selfie_logit_scale: float = 0.0  # 0: 1/sqrt(trunk width)
     diversity_weight: float = 0.1
     runtime: RuntimeConfig = RuntimeConfig()
 
@@ -139,6 +140,15 @@ class PretrainConfig:
             )
         if not 0.0 <= self.selfie_dropout < 1.0:
             raise UsageError(f"--selfie_dropout must be in [0, 1), got {self.selfie_dropout}")
+        if self.selfie_logit_scale < 0:
+            raise UsageError(
+                f"--selfie_logit_scale must be >= 0 (0 = 1/sqrt(trunk width)), got {self.selfie_logit_scale}"
+            )
+
+    @property
+    def selfie_scale(self) -> float:
+        """The factor on Selfie's query-patch dot products: --selfie_logit_scale, or 1/sqrt(trunk width) when 0."""
+        return self.selfie_logit_scale or self.backbone.trunk_channels**-0.5
 
 
 def to_dict(config) -> dict[str, Any]:

@@ -30,6 +30,11 @@ flags.DEFINE_integer("selfie_layers", 13, "Selfie: transformer encoder layers.")
 flags.DEFINE_integer("selfie_heads", 16, "Selfie: attention heads.")
 flags.DEFINE_integer("selfie_ff_dim", 2048, "Selfie: transformer feed-forward width.")
 flags.DEFINE_float("selfie_dropout", 0.1, "Selfie: transformer dropout.")
+flags.DEFINE_float(
+    "selfie_logit_scale",
+    0.0,
+    "Selfie: factor on the query-patch dot products; 0 = 1/sqrt(trunk width), 1 = the reference's raw products.",
+)
 flags.DEFINE_float("diversity_weight", 0.1, "Ensemble: λ of the gradient-diversity regulariser h.")
 flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1")
 flags.register_validator("train_fraction", lambda v: 0 < v <= 1, "--train_fraction must be in (0, 1]")
@@ -64,6 +69,7 @@ def config_from_flags():
         selfie_heads=FLAGS.selfie_heads,
         selfie_ff_dim=FLAGS.selfie_ff_dim,
         selfie_dropout=FLAGS.selfie_dropout,
+        selfie_logit_scale=FLAGS.selfie_logit_scale,
         diversity_weight=FLAGS.diversity_weight,
         runtime=common_flags.runtime_config(),
     )

@@ -52,3 +52,12 @@ def test_pgd_is_deterministic_and_runs_in_tf_function_and_replica_step(trained_c
 
     out = tf.concat(strategy.experimental_local_results(run(batch)), 0)
     assert out.shape == x.shape and float(tf.reduce_max(tf.abs(out - x))) <= EPS + 1e-6
+
+
+def test_a_model_without_input_gradients_is_attacked_with_zero_gradients(trained_classifier):
+    model, x, y = trained_classifier
+    x, y = x[:8], y[:8]
+    masked = lambda z: model(tf.stop_gradient(z), training=False)  # noqa: E731
+    np.testing.assert_array_equal(fgsm(masked, x, y, eps=EPS), x)  # no gradient: the sign step moves nothing
+    start = pgd_linf(masked, x, y, eps=EPS, step_size=STEP, steps=1, seed=SEED)  # the random start, unmoved
+    np.testing.assert_array_equal(pgd_linf(masked, x, y, eps=EPS, step_size=STEP, steps=5, seed=SEED), start)

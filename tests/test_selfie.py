@@ -123,7 +123,7 @@ def test_query_logits_are_scaled_dot_products():
     q = tf.random.normal([2, 4, 8], seed=3)
     t = tf.random.normal([2, 4, 8], seed=4)
     np.testing.assert_allclose(
-        query_logits(q, t, 0.5), 0.5 * np.einsum("bqd,bcd->bqc", q.numpy(), t.numpy()), rtol=1e-5
+        query_logits(q, t, 0.5), 0.5 * np.einsum("bqd,bcd->bqc", q.numpy(), t.numpy()), rtol=1e-5, atol=1e-6
     )
     assert SelfieModel(BackboneConfig("tiny"), 1, 2, 8).logit_scale == pytest.approx(64**-0.5)
 
@@ -160,10 +160,18 @@ def test_selfie_head_builds_its_weights_and_config_round_trips():
 def test_bad_selfie_dims_are_usage_errors():
     from advss_tf.errors import UsageError
 
-    for kw in (dict(selfie_heads=3), dict(selfie_layers=0), dict(selfie_dropout=1.0)):
+    for kw in (dict(selfie_heads=3), dict(selfie_layers=0), dict(selfie_dropout=1.0), dict(selfie_logit_scale=-1.0)):
         with pytest.raises(UsageError):  # when the config is made, so before anything is written
             PretrainConfig(**{**_config().__dict__, **kw})
     PretrainConfig(**{**_config().__dict__, "task": "rotation", "selfie_heads": 3})  # irrelevant there
+
+
+def test_the_logit_scale_flag_reaches_both_selfie_models():
+    assert build_task(_config()).build_model().logit_scale == pytest.approx(64**-0.5)  # 0: 1/sqrt(width)
+    raw = PretrainConfig(**{**_config().__dict__, "selfie_logit_scale": 1.0})
+    assert build_task(raw).build_model().logit_scale == 1.0
+    ensemble = PretrainConfig(**{**raw.__dict__, "task": "ensemble"})
+    assert build_task(ensemble).build_model().selfie.logit_scale == 1.0
 
 
 # -- attack and export -------------------------------------------------------------------------------------------------

@@ -33,6 +33,11 @@ flags.DEFINE_integer("selfie_ff_dim", 2048, "Selfie feed-forward width.")
 FLAGS = flags.FLAGS
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main(argv):
     del argv
     import os
@@ -81,14 +86,17 @@ def main(argv):
         images, labels, global_batch_size=cfg.batch_size, seed=0, transform=task.transform, **AUGMENTATION[cfg.task]
     )
     it = iter(strategy.experimental_distribute_dataset(ds))
+    rss_before_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     t0 = time.perf_counter()
     trainer.train(it, 1)
     warmup = time.perf_counter() - t0
     times = []
+    cpu0 = _cpu_seconds()
     for _ in range(FLAGS.steps):
         t0 = time.perf_counter()
         trainer.train(it, 1)
         times.append(time.perf_counter() - t0)
+    cpu_percent = 100 * (_cpu_seconds() - cpu0) / sum(times)
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     result = {
         "task": FLAGS.task,
@@ -102,7 +110,9 @@ def main(argv):
         "step_sec": [round(t, 2) for t in times],
         "mean_step_sec": round(sum(times) / len(times), 2),
         "images_per_sec": round(FLAGS.batch_size * len(times) / sum(times), 1),
+        "cpu_percent_during_steps": round(cpu_percent),
         "peak_rss_gib": round(peak_rss_gib, 2),
+        "peak_rss_before_first_step_gib": round(rss_before_gib, 2),
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "tensorflow": tf.__version__,
         "cpus": os.cpu_count(),

@@ -35,11 +35,15 @@ def check_budget(eps: float, step_size: float, steps: int) -> None:
 
 
 def input_gradient(model_fn: ModelFn, x: tf.Tensor, y, loss_fn: LossFn) -> tuple[tf.Tensor, tf.Tensor]:
-    """(per-example loss, d sum(loss) / dx). Each example's gradient is its own loss's (up to BatchNorm coupling)."""
+    """(per-example loss, d sum(loss) / dx). Each example's gradient is its own loss's (up to BatchNorm coupling).
+
+    A model with no gradient path from its input (a `tf.stop_gradient`, a non-differentiable preprocessing step)
+    gets a zero gradient, so the attack runs and leaves x where it is; evaluation flags such models as masking.
+    """
     with tf.GradientTape() as tape:
         tape.watch(x)
         loss = loss_fn(y, model_fn(x))
-    return loss, tape.gradient(loss, x)
+    return loss, tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 def pgd_linf(

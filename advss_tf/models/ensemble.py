@@ -22,6 +22,7 @@ class EnsembleModel(keras.Model):
       backbone: the trunk and the stage 4s.
       jigsaw_classes: number of jigsaw permutations (31 in the paper).
       selfie_layers, selfie_heads, selfie_ff_dim, selfie_dropout: Selfie's transformer.
+      selfie_logit_scale: factor on Selfie's query-patch dot products (None: 1/sqrt(trunk width)).
     """
 
     def __init__(
@@ -32,6 +33,7 @@ class EnsembleModel(keras.Model):
         selfie_heads: int = 16,
         selfie_ff_dim: int = 2048,
         selfie_dropout: float = 0.1,
+        selfie_logit_scale: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -44,7 +46,14 @@ class EnsembleModel(keras.Model):
             backbone, jigsaw_classes, trunk=self.trunk, head_name="jigsaw", name="jigsaw_model"
         )
         self.selfie = SelfieModel(
-            backbone, selfie_layers, selfie_heads, selfie_ff_dim, selfie_dropout, trunk=self.trunk, name="selfie_model"
+            backbone,
+            selfie_layers,
+            selfie_heads,
+            selfie_ff_dim,
+            selfie_dropout,
+            logit_scale=selfie_logit_scale,
+            trunk=self.trunk,
+            name="selfie_model",
         )
         self.build((None, 32, 32, 3))
 

@@ -136,7 +136,7 @@ def _selfie_export_info(config: PretrainConfig) -> dict[str, Any]:
             "dropout": config.selfie_dropout,
         },
         "selfie_logits_order": list(range(selfie_lib.NUM_PATCHES)),
-        "selfie_logit_scale": config.backbone.trunk_channels**-0.5,  # SelfieModel's default
+        "selfie_logit_scale": config.selfie_scale,
     }
 
 
@@ -179,7 +179,13 @@ class SelfieTask:
     def build_model(self) -> SelfieModel:
         c = self.config
         return SelfieModel(
-            c.backbone, c.selfie_layers, c.selfie_heads, c.selfie_ff_dim, c.selfie_dropout, name="selfie_model"
+            c.backbone,
+            c.selfie_layers,
+            c.selfie_heads,
+            c.selfie_ff_dim,
+            c.selfie_dropout,
+            logit_scale=c.selfie_scale,
+            name="selfie_model",
         )
 
     def extra_checkpoint_items(self) -> dict[str, Any]:
@@ -290,6 +296,7 @@ class EnsembleTask:
             c.selfie_heads,
             c.selfie_ff_dim,
             c.selfie_dropout,
+            selfie_logit_scale=c.selfie_scale,
             name="ensemble_model",
         )
         return self._model

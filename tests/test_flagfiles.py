@@ -1,0 +1,103 @@
+"""Every flagfile under flags/ parses with its binary's flags and builds a valid config; the paper's carry SPEC values.
+
+A flagfile is only read when a user runs it, so a renamed flag or a value the config rejects would otherwise be
+found by the person who starts a 200-epoch run. One subprocess per binary (each binary defines its own flags).
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Parses each flagfile given after the binary's module name and prints a few fields of the config it builds.
+_PARSE = r"""
+import dataclasses, importlib, json, sys
+from absl import flags
+binary = importlib.import_module(sys.argv[1])
+required = json.loads(sys.argv[2])
+out = {}
+for path in sys.argv[3:]:
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["binary", "--flagfile=" + path, *required])
+    cfg = dataclasses.asdict(binary.config_from_flags())
+    out[path] = cfg
+print("CONFIGS=" + json.dumps(out, default=str))
+"""
+
+BINARIES = {
+    "pretrain": ("advss_tf.pretrain", ["--model_dir=/tmp/advss_flagfile_check"]),
+    "finetune": ("advss_tf.finetune", ["--model_dir=/tmp/advss_flagfile_check"]),
+    "evaluate": ("advss_tf.evaluate", ["--model=/tmp/advss_no_model", "--output_dir=/tmp/advss_flagfile_check"]),
+}
+
+
+def _configs(prefix):
+    module, required = BINARIES[prefix]
+    paths = sorted(glob.glob(os.path.join(REPO, "flags", "*", f"{prefix}*.flags")))
+    assert paths, f"no {prefix} flagfiles"
+    if prefix == "finetune":  # linear/partial freeze the backbone: they need an export (not read when parsing)
+        required = [*required, "--pretrained=/tmp/advss_some_export"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _PARSE, module, json.dumps(required), *paths],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("CONFIGS=")][-1]
+    configs = json.loads(line[len("CONFIGS=") :])
+    return {os.path.relpath(p, REPO): c for p, c in configs.items()}
+
+
+@pytest.fixture(scope="module")
+def pretrain_configs():
+    return _configs("pretrain")
+
+
+def test_pretrain_flagfiles_build_configs_and_the_paper_ones_carry_the_spec(pretrain_configs):
+    assert len(pretrain_configs) == 8
+    for path, cfg in pretrain_configs.items():
+        assert os.path.basename(path) == f"pretrain_{cfg['task']}.flags", path
+        if path.startswith("flags/paper/"):
+            assert cfg["backbone"]["name"] == "resnet50v2" and cfg["data"]["source"] == "tfds", path
+            assert cfg["adversarial"], path
+            assert cfg["attack"]["eps"] == pytest.approx(8 / 255), path
+            assert cfg["attack"]["step_size"] == pytest.approx(2 / 255), path
+            assert cfg["attack"]["steps"] == 10, path
+    paper = {c["task"]: c for p, c in pretrain_configs.items() if p.startswith("flags/paper/")}
+    assert paper["jigsaw"]["jigsaw_permutations"] == 30 and paper["jigsaw"]["jigsaw_identity_prob"] == 0.1
+    assert (paper["selfie"]["selfie_layers"], paper["selfie"]["selfie_heads"], paper["selfie"]["selfie_ff_dim"]) == (
+        13,
+        16,
+        2048,
+    )
+    assert paper["ensemble"]["diversity_weight"] == 0.1
+    assert paper["ensemble"]["optimizer"]["learning_rate"] == 0.001 and paper["ensemble"]["optimizer"]["nesterov"]
+
+
+def test_finetune_flagfiles_build_configs_and_the_paper_ones_carry_the_recipe():
+    configs = _configs("finetune")
+    assert len(configs) == 6
+    for path, cfg in configs.items():
+        if path.startswith("flags/paper/"):
+            opt = cfg["optimizer"]
+            assert (cfg["batch_size"], cfg["epochs"], opt["learning_rate"], opt["momentum"]) == (128, 100, 0.1, 0.9)
+            assert opt["weight_decay"] == 3e-4, path
+            assert cfg["val_attack_steps"] == 20 and cfg["attack"]["steps"] == 10, path
+
+
+def test_evaluate_flagfiles_build_configs():
+    configs = _configs("evaluate")
+    assert len(configs) == 2
+    paper = configs["flags/paper/evaluate.flags"]
+    assert paper["linf_epsilon"] == pytest.approx(8 / 255) and paper["max_examples"] == 0
+    assert [int(s) for s in paper["severities"]] == [1, 2, 3, 4, 5]
+    assert {"pgd20", "fgsm", "pgd100", "pgd20_eps16", "pgd_l2", "cw_linf", "apgd_ce", "apgd_dlr"} == set(
+        paper["attacks"]
+    )

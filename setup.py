@@ -1,8 +1,15 @@
 """advss_tf: adversarial self-supervised pre-training and adversarial fine-tuning in TensorFlow/Keras 3."""
 
-from setuptools import find_packages, setup
+import os
+
+from setuptools import find_namespace_packages, setup
 
 TF_VERSION = "2.21.0"
+# tensorflow-cpu by default; ADVSS_TF_GPU=1 at install time asks for the CUDA build instead. This is a switch and
+# not only the `gpu` extra because pip cannot drop a base requirement when an extra is chosen, and tensorflow-cpu
+# and tensorflow write the same files: installed together, whichever came last wins.
+GPU = os.environ.get("ADVSS_TF_GPU", "") not in ("", "0")
+TENSORFLOW = f"tensorflow[and-cuda]=={TF_VERSION}" if GPU else f"tensorflow-cpu=={TF_VERSION}"
 
 setup(
     name="advss_tf",
@@ -14,14 +21,14 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["advss_tf", "advss_tf.*"]),
+    packages=find_namespace_packages(include=["advss_tf", "advss_tf.*"]),  # data folders too
     package_data={
-        "advss_tf.data": ["sample/*.bin", "sample/*.txt"],
-        "advss_tf.corruptions": ["frost/*.png", "frost/*.jpg"],
+        "advss_tf.data.sample": ["*.bin", "*.txt"],
+        "advss_tf.corruptions.frost": ["*.png", "*.jpg"],
     },
     include_package_data=True,
     install_requires=[
-        f"tensorflow-cpu=={TF_VERSION}",
+        TENSORFLOW,
         "keras==3.15.1",
         "tensorflow-datasets==4.9.10",
         "importlib_resources>=6",  # tfds needs it on Python 3.11 but does not declare it
@@ -33,7 +40,7 @@ setup(
         "matplotlib>=3.8,<4",
     ],
     extras_require={
-        # GPU users: pip install "advss_tf[gpu]" replaces the CPU wheel with the CUDA one.
+        # GPU users: ADVSS_TF_GPU=1 pip install -e ".[gpu]" (see the comment at the top).
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
         "test": ["pytest>=8", "ruff>=0.6"],
     },

@@ -4,6 +4,9 @@
 # Rotation pretraining -> adversarial fine-tuning), each evaluated on the 508 real test images, then the SA-vs-RA
 # scatter over the three. About half an hour on a 2-core CPU.
 #
+# Each classifier is evaluated from the export its objective selects: the best validation SA for standard
+# training (its best-RA epoch is just an early, worse model), the best validation RA for the adversarial ones.
+#
 #   bash tools/readme_figures.sh [DATA_DIR] [RUNS_DIR]
 #
 # Writes the runs under RUNS_DIR (default runs/readme) and copies the figures to docs/images/.
@@ -25,11 +28,13 @@ python -m advss_tf.finetune --flagfile=flags/paper/finetune_full_adversarial.fla
 
 EVAL=(--flagfile=flags/paper/evaluate.flags --dataset=binary "--data_dir=$DATA" --quiet)
 for run in standard adversarial rotation_ft; do
+  export_name=best_ra
+  if [ "$run" = standard ]; then export_name=best_sa; fi
   extra=(--attacks=fgsm,pgd20,pgd100,pgd20_eps16,cw_linf --cifar10c_source=none)
   if [ "$run" = rotation_ft ]; then
     extra=(--attacks=fgsm,pgd20,pgd100,pgd20_eps16,cw_linf --cifar10c_source=generate)
   fi
-  python -m advss_tf.evaluate "${EVAL[@]}" "${extra[@]}" --model="$RUNS/$run/export/best_ra" \
+  python -m advss_tf.evaluate "${EVAL[@]}" "${extra[@]}" --model="$RUNS/$run/export/$export_name" \
       --model_name="$run" --output_dir="$RUNS/${run}_eval"
 done
 python tools/report.py "$RUNS/standard_eval" "$RUNS/adversarial_eval" "$RUNS/rotation_ft_eval" \

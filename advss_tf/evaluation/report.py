@@ -141,13 +141,33 @@ def plot_sa_vs_ra(
     """
     fig = _figure(6.0, 4.5)
     ax = fig.add_subplot()
-    for label, r in zip(labels, all_results):
-        if attack not in r["robust_accuracy"]:
-            continue
-        ra, sa = 100 * r["robust_accuracy"][attack]["accuracy"], 100 * r["standard_accuracy"]
+    points = [
+        (label, 100 * r["robust_accuracy"][attack]["accuracy"], 100 * r["standard_accuracy"], r)
+        for label, r in zip(labels, all_results)
+        if attack in r["robust_accuracy"]
+    ]
+    ras, sas = [p[1] for p in points], [p[2] for p in points]
+    middle = (min(ras) + max(ras)) / 2 if points else 0.0
+    x_span, y_span = (max(ras) - min(ras) or 1.0, max(sas) - min(sas) or 1.0) if points else (1.0, 1.0)
+    for i, (label, ra, sa, r) in enumerate(points):
         marker = "x" if r["gradient_masking"]["suspected"] else "o"
         ax.scatter([ra], [sa], marker=marker, s=50, zorder=3)
-        ax.annotate(label, (ra, sa), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        # Labels right of the middle go to the left of their point, so none runs off the figure; a point just
+        # below a close neighbour gets its label underneath, so the two labels do not overlap.
+        right = len(points) > 1 and ra > middle
+        below = any(
+            0 < sa2 - sa < 0.08 * y_span and abs(ra2 - ra) < 0.3 * x_span
+            for k, (_, ra2, sa2, _) in enumerate(points)
+            if k != i
+        )
+        ax.annotate(
+            label,
+            (ra, sa),
+            textcoords="offset points",
+            xytext=(-5 if right else 5, -12 if below else 4),
+            ha="right" if right else "left",
+            fontsize=8,
+        )
     if paper:
         for i, (label, sa, ra, offset) in enumerate(PAPER_POINTS):
             legend = "paper (ResNet-50v2, PGD-20)" if i == 0 else None
@@ -158,7 +178,7 @@ def plot_sa_vs_ra(
     budget = f" ({norm_name(spec['norm'])} ε={spec['epsilon_label']})" if spec else ""
     ax.set_xlabel(f"robust accuracy under {attack}{budget} (%)")
     ax.set_ylabel("standard accuracy (%)")
-    ax.set_title("Standard vs robust accuracy (x: suspected gradient masking)")
+    ax.set_title("Standard vs robust accuracy (× marks suspected gradient masking)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.margins(0.12)
     return _save(fig, path)

@@ -2,7 +2,7 @@
 # Makes the README's pictures from real runs on the real 5k CIFAR-10 subset (../shared/data/cifar10-subset):
 # three tiny-backbone classifiers trained here (standard training, end-to-end adversarial training, adversarial
 # Rotation pretraining -> adversarial fine-tuning), each evaluated on the 508 real test images, then the SA-vs-RA
-# scatter over the three. About half an hour on a 2-core CPU.
+# scatter over the three. About 17 minutes on an idle 2-core CPU.
 #
 # Each classifier is evaluated from the export its objective selects: the best validation SA for standard
 # training (its best-RA epoch is just an early, worse model), the best validation RA for the adversarial ones.

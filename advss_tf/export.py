@@ -49,6 +49,15 @@ def atomic_directory(path: str) -> Iterator[str]:
         raise
 
 
+def _float32_outputs(fn: Callable) -> Callable:
+    """Floating outputs as float32 whatever the compute dtype (a `--mixed_precision` run computes in bf16/fp16)."""
+
+    def wrapped(x):
+        return {k: tf.cast(v, tf.float32) if v.dtype.is_floating else v for k, v in fn(x).items()}
+
+    return wrapped
+
+
 class ExportModule(tf.Module):
     """Tracks model parts by name and holds the exported functions."""
 
@@ -58,7 +67,7 @@ class ExportModule(tf.Module):
             setattr(self, name, obj)
         self._signature_names = []
         for name, fn in functions.items():
-            setattr(self, name, tf.function(fn, input_signature=[input_spec], autograph=False))
+            setattr(self, name, tf.function(_float32_outputs(fn), input_signature=[input_spec], autograph=False))
             self._signature_names.append(name)
 
     def signatures(self) -> dict[str, Any]:
@@ -85,7 +94,7 @@ def save(
     module = ExportModule(parts, functions)
     signatures = module.signatures()
     for name, (fn, spec) in (extra_functions or {}).items():
-        f = tf.function(fn, input_signature=[spec], autograph=False)
+        f = tf.function(_float32_outputs(fn), input_signature=[spec], autograph=False)
         setattr(module, name, f)
         signatures[name] = f.get_concrete_function()
     with atomic_directory(path) as tmp, tempfile.TemporaryDirectory() as staging:

@@ -27,6 +27,7 @@ flags.DEFINE_integer("attack_steps", 10, "PGD steps inside each training step.")
 flags.DEFINE_bool("adversarial", True, "Adversarial step (PGD inside) or standard.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the replica step.")
 flags.DEFINE_string("strategy", "auto", "auto | mirrored | one_device.")
+flags.DEFINE_enum("mixed_precision", "none", ["none", "float16", "bfloat16"], "As the binaries' --mixed_precision.")
 flags.DEFINE_integer("selfie_layers", 13, "Selfie transformer layers.")
 flags.DEFINE_integer("selfie_heads", 16, "Selfie attention heads.")
 flags.DEFINE_integer("selfie_ff_dim", 2048, "Selfie feed-forward width.")
@@ -49,7 +50,7 @@ def main(argv):
     from advss_tf.models.resnet import BackboneConfig
     from advss_tf.pretext.tasks import AUGMENTATION, build_task
     from advss_tf.training import loop
-    from advss_tf.training.pretraining import make_optimizer
+    from advss_tf.training.pretraining import make_optimizer, set_precision
     from advss_tf.training.strategy import make_strategy
 
     cfg = PretrainConfig(
@@ -64,12 +65,13 @@ def main(argv):
         selfie_heads=FLAGS.selfie_heads,
         selfie_ff_dim=FLAGS.selfie_ff_dim,
     )
+    set_precision(FLAGS.mixed_precision)
     strategy = make_strategy(FLAGS.strategy)
     images, labels = cifar10.load_arrays(cifar10.DataSource(), "train")
     with strategy.scope():
         task = build_task(cfg)
         model = task.build_model()
-        optimizer, _ = make_optimizer(cfg, 10, cfg.train_steps, "none")
+        optimizer, _ = make_optimizer(cfg, 10, cfg.train_steps, FLAGS.mixed_precision)
         optimizer.build(model.trainable_variables)
     trainer = loop.Trainer(
         strategy,
@@ -105,6 +107,7 @@ def main(argv):
         "adversarial": FLAGS.adversarial,
         "attack_steps": FLAGS.attack_steps,
         "jit_compile": FLAGS.jit_compile,
+        "mixed_precision": FLAGS.mixed_precision,
         "params": int(model.count_params()),
         "first_step_sec_incl_tracing": round(warmup, 2),
         "step_sec": [round(t, 2) for t in times],

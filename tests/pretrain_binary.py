@@ -27,11 +27,12 @@ def assert_usage_error(command: list[str], model_dir, needle: str = "") -> None:
 
 def assert_sigterm_saves_and_rerun_finishes(command: list[str], model_dir, first_checkpoint: int, total_steps: int):
     """SIGTERM after the first checkpoint: exit 128+15 with one last `error:` line and a checkpoint before the end;
-    the same command then resumes and finishes. Returns the finished run's results.json."""
+    the same command then resumes and finishes. Returns the finished run's results.json. Give the run enough steps
+    after `first_checkpoint` for the signal to arrive before its end (a fast machine finishes a tiny step in ~0.1 s)."""
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
     deadline = time.time() + 600
     while time.time() < deadline and not glob.glob(str(model_dir / "checkpoints" / f"ckpt-{first_checkpoint}.index")):
-        time.sleep(0.2)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 128 + signal.SIGTERM, err

@@ -235,6 +235,7 @@ def test_binary_rejects_bad_ensemble_settings_with_one_line(tmp_path, bad, messa
 
 @pytest.mark.slow
 def test_binary_saves_on_sigterm_and_the_same_command_resumes(tmp_path):
-    command = pretrain_command("ensemble", tmp_path / "run", *TINY_ENSEMBLE)
-    results = assert_sigterm_saves_and_rerun_finishes(command, tmp_path / "run", first_checkpoint=2, total_steps=4)
+    # 22 steps after the first checkpoint: the signal lands mid-run even when a tiny step takes milliseconds.
+    command = pretrain_command("ensemble", tmp_path / "run", *TINY_ENSEMBLE, "--train_steps=24")
+    results = assert_sigterm_saves_and_rerun_finishes(command, tmp_path / "run", first_checkpoint=2, total_steps=24)
     assert results["task"] == "ensemble" and "diversity_h" in results["final_train_metrics"]

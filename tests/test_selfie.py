@@ -296,6 +296,7 @@ def test_binary_rejects_heads_that_do_not_divide_the_trunk(tmp_path):
 
 @pytest.mark.slow
 def test_binary_saves_on_sigterm_and_the_same_command_resumes(tmp_path):
-    command = pretrain_command("selfie", tmp_path / "run", *TINY_SELFIE)
-    results = assert_sigterm_saves_and_rerun_finishes(command, tmp_path / "run", first_checkpoint=2, total_steps=6)
+    # 22 steps after the first checkpoint: the signal lands mid-run even when a tiny step takes milliseconds.
+    command = pretrain_command("selfie", tmp_path / "run", *TINY_SELFIE, "--train_steps=24")
+    results = assert_sigterm_saves_and_rerun_finishes(command, tmp_path / "run", first_checkpoint=2, total_steps=24)
     assert results["task"] == "selfie"

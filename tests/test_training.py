@@ -94,8 +94,9 @@ def _weights(model_dir, task="rotation"):
 
 
 def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path):
+    STEPS = 16  # 14 steps after the first checkpoint: the signal lands mid-run even on a fast machine
     straight = tmp_path / "straight"
-    pretraining.run(_config(straight, steps=6, steps_per_loop=1))
+    pretraining.run(_config(straight, steps=STEPS, steps_per_loop=1))
 
     resumed = tmp_path / "resumed"
 
@@ -108,10 +109,10 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path):
 
     threading.Thread(target=kill_after_first_checkpoint, daemon=True).start()
     with pytest.raises(loop.Interrupted):
-        pretraining.run(_config(resumed, steps=6, steps_per_loop=1))
+        pretraining.run(_config(resumed, steps=STEPS, steps_per_loop=1))
     stopped_at = int(tf.train.latest_checkpoint(str(resumed / "checkpoints")).rsplit("-", 1)[1])
-    assert 2 <= stopped_at < 6
-    pretraining.run(_config(resumed, steps=6, steps_per_loop=1))
+    assert 2 <= stopped_at < STEPS
+    pretraining.run(_config(resumed, steps=STEPS, steps_per_loop=1))
     a, b = _weights(str(straight)), _weights(str(resumed))
     for va, vb in zip(a.weights, b.weights):
         np.testing.assert_allclose(va.numpy(), vb.numpy(), rtol=1e-5, atol=1e-6)

@@ -16,6 +16,7 @@ import time
 from absl import app, flags
 
 import advss_tf  # noqa: F401  (TF_ENABLE_ONEDNN_OPTS before TensorFlow)
+from advss_tf.config import MIXED_PRECISION
 from advss_tf.models.resnet import BACKBONES
 from advss_tf.pretext.tasks import TASKS
 
@@ -27,7 +28,7 @@ flags.DEFINE_integer("attack_steps", 10, "PGD steps inside each training step.")
 flags.DEFINE_bool("adversarial", True, "Adversarial step (PGD inside) or standard.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the replica step.")
 flags.DEFINE_string("strategy", "auto", "auto | mirrored | one_device.")
-flags.DEFINE_enum("mixed_precision", "none", ["none", "float16", "bfloat16"], "As the binaries' --mixed_precision.")
+flags.DEFINE_enum("mixed_precision", "none", MIXED_PRECISION, "As the binaries' --mixed_precision.")
 flags.DEFINE_integer("selfie_layers", 13, "Selfie transformer layers.")
 flags.DEFINE_integer("selfie_heads", 16, "Selfie attention heads.")
 flags.DEFINE_integer("selfie_ff_dim", 2048, "Selfie feed-forward width.")

@@ -28,14 +28,11 @@ python -m advss_tf.finetune --flagfile=flags/paper/finetune_full_adversarial.fla
 
 EVAL=(--flagfile=flags/paper/evaluate.flags --dataset=binary "--data_dir=$DATA" --quiet)
 for run in standard adversarial rotation_ft; do
-  export_name=best_ra
+  export_name=best_ra; c10c=none
   if [ "$run" = standard ]; then export_name=best_sa; fi
-  extra=(--attacks=fgsm,pgd20,pgd100,pgd20_eps16,cw_linf --cifar10c_source=none)
-  if [ "$run" = rotation_ft ]; then
-    extra=(--attacks=fgsm,pgd20,pgd100,pgd20_eps16,cw_linf --cifar10c_source=generate)
-  fi
-  python -m advss_tf.evaluate "${EVAL[@]}" "${extra[@]}" --model="$RUNS/$run/export/$export_name" \
-      --model_name="$run" --output_dir="$RUNS/${run}_eval"
+  if [ "$run" = rotation_ft ]; then c10c=generate; fi
+  python -m advss_tf.evaluate "${EVAL[@]}" --attacks=fgsm,pgd20,pgd100,pgd20_eps16,cw_linf --cifar10c_source="$c10c" \
+      --model="$RUNS/$run/export/$export_name" --model_name="$run" --output_dir="$RUNS/${run}_eval"
 done
 python tools/report.py "$RUNS/standard_eval" "$RUNS/adversarial_eval" "$RUNS/rotation_ft_eval" \
     --labels="standard training,adversarial training,rotation pretrain + adv. fine-tune" --output_dir="$RUNS/report"

@@ -147,14 +147,15 @@ def plot_sa_vs_ra(
         if attack in r["robust_accuracy"]
     ]
     ras, sas = [p[1] for p in points], [p[2] for p in points]
-    middle = (min(ras) + max(ras)) / 2 if points else 0.0
-    x_span, y_span = (max(ras) - min(ras) or 1.0, max(sas) - min(sas) or 1.0) if points else (1.0, 1.0)
+    middle = (min(ras, default=0.0) + max(ras, default=0.0)) / 2
+    x_span = max(ras, default=0.0) - min(ras, default=0.0) or 1.0
+    y_span = max(sas, default=0.0) - min(sas, default=0.0) or 1.0
     for i, (label, ra, sa, r) in enumerate(points):
         marker = "x" if r["gradient_masking"]["suspected"] else "o"
         ax.scatter([ra], [sa], marker=marker, s=50, zorder=3)
         # Labels right of the middle go to the left of their point, so none runs off the figure; a point just
         # below a close neighbour gets its label underneath, so the two labels do not overlap.
-        right = len(points) > 1 and ra > middle
+        right = ra > middle
         below = any(
             0 < sa2 - sa < 0.08 * y_span and abs(ra2 - ra) < 0.3 * x_span
             for k, (_, ra2, sa2, _) in enumerate(points)

@@ -101,3 +101,48 @@ def test_evaluate_flagfiles_build_configs():
     assert {"pgd20", "fgsm", "pgd100", "pgd20_eps16", "pgd_l2", "cw_linf", "apgd_ce", "apgd_dlr"} == set(
         paper["attacks"]
     )
+
+
+# SPEC §5's table (the reference's latest revision; the README command's batch where it overrides the script's).
+SPEC_PRETRAIN = {  # task: (batch, epochs, weight decay, lr, nesterov, warm-up steps)
+    "rotation": (128, 100, 3e-4, 0.1, False, 200),
+    "jigsaw": (128, 100, 3e-4, 0.1, False, 200),
+    "selfie": (128, 200, 1e-4, 0.1, True, 0),
+    "ensemble": (32, 150, 1e-4, 0.001, True, 0),
+}
+README_BATCH = {"rotation": "-b 128", "ensemble": "--batch_size 32"}  # the README command, not the script default
+SOURCE_WORDS = (".py", "README", "advss_tf setting", "the paper's", "Hendrycks et al.")
+
+
+def _flag_sources(path) -> dict[str, str]:
+    """flag line → the comment line right above it, for every flag of a paper flagfile."""
+    with open(os.path.join(REPO, path), encoding="utf-8") as f:
+        lines = [line.rstrip("\n") for line in f if line.strip()]
+    return {
+        line: (lines[i - 1] if i and lines[i - 1].startswith("#") else "")
+        for i, line in enumerate(lines)
+        if line.startswith("--")
+    }
+
+
+def test_paper_pretrain_flagfiles_carry_the_latest_revision_and_say_where_each_value_comes_from(pretrain_configs):
+    paper = {c["task"]: (p, c) for p, c in pretrain_configs.items() if p.startswith("flags/paper/")}
+    assert sorted(paper) == sorted(SPEC_PRETRAIN)
+    for task, (batch, epochs, wd, lr, nesterov, warmup) in SPEC_PRETRAIN.items():
+        path, cfg = paper[task]
+        opt = cfg["optimizer"]
+        got = (cfg["batch_size"], cfg["epochs"], opt["weight_decay"], opt["learning_rate"], opt["nesterov"])
+        assert got == (batch, epochs, wd, lr, nesterov) and opt["warmup_steps"] == warmup, path
+        sources = _flag_sources(path)
+        assert (README_BATCH.get(task) or "default") in sources[f"--batch_size={batch}"], path
+
+
+def test_every_paper_flag_says_where_its_value_comes_from():
+    paths = sorted(
+        glob.glob(os.path.join(REPO, "flags", "paper", "p*.flags"))
+        + glob.glob(os.path.join(REPO, "flags", "paper", "f*.flags"))
+    )
+    assert len(paths) == 9
+    for path in paths:
+        for flag, source in _flag_sources(path).items():
+            assert any(w in source for w in SOURCE_WORDS), f"{os.path.basename(path)}: {flag} has no source comment"

@@ -40,8 +40,12 @@ def define_fraction(name: str, default: str, help_text: str) -> None:
 
 
 def define_run_flags() -> None:
-    flags.DEFINE_string("model_dir", None, "Run directory (config.json, checkpoints/, tensorboard/, export/).")
-    flags.mark_flag_as_required("model_dir")
+    flags.DEFINE_string(
+        "model_dir",
+        None,
+        "Run directory (config.json, checkpoints/, tensorboard/, export/); default: runs/<name of the run> under the "
+        "current directory (pretrain: runs/<task>).",
+    )
     flags.DEFINE_bool("overwrite", False, "Replace a different run's files in --model_dir instead of refusing.")
     flags.DEFINE_integer("seed", 0, "The one seed every random choice is derived from.")
 
@@ -51,7 +55,9 @@ def define_data_flags() -> None:
 
     flags.DEFINE_enum("dataset", "sample", SOURCES, "CIFAR-10 source: bundled sample, official binary files, or TFDS.")
     flags.DEFINE_string(
-        "data_dir", None, "With --dataset=binary: cifar-10-batches-bin folder or cifar-10-binary.tar.gz."
+        "data_dir",
+        None,
+        "cifar-10-batches-bin folder or cifar-10-binary.tar.gz (official binary format); implies --dataset=binary.",
     )
     flags.DEFINE_string(
         "tfds_data_dir", None, "With --dataset=tfds: TFDS data directory (default ~/tensorflow_datasets)."
@@ -127,9 +133,18 @@ def runtime_config():
 
 
 def data_source():
+    """The CIFAR-10 source; a given --data_dir is always used (it implies --dataset=binary), never ignored."""
     from advss_tf.data.cifar10 import DataSource
 
-    return DataSource(FLAGS.dataset, FLAGS.data_dir, FLAGS.tfds_data_dir)
+    dataset = FLAGS.dataset
+    if FLAGS.data_dir:
+        if FLAGS["dataset"].present and dataset != "binary":
+            raise UsageError(
+                f"--data_dir reads the official binary files; it does not go with --dataset={dataset} "
+                "(drop one of them, or use --tfds_data_dir for TFDS)"
+            )
+        dataset = "binary"
+    return DataSource(dataset, FLAGS.data_dir, FLAGS.tfds_data_dir)
 
 
 def attack_config():
@@ -156,6 +171,20 @@ def optimizer_config():
         warmup_start_lr=FLAGS.warmup_start_lr,
         boundaries_epochs=boundaries,
         decay_factor=FLAGS.lr_decay,
+    )
+
+
+def print_run_paths(model_dir: str, export: str) -> None:
+    """Tells the user where the run, its TensorBoard logs and its export are (the run directory may be a default)."""
+    import os
+
+    from advss_tf import workspace
+
+    tensorboard = workspace.path(model_dir, workspace.TENSORBOARD)
+    print(
+        f"run directory: {os.path.abspath(model_dir)} (TensorBoard: tensorboard --logdir {tensorboard}; "
+        f"export: {workspace.path(model_dir, workspace.EXPORT, export)})",
+        flush=True,
     )
 
 

@@ -10,6 +10,8 @@ export/{best_ra,best_sa,last}/, results.json}; re-running the same command resum
 
 from __future__ import annotations
 
+import os
+
 from absl import flags
 
 import advss_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported)
@@ -59,12 +61,22 @@ FLAGS.set_default("lr_boundaries", ["60", "80"])
 common_flags.define_runtime_flags()
 
 
+def default_model_dir(pretrained: str | None, aux_rotation_weight: float) -> str:
+    """runs/<pretraining run>_ft for <run>/export/pretrain (WORKSPACE.md's naming); without an export the baselines'
+    runs/end_to_end or runs/rotation_aux."""
+    if not pretrained:
+        return os.path.join("runs", "rotation_aux" if aux_rotation_weight else "end_to_end")
+    parts = os.path.normpath(os.path.abspath(pretrained)).split(os.sep)
+    name = parts[-3] if parts[-2:] == ["export", "pretrain"] and len(parts) > 3 else parts[-1]
+    return os.path.join("runs", f"{name}_ft")
+
+
 def config_from_flags():
     from advss_tf.models.resnet import BackboneConfig
     from advss_tf.training.finetuning import FinetuneConfig
 
     return FinetuneConfig(
-        model_dir=FLAGS.model_dir,
+        model_dir=FLAGS.model_dir or default_model_dir(FLAGS.pretrained, FLAGS.aux_rotation_weight),
         pretrained=FLAGS.pretrained,
         backbone=BackboneConfig(FLAGS.backbone, FLAGS.sync_bn) if FLAGS.backbone else None,
         sync_bn=FLAGS.sync_bn,
@@ -92,7 +104,9 @@ def main() -> None:
 
     from advss_tf.training import finetuning
 
-    results = finetuning.run(config_from_flags(), overwrite=FLAGS.overwrite)
+    cfg = config_from_flags()
+    common_flags.print_run_paths(cfg.model_dir, "best_ra")
+    results = finetuning.run(cfg, overwrite=FLAGS.overwrite)
     best = results["best_robust_accuracy"] or {}
     logging.info("done: %d steps, exports in %s", results["steps"], results["exports"])
     print(

@@ -6,6 +6,8 @@ command resumes. See WORKSPACE.md and `--helpfull`.
 
 from __future__ import annotations
 
+import os
+
 from absl import flags
 
 import advss_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported)
@@ -21,7 +23,7 @@ flags.DEFINE_enum("backbone", "resnet18", sorted(BACKBONES), "Backbone (the pape
 flags.DEFINE_bool("sync_bn", False, "Synchronise BatchNorm statistics across replicas (default: per replica).")
 flags.DEFINE_bool("adversarial", True, "Adversarial pretraining (loss 0.5·(clean + PGD)); --noadversarial: standard.")
 flags.DEFINE_integer("batch_size", 128, "Global batch size (split evenly over the replicas).")
-flags.DEFINE_float("epochs", 200.0, "Training epochs over the training split.")
+flags.DEFINE_float("epochs", 100.0, "Training epochs over the training split (the reference: 100 rotation/jigsaw).")
 flags.DEFINE_integer("train_steps", 0, "If > 0: train exactly this many steps (overrides --epochs).")
 flags.DEFINE_float("train_fraction", 1.0, "Class-balanced fraction of the training split to use (0, 1].")
 flags.DEFINE_integer("jigsaw_permutations", 30, "Jigsaw: random permutations drawn from --seed (+ identity).")
@@ -42,7 +44,8 @@ flags.register_validator("train_fraction", lambda v: 0 < v <= 1, "--train_fracti
 common_flags.define_run_flags()
 common_flags.define_data_flags()
 common_flags.define_attack_flags(steps_default=10)
-common_flags.define_optimizer_flags(lr=0.1, momentum=0.9, wd=5e-4, schedule="cosine", warmup_steps=200)
+# Defaults: the reference's latest train_adv_rotation.py / train_adv_jigsaw.py (flags/paper has every task's).
+common_flags.define_optimizer_flags(lr=0.1, momentum=0.9, wd=3e-4, schedule="cosine", warmup_steps=200)
 common_flags.define_runtime_flags()
 
 
@@ -52,7 +55,7 @@ def config_from_flags():
 
     return PretrainConfig(
         task=FLAGS.task,
-        model_dir=FLAGS.model_dir,
+        model_dir=FLAGS.model_dir or os.path.join("runs", FLAGS.task),
         backbone=BackboneConfig(FLAGS.backbone, FLAGS.sync_bn),
         data=common_flags.data_source(),
         train_fraction=FLAGS.train_fraction,
@@ -80,7 +83,9 @@ def main() -> None:
 
     from advss_tf.training import pretraining
 
-    results = pretraining.run(config_from_flags(), overwrite=FLAGS.overwrite)
+    cfg = config_from_flags()
+    common_flags.print_run_paths(cfg.model_dir, pretraining.PRETRAIN_EXPORT)
+    results = pretraining.run(cfg, overwrite=FLAGS.overwrite)
     logging.info("done: %d steps, export at %s", results["steps"], results["export"])
     print(f"pretraining done: {results['steps']} steps; SavedModel at {results['export']}")
 

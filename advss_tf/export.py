@@ -18,6 +18,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from advss_tf import faults
 from advss_tf.errors import UsageError
 
 EXPORT_INFO = "advss_export.json"
@@ -36,6 +37,7 @@ def atomic_directory(path: str) -> Iterator[str]:
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
     try:
         yield tmp
+        faults.pause("export")  # test-only (advss_tf/faults.py): complete in `tmp`, not yet in place
         old = None
         if os.path.exists(path):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)

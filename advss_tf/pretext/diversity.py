@@ -18,12 +18,24 @@ RIDGE = 1e-5  # keeps GᵀG invertible when gradients are parallel
 NORM_EPSILON = 1e-10
 
 
+def safe_norm(x: tf.Tensor) -> tf.Tensor:
+    """‖x‖₂ over the last axis (keepdims), with gradient 0 where x = 0 (tf.norm's is NaN there, PyTorch's is 0).
+
+    An input gradient is exactly zero when the cross-entropy is fully saturated; differentiating h through tf.norm
+    would then put NaN into every weight. Same value as tf.norm everywhere; the inner `where` keeps the sqrt's
+    gradient finite on the branch that is not taken.
+    """
+    squared = tf.reduce_sum(tf.square(x), axis=-1, keepdims=True)
+    positive = squared > 0
+    return tf.where(positive, tf.sqrt(tf.where(positive, squared, tf.ones_like(squared))), tf.zeros_like(squared))
+
+
 def normalized_gradient_matrix(grads: Sequence[tf.Tensor], dtype: tf.DType = tf.float64) -> tf.Tensor:
     """K per-example gradients [B, ...] → G [B, n, K], each column flattened and divided by (‖g‖₂ + 1e-10)."""
     columns = []
     for g in grads:
         flat = tf.reshape(tf.cast(g, dtype), [tf.shape(g)[0], -1])
-        columns.append(flat / (tf.norm(flat, axis=1, keepdims=True) + NORM_EPSILON))
+        columns.append(flat / (safe_norm(flat) + NORM_EPSILON))
     return tf.stack(columns, axis=2)
 
 

@@ -30,7 +30,13 @@ from advss_tf.models.resnet import BackboneConfig
 from advss_tf.pretext.tasks import accuracy
 from advss_tf.training import loop, summaries
 from advss_tf.training.finetune_task import FROZEN_PARTS, MODES, OBJECTIVES, FinetuneTask, trainable_variables
-from advss_tf.training.pretraining import load_training_images, make_optimizer, restore_or_init, set_precision
+from advss_tf.training.pretraining import (
+    load_training_images,
+    make_optimizer,
+    new_step_counter,
+    restore_or_init,
+    set_precision,
+)
 from advss_tf.training.strategy import make_strategy, per_replica_batch
 
 PRETRAIN_FORMAT = "advss_tf.pretrain"
@@ -157,7 +163,8 @@ def restore_pretrained(path: str, info: dict[str, Any], model: ImageClassifier) 
 
 # -- validation ------------------------------------------------------------------------------------------------------
 class Validator:
-    """Clean and PGD accuracy (inference-mode BatchNorm) over a fixed split, under the strategy.
+    """Clean accuracy (SA) and robust accuracy (RA: correct clean and under PGD, as `evaluate`) in inference-mode
+    BatchNorm over a fixed split, under the strategy.
 
     The attack's random starts depend on the seed and the batch only, so every validation sees the same starts:
     epochs are compared on equal terms.
@@ -208,9 +215,12 @@ class Validator:
             seed=batch["noise_seed"][0],
         )
         adv_logits = model_fn(adv)
+        clean_correct = accuracy(y, logits)
         return {
-            "clean_correct": tf.reduce_sum(w * accuracy(y, logits)),
-            "robust_correct": tf.reduce_sum(w * accuracy(y, adv_logits)),
+            "clean_correct": tf.reduce_sum(w * clean_correct),
+            # RA as `evaluate` counts it: correct on the clean image AND on its adversarial example (a random start
+            # can land a misclassified image on the right class; that is not robustness).
+            "robust_correct": tf.reduce_sum(w * clean_correct * accuracy(y, adv_logits)),
             "clean_loss": tf.reduce_sum(w * cross_entropy(y, logits)),
             "robust_loss": tf.reduce_sum(w * cross_entropy(y, adv_logits)),
         }
@@ -386,12 +396,19 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
         variables = trainable_variables(model, cfg.mode) + task.extra_variables()
         optimizer, lr = make_optimizer(cfg, steps_per_epoch, total_steps, rt.mixed_precision)
         optimizer.build(variables)  # Keras 3 under MirroredStrategy: build inside the scope
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **task.checkpoint_items())
+        step_counter = new_step_counter()
+        checkpoint = tf.train.Checkpoint(
+            model=model,
+            optimizer=optimizer,
+            step=step_counter,
+            random_state=loop.seed_generator_states(model),
+            **task.checkpoint_items(),
+        )
         manager = tf.train.CheckpointManager(
             checkpoint, workspace.path(cfg.model_dir, workspace.CHECKPOINTS), max_to_keep=rt.max_checkpoints
         )
         resumed = restore_or_init(manager, checkpoint, {})
-    step = int(optimizer.iterations.numpy())
+    step = int(step_counter.numpy())
     if resumed:
         logging.info("resuming %s from step %d of %d", cfg.model_dir, step, total_steps)
     logging.info(
@@ -417,6 +434,7 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
         attack_bn_train=cfg.attack.bn == "train",
         jit_compile=rt.jit_compile,
         trainable_variables=variables,
+        step_counter=step_counter,
     )
     dataset = pipeline.train_dataset(
         x_train,

@@ -13,11 +13,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from advss_tf import faults
 from advss_tf.training import summaries
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss); the last good checkpoint is kept."""
+    """Training cannot go on (non-finite loss, gradients or weights); the last good checkpoint is kept."""
 
 
 class Interrupted(RuntimeError):
@@ -50,6 +51,7 @@ class Trainer:
         attack_bn_train: bool,
         jit_compile: bool = False,
         trainable_variables: list | None = None,
+        step_counter: tf.Variable | None = None,
     ):
         self.strategy = strategy
         self.task = task
@@ -61,6 +63,10 @@ class Trainer:
         self.attack_bn_train = attack_bn_train
         self.variables = trainable_variables if trainable_variables is not None else model.trainable_variables
         self.metric_names = tuple(task.metric_names(adversarial))
+        # The run's own step (int64, checkpointed): LossScaleOptimizer.iterations does not advance on the steps it
+        # skips for non-finite gradients, so it cannot say where the data stream and the checkpoints are.
+        self.step_counter = step_counter
+        self.nonfinite_steps = 0  # of the last `train` call: steps whose gradients or updated weights were not finite
         self._step_fn = tf.function(self.replica_step, jit_compile=True) if jit_compile else self.replica_step
         self._loop = tf.function(self._host_loop)
 
@@ -82,20 +88,33 @@ class Trainer:
         self.optimizer.apply_gradients(zip(grads, self.variables))
         sums = {k: tf.reduce_sum(tf.cast(metrics[k], tf.float32)) for k in self.metric_names}
         sums["count"] = tf.cast(tf.shape(per_example)[0], tf.float32)
+        sums["nonfinite"] = 1.0 - tf.cast(self._update_finite(grads), tf.float32)
         return sums
 
+    def _update_finite(self, grads) -> tf.Tensor:
+        """Whether this step's gradients and the weights after the update are all finite (the losses can be finite
+        while a gradient is not, e.g. tf.norm at 0). Under loss scaling the optimizer itself skips non-finite scaled
+        gradients, so only the weights are checked there."""
+        checked = list(self.variables)
+        if not hasattr(self.optimizer, "scale_loss"):
+            checked += [g for g in grads if g is not None]
+        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in checked])
+
     def _host_loop(self, iterator, steps: tf.Tensor) -> dict[str, tf.Tensor]:
-        totals = {k: tf.constant(0.0) for k in (*self.metric_names, "count")}
+        totals = {k: tf.constant(0.0) for k in (*self.metric_names, "count", "nonfinite")}
         for _ in tf.range(steps):
             out = self.strategy.run(self._step_fn, args=(next(iterator),))
             totals = {
                 k: totals[k] + self.strategy.reduce(tf.distribute.ReduceOp.SUM, out[k], axis=None) for k in totals
             }
+            if self.step_counter is not None:
+                self.step_counter.assign_add(1)
         return totals
 
     def train(self, iterator, steps: int) -> dict[str, float]:
         """Runs `steps` steps; returns the mean of each metric over them."""
         totals = self._loop(iterator, tf.constant(steps, tf.int32))
+        self.nonfinite_steps = int(totals["nonfinite"].numpy())
         count = float(totals["count"].numpy())
         return {k: float(totals[k].numpy()) / count for k in self.metric_names}
 
@@ -143,7 +162,7 @@ def run_loop(
     """The host loop from `start_step` to `total_steps`; returns the metrics of the last loop.
 
     Raises:
-      TrainingError: on a non-finite loss (nothing is saved after it).
+      TrainingError: on a non-finite loss, gradient or updated weight (nothing is saved after it).
       Interrupted: after saving a checkpoint, on SIGTERM/SIGINT.
     """
     step = start_step
@@ -158,10 +177,13 @@ def run_loop(
             t0 = time.perf_counter()
             last = trainer.train(iterator, n)
             elapsed = time.perf_counter() - t0
-            if not all(math.isfinite(v) for v in last.values()):
+            if trainer.nonfinite_steps or not all(math.isfinite(v) for v in last.values()):
+                # Every checkpoint so far was saved after a loop that passed this check: the latest one is good.
+                what = "gradients or weights" if trainer.nonfinite_steps else "loss"
+                kept = manager.latest_checkpoint or "none (no checkpoint was written yet)"
                 raise TrainingError(
-                    f"non-finite loss at steps {step + 1}-{step + n} ({_fmt(last)}); "
-                    f"kept the last good checkpoint {manager.latest_checkpoint}"
+                    f"non-finite {what} at steps {step + 1}-{step + n} ({_fmt(last)}); the last good checkpoint is "
+                    f"{kept}"
                 )
             step += n
             images_per_sec = n * trainer.global_batch_size / elapsed
@@ -178,13 +200,24 @@ def run_loop(
                 bar.update(step, values=[*last.items(), ("img/s", images_per_sec)])
             elif step % checkpoint_every == 0 or step == total_steps:
                 logging.info("step %d/%d %s %.1f img/s", step, total_steps, _fmt(last), images_per_sec)
+            faults.pause("train")  # test-only (advss_tf/faults.py); nothing when unset
             if step % checkpoint_every == 0 or step == total_steps or guard.signum is not None:
-                manager.save(checkpoint_number=step)
+                manager.save(checkpoint_number=step, options=faults.checkpoint_options())
                 writer.flush()
             if guard.signum is not None:
                 raise Interrupted(guard.signum, step)
     writer.flush()
     return last
+
+
+def seed_generator_states(*models: keras.Model) -> list:
+    """The state variables of the Keras SeedGenerators in `models` (Dropout, MultiHeadAttention's dropout).
+
+    Keras keeps them outside `weights` and tf.train.Checkpoint does not find them through the model, so a resumed
+    run would replay the dropout masks from step 0 unless the checkpoint holds them explicitly.
+    """
+    weights = {id(w) for m in models for w in m.weights}
+    return [v for m in models for v in m.variables if id(v) not in weights]
 
 
 def _fmt(metrics: dict[str, float]) -> str:
@@ -196,4 +229,4 @@ def steps_for(epochs: float, train_steps: int, steps_per_epoch: int) -> int:
     return int(train_steps) if train_steps > 0 else int(np.ceil(epochs * steps_per_epoch))
 
 
-__all__ = ["Trainer", "run_loop", "TrainingError", "Interrupted", "steps_for", "summaries"]
+__all__ = ["Trainer", "run_loop", "TrainingError", "Interrupted", "steps_for", "seed_generator_states", "summaries"]

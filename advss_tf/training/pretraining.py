@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from advss_tf import export, workspace
+from advss_tf import export, faults, workspace
 from advss_tf.config import PretrainConfig, to_dict, versions
 from advss_tf.data import cifar10, pipeline
 from advss_tf.errors import UsageError
@@ -56,6 +56,14 @@ def load_training_images(cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     return images[train_idx], labels[train_idx], images[val_idx], labels[val_idx]
 
 
+def new_step_counter() -> tf.Variable:
+    """The run's step (int64, checkpointed, advanced by the loop): start step, data position and checkpoint numbers.
+
+    Not the optimizer's `iterations`: under float16 loss scaling that one stays put on the steps it skips.
+    """
+    return tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+
+
 def restore_or_init(manager: tf.train.CheckpointManager, checkpoint: tf.train.Checkpoint, expected: dict) -> bool:
     """Restores the latest checkpoint (inside the strategy scope, so optimizer slots are mirrored)."""
     latest = manager.latest_checkpoint
@@ -93,12 +101,19 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
         optimizer.build(model.trainable_variables)  # Keras 3 under MirroredStrategy: build inside the scope
         extras = task.extra_checkpoint_items()
         expected = {k: (v, v.numpy().copy()) for k, v in extras.items()}
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **extras)
+        step_counter = new_step_counter()
+        checkpoint = tf.train.Checkpoint(
+            model=model,
+            optimizer=optimizer,
+            step=step_counter,
+            random_state=loop.seed_generator_states(model),  # the dropout masks continue where they were
+            **extras,
+        )
         manager = tf.train.CheckpointManager(
             checkpoint, workspace.path(cfg.model_dir, workspace.CHECKPOINTS), max_to_keep=rt.max_checkpoints
         )
         resumed = restore_or_init(manager, checkpoint, expected)
-    start_step = int(optimizer.iterations.numpy())
+    start_step = int(step_counter.numpy())
     if resumed:
         logging.info("resuming %s from step %d of %d", cfg.model_dir, start_step, total_steps)
 
@@ -112,6 +127,7 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
         adversarial=cfg.adversarial,
         attack_bn_train=cfg.attack.bn == "train",
         jit_compile=rt.jit_compile,
+        step_counter=step_counter,
     )
     augmentation = AUGMENTATION[cfg.task]
     dataset = pipeline.train_dataset(
@@ -154,8 +170,8 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
         lr_fn=lambda step: float(lr(step)),
         quiet=rt.quiet,
     )
-    if manager.latest_checkpoint is None or int(optimizer.iterations.numpy()) > _ckpt_step(manager):
-        manager.save(checkpoint_number=int(optimizer.iterations.numpy()))
+    if manager.latest_checkpoint is None or int(step_counter.numpy()) > _ckpt_step(manager):
+        manager.save(checkpoint_number=int(step_counter.numpy()), options=faults.checkpoint_options())
 
     export_dir = workspace.path(cfg.model_dir, workspace.EXPORT, PRETRAIN_EXPORT)
     export.save(
@@ -176,7 +192,7 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
     )
     results = {
         "task": cfg.task,
-        "steps": int(optimizer.iterations.numpy()),
+        "steps": int(step_counter.numpy()),
         "final_train_metrics": last,
         "export": export_dir,
         "wall_time_sec": time.time() - start_time,

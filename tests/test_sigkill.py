@@ -1,0 +1,73 @@
+"""kill -9 at three moments of a real pretraining run — during training, inside a checkpoint write, during the
+export — with the same command re-run after each: the run ends bitwise equal to an uninterrupted one (every
+checkpointed variable and the exported variables). The moments come from the test-only pause points of
+advss_tf/faults.py, so they are the same however loaded the machine is."""
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import tensorflow as tf
+from conftest import REPO
+from pretrain_binary import pretrain_command
+from test_resume import assert_same_checkpoints
+
+from advss_tf import faults
+
+FLAGS = [
+    "--backbone=tiny",
+    "--batch_size=8",
+    "--train_steps=6",
+    "--attack_steps=1",
+    "--steps_per_loop=1",
+    "--checkpoint_every=2",
+    "--image_summary_every=100",
+    "--deterministic",
+    "--quiet",
+]
+
+
+def _kill_at(point: str, command: list[str], marker) -> None:
+    """Runs `command` until it reaches the pause `point`, then SIGKILLs it."""
+    env = {**os.environ, faults.ENV: point, f"{faults.ENV}_FILE": str(marker)}
+    proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 900
+    while not marker.exists():
+        assert proc.poll() is None, f"the run ended before reaching {point}: {proc.stderr.read()[-2000:]}"
+        assert time.time() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    marker.unlink()
+
+
+def _latest(model_dir) -> str:
+    return os.path.basename(tf.train.latest_checkpoint(str(model_dir / "checkpoints")))
+
+
+def test_sigkill_during_training_a_checkpoint_write_and_the_export_then_the_same_command_ends_bitwise_equal(tmp_path):
+    straight, killed, marker = tmp_path / "straight", tmp_path / "killed", tmp_path / "paused"
+    done = subprocess.run(pretrain_command("rotation", straight, *FLAGS), cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    command = pretrain_command("rotation", killed, *FLAGS)
+
+    _kill_at("train@3", command, marker)  # step 3 trained, not saved
+    assert _latest(killed) == "ckpt-2"
+    _kill_at("checkpoint", command, marker)  # resumed at 2; killed inside the write of ckpt-4
+    assert (killed / "checkpoints" / "ckpt-4.index").exists() and _latest(killed) == "ckpt-2"
+    _kill_at("export", command, marker)  # resumed at 2 again; trained to the end, killed inside the export
+    assert _latest(killed) == "ckpt-6" and not (killed / "export" / "pretrain").exists()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    values = assert_same_checkpoints(straight, killed)
+    assert values["step/.ATTRIBUTES/VARIABLE_VALUE"] == 6
+    exported = [
+        tf.train.load_checkpoint(str(d / "export" / "pretrain" / "variables" / "variables")) for d in (straight, killed)
+    ]
+    names = sorted(n for n in exported[0].get_variable_to_shape_map() if n != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    assert names == sorted(n for n in exported[1].get_variable_to_shape_map() if n != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    assert all(np.array_equal(exported[0].get_tensor(n), exported[1].get_tensor(n)) for n in names)

@@ -90,9 +90,10 @@ def config_from_flags():
 def main() -> None:
     from absl import logging
 
-    from advss_tf.training import finetuning
+    from advss_tf.training import cluster, finetuning
 
-    results = finetuning.run(config_from_flags(), overwrite=FLAGS.overwrite)
+    with cluster.lost_worker_errors(FLAGS.strategy == "multi_worker"):
+        results = finetuning.run(config_from_flags(), overwrite=FLAGS.overwrite)
     best = results["best_robust_accuracy"] or {}
     logging.info("done: %d steps, exports in %s", results["steps"], results["exports"])
     print(

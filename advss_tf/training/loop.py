@@ -146,6 +146,8 @@ def run_loop(
       TrainingError: on a non-finite loss (nothing is saved after it).
       Interrupted: after saving a checkpoint, on SIGTERM/SIGINT.
     """
+    from advss_tf.training import cluster  # imports this module
+
     step = start_step
     bar = None if quiet else keras.utils.Progbar(total_steps, stateful_metrics=[*trainer.metric_names, "img/s"])
     last: dict[str, float] = {}
@@ -178,11 +180,13 @@ def run_loop(
                 bar.update(step, values=[*last.items(), ("img/s", images_per_sec)])
             elif step % checkpoint_every == 0 or step == total_steps:
                 logging.info("step %d/%d %s %.1f img/s", step, total_steps, _fmt(last), images_per_sec)
-            if step % checkpoint_every == 0 or step == total_steps or guard.signum is not None:
+            # A signal on any worker stops all of them at this step (one collective under multi-worker).
+            signum = cluster.agree_signal(trainer.strategy, guard.signum)
+            if step % checkpoint_every == 0 or step == total_steps or signum is not None:
                 manager.save(checkpoint_number=step)
                 writer.flush()
-            if guard.signum is not None:
-                raise Interrupted(guard.signum, step)
+            if signum is not None:
+                raise Interrupted(signum, step)
     writer.flush()
     return last
 

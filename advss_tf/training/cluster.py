@@ -13,20 +13,19 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from advss_tf.data import pipeline
-from advss_tf.training.loop import TrainingError
 
 _MAX_SIGNAL = 65  # signal numbers are < 65 on Linux
-
-
-class WorkerLost(TrainingError):
-    """A peer worker stopped answering (killed, crashed, unreachable); the run cannot go on without it."""
+_SUM_FUNCTIONS: dict[int, Any] = {}
+_SCRATCH_DIRS: list[str] = []
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
@@ -53,6 +52,7 @@ def worker_model_dir(strategy: tf.distribute.Strategy, model_dir: str) -> str:
         return model_dir
     task = strategy.cluster_resolver.task_id
     scratch = tempfile.mkdtemp(prefix=f"advss_tf-worker{task}-")
+    _SCRATCH_DIRS.append(scratch)
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     return scratch
 
@@ -85,21 +85,27 @@ def distribute_dataset(strategy: tf.distribute.Strategy, dataset: tf.data.Datase
 
 def _sum_over_workers(strategy: tf.distribute.Strategy, values: Sequence[tf.Tensor], keep_this_worker: bool):
     """Sum over workers of `values`, counting each worker once (its first replica) and this one only if asked."""
-    local = _local_replicas(strategy)
+    fn = _SUM_FUNCTIONS.get(id(strategy))
+    if fn is None:
+        local = _local_replicas(strategy)
 
-    def replica_fn():
-        ctx = tf.distribute.get_replica_context()
-        keep = tf.logical_and(tf.equal(ctx.replica_id_in_sync_group % local, 0), keep_this_worker)
-        masked = [tf.where(keep, v, tf.zeros_like(v)) for v in values]
-        out = list(masked)
-        # One all-reduce per dtype: an all-reduce packs its tensors into one buffer of one dtype.
-        for dtype in {v.dtype for v in masked}:
-            idx = [i for i, v in enumerate(masked) if v.dtype == dtype]
-            for i, r in zip(idx, ctx.all_reduce(tf.distribute.ReduceOp.SUM, [masked[i] for i in idx])):
-                out[i] = r
-        return out
+        def replica_fn(values, keep_this_worker):
+            ctx = tf.distribute.get_replica_context()
+            keep = tf.logical_and(tf.equal(ctx.replica_id_in_sync_group % local, 0), keep_this_worker)
+            masked = [tf.where(keep, v, tf.zeros_like(v)) for v in values]
+            out = list(masked)
+            # One all-reduce per dtype: an all-reduce packs its tensors into one buffer of one dtype.
+            for dtype in {v.dtype for v in masked}:
+                idx = [i for i, v in enumerate(masked) if v.dtype == dtype]
+                for i, r in zip(idx, ctx.all_reduce(tf.distribute.ReduceOp.SUM, [masked[i] for i in idx])):
+                    out[i] = r
+            return out
 
-    return strategy.experimental_local_results(strategy.run(tf.function(replica_fn)))[0]
+        # One tf.function per strategy (traced once per signature): `agree_signal` runs after every host loop.
+        fn = tf.function(lambda values, keep: strategy.run(replica_fn, args=(values, keep)))
+        _SUM_FUNCTIONS[id(strategy)] = fn
+    out = fn(list(values), tf.constant(keep_this_worker))
+    return [strategy.experimental_local_results(v)[0] for v in out]
 
 
 def broadcast_from_chief(strategy: tf.distribute.Strategy, variables: Sequence[tf.Variable]) -> None:
@@ -160,9 +166,30 @@ def _lost_worker_name(message: str) -> str:
     return f"{job} {index}{address}"
 
 
+def _reason(message: str) -> str:
+    """The informative part of a collective's error text (which also holds a Python traceback of the graph)."""
+    patterns = (
+        r"Failed to connect to remote host: [\w ]+",
+        r"Socket closed",
+        r"[Hh]eartbeat[^.;:\n]*",
+        r"[Dd]eadline [Ee]xceeded[^.;:\n]*",
+        r"timed out[^.;:\n]*",
+    )
+    for pattern in patterns:
+        found = re.search(pattern, message)
+        if found:
+            return " ".join(found.group(0).split())
+    return " ".join(message.split("\n")[0].split())[:200]
+
+
 @contextlib.contextmanager
 def lost_worker_errors(multi_worker: bool) -> Iterator[None]:
-    """Turns the errors a lost peer causes (unavailable, deadline exceeded, aborted collectives) into `WorkerLost`."""
+    """On a lost peer (unavailable, deadline exceeded, aborted collectives): one line naming it, exit status 1, now.
+
+    The process exits at once (`os._exit`) instead of unwinding: TensorFlow's shutdown of the coordination agent
+    and collective executors waits on the dead peer. Only this worker's scratch directory is cleaned up; the run
+    directory holds the last checkpoint and no half-written export (exports are written atomically at the end).
+    """
     try:
         yield
     except (
@@ -174,8 +201,13 @@ def lost_worker_errors(multi_worker: bool) -> Iterator[None]:
     ) as e:
         if not multi_worker:
             raise
-        first = " ".join(str(e.message).split())[:300]
-        raise WorkerLost(
-            f"lost {_lost_worker_name(str(e.message))}: {first}; the last checkpoint is kept, re-run every worker's "
-            "command to resume"
-        ) from e
+        message = str(e.message)
+        sys.stdout.flush()
+        sys.stderr.write(
+            f"error: lost {_lost_worker_name(message)} ({type(e).__name__}: {_reason(message)}); the last "
+            "checkpoint is kept, re-run every worker's command to resume\n"
+        )
+        sys.stderr.flush()
+        for scratch in _SCRATCH_DIRS:
+            shutil.rmtree(scratch, ignore_errors=True)
+        os._exit(1)

@@ -108,6 +108,16 @@ def _sum_over_workers(strategy: tf.distribute.Strategy, values: Sequence[tf.Tens
     return [strategy.experimental_local_results(v)[0] for v in out]
 
 
+def create_save_counter(strategy: tf.distribute.Strategy, checkpoint: tf.train.Checkpoint) -> None:
+    """Creates `checkpoint.save_counter` now, on every worker, before only the chief restores.
+
+    A variable created under MultiWorkerMirroredStrategy is a collective (its initial value is broadcast from the
+    chief); the counter would otherwise be created inside the chief's restore, in a collective the others never join.
+    """
+    if is_multi_worker(strategy):
+        _ = checkpoint.save_counter
+
+
 def broadcast_from_chief(strategy: tf.distribute.Strategy, variables: Sequence[tf.Variable]) -> None:
     """Gives every worker the chief's values of `variables` (restored from the chief's checkpoint, or fresh)."""
     if not is_multi_worker(strategy) or not variables:

@@ -99,6 +99,7 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
         manager = tf.train.CheckpointManager(
             checkpoint, workspace.path(cfg.model_dir, workspace.CHECKPOINTS), max_to_keep=rt.max_checkpoints
         )
+        cluster.create_save_counter(strategy, checkpoint)
         resumed = restore_or_init(manager, checkpoint, expected)
         cluster.broadcast_from_chief(strategy, [*model.variables, *optimizer.variables])
     start_step = int(optimizer.iterations.numpy())

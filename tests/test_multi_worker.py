@@ -191,27 +191,48 @@ def _tf_config(cluster, index=0, job="worker"):
     return json.dumps({"cluster": cluster, "task": {"type": job, "index": index}})
 
 
+def test_multi_worker_without_a_cluster_is_one_line_and_exit_2(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG" and not k.startswith("SLURM_")}
+    cmd = [sys.executable, "-m", "advss_tf.pretrain", "--strategy=multi_worker", f"--model_dir={tmp_path / 'run'}"]
+    proc = subprocess.run([*cmd, *PRETRAIN], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("error: --strategy=multi_worker needs the cluster: set TF_CONFIG")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
-    "tf_config, extra, needle",
+    "tf_config, resolver, needle",
     [
-        (None, [], "needs the cluster: set TF_CONFIG"),
-        ("{not json", [], "malformed TF_CONFIG"),
-        (json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}}), [], "malformed TF_CONFIG"),
-        (_tf_config({"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, index=2), [], "task index 2 is outside the cluster"),
-        (_tf_config({"worker": ["127.0.0.1:1"]}, job="ps"), [], "task type 'ps' is not a job"),
-        (None, ["--cluster_resolver=slurm"], "SLURM_PROCID is not set"),
+        ("{not json", "tf_config", "malformed TF_CONFIG (JSONDecodeError"),
+        (json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}}), "tf_config", "malformed TF_CONFIG (KeyError: 'task')"),
+        (
+            _tf_config({"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, index=2),
+            "tf_config",
+            "index 2 is outside the cluster",
+        ),
+        (_tf_config({"worker": ["127.0.0.1:1"]}, job="ps"), "tf_config", "task type 'ps' is not a job"),
+        (
+            _tf_config({"worker": ["127.0.0.1:1"], "evaluator": ["127.0.0.1:2"]}, job="evaluator"),
+            "tf_config",
+            "does not train",
+        ),
+        (_tf_config({"ps": ["127.0.0.1:1"]}, job="ps"), "tf_config", "has no chief or worker addresses"),
+        (None, "slurm", "SLURM_PROCID is not set"),
     ],
 )
-def test_bad_cluster_input_is_one_line_and_exit_2(tmp_path, tf_config, extra, needle):
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG" and not k.startswith("SLURM_")}
-    if tf_config is not None:
-        env["TF_CONFIG"] = tf_config
-    cmd = [sys.executable, "-m", "advss_tf.pretrain", "--strategy=multi_worker", f"--model_dir={tmp_path / 'run'}"]
-    proc = subprocess.run([*cmd, *PRETRAIN, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
-    assert needle in lines[0]
-    assert not (tmp_path / "run").exists()
+def test_bad_cluster_input_is_refused_before_tensorflow_starts(monkeypatch, tf_config, resolver, needle):
+    """What the binaries turn into one `error:` line and exit 2 (the path is the one of the test above)."""
+    from advss_tf.errors import UsageError
+    from advss_tf.training.strategy import cluster_resolver
+
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(UsageError, match=re.escape(needle)):
+        cluster_resolver(resolver)
 
 
 def test_a_global_batch_not_divisible_by_all_replicas_is_refused(tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from advss_tf.training import summaries
+from advss_tf.training import cluster, summaries
 
 
 class TrainingError(RuntimeError):
@@ -146,8 +146,6 @@ def run_loop(
       TrainingError: on a non-finite loss (nothing is saved after it).
       Interrupted: after saving a checkpoint, on SIGTERM/SIGINT.
     """
-    from advss_tf.training import cluster  # imports this module
-
     step = start_step
     bar = None if quiet else keras.utils.Progbar(total_steps, stateful_metrics=[*trainer.metric_names, "img/s"])
     last: dict[str, float] = {}

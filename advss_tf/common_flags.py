@@ -97,6 +97,7 @@ def define_optimizer_flags(lr: float, momentum: float, wd: float, schedule: str,
 
 def define_runtime_flags() -> None:
     from advss_tf.config import MIXED_PRECISION, STRATEGIES
+    from advss_tf.training.strategy import CLUSTER_RESOLVERS
 
     flags.DEFINE_enum(
         "strategy", "auto", STRATEGIES, "tf.distribute strategy (auto: Mirrored on GPUs, default on CPU)."
@@ -109,6 +110,15 @@ def define_runtime_flags() -> None:
     flags.DEFINE_integer("image_summary_every", 500, "Write TensorBoard image grids every this many steps.")
     flags.DEFINE_bool("deterministic", False, "tf.config.experimental.enable_op_determinism() (slower).")
     flags.DEFINE_bool("quiet", False, "No progress bar: log lines at checkpoints only.")
+    flags.DEFINE_enum(
+        "cluster_resolver", "tf_config", CLUSTER_RESOLVERS, "--strategy=multi_worker: where the cluster is read from."
+    )
+    flags.DEFINE_integer(
+        "worker_timeout",
+        300,
+        "--strategy=multi_worker: seconds before a silent worker or a stuck collective ends the run.",
+    )
+    flags.register_validator("worker_timeout", lambda v: v >= 1, "--worker_timeout must be >= 1 (seconds)")
     for name in ("num_cpu_devices", "steps_per_loop", "checkpoint_every", "image_summary_every"):
         flags.register_validator(name, lambda v: v >= 1, f"--{name} must be >= 1")
 
@@ -129,6 +139,8 @@ def runtime_config():
         checkpoint_every=FLAGS.checkpoint_every,
         image_summary_every=FLAGS.image_summary_every,
         quiet=FLAGS.quiet,
+        cluster_resolver=FLAGS.cluster_resolver,
+        worker_timeout=FLAGS.worker_timeout,
     )
 
 

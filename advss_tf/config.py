@@ -74,6 +74,8 @@ class RuntimeConfig:
     image_summary_every: int = 500
     max_checkpoints: int = 3
     quiet: bool = False
+    cluster_resolver: str = "tf_config"
+    worker_timeout: int = 300
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:

@@ -102,11 +102,12 @@ def config_from_flags():
 def main() -> None:
     from absl import logging
 
-    from advss_tf.training import finetuning
+    from advss_tf.training import cluster, finetuning
 
     cfg = config_from_flags()
     common_flags.print_run_paths(cfg.model_dir, "best_ra")
-    results = finetuning.run(cfg, overwrite=FLAGS.overwrite)
+    with cluster.lost_worker_errors(FLAGS.strategy == "multi_worker"):
+        results = finetuning.run(cfg, overwrite=FLAGS.overwrite)
     best = results["best_robust_accuracy"] or {}
     logging.info("done: %d steps, exports in %s", results["steps"], results["exports"])
     print(

@@ -81,11 +81,12 @@ def config_from_flags():
 def main() -> None:
     from absl import logging
 
-    from advss_tf.training import pretraining
+    from advss_tf.training import cluster, pretraining
 
     cfg = config_from_flags()
     common_flags.print_run_paths(cfg.model_dir, pretraining.PRETRAIN_EXPORT)
-    results = pretraining.run(cfg, overwrite=FLAGS.overwrite)
+    with cluster.lost_worker_errors(FLAGS.strategy == "multi_worker"):
+        results = pretraining.run(cfg, overwrite=FLAGS.overwrite)
     logging.info("done: %d steps, export at %s", results["steps"], results["export"])
     print(f"pretraining done: {results['steps']} steps; SavedModel at {results['export']}")
 

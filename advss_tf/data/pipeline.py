@@ -124,3 +124,16 @@ def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.
     return ds.map(lambda x, y: {"inputs": to_float(x), "labels": y}, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE
     )
+
+
+def replica_slices(dataset: tf.data.Dataset, num_replicas: int, *, first: int, count: int) -> tf.data.Dataset:
+    """Replicas `first`..`first+count-1`'s slices of every global batch, one element per replica and step.
+
+    Replica r's slice of a batch is rows [r·B/R, (r+1)·B/R) of every tensor, as MirroredStrategy splits a batch
+    over one process's devices; the batch size must be divisible by `num_replicas` (checked before training).
+    """
+
+    def slices(batch):
+        return {k: tf.reshape(v, [num_replicas, -1, *v.shape[1:]])[first : first + count] for k, v in batch.items()}
+
+    return dataset.map(slices).unbatch()

@@ -28,7 +28,7 @@ from advss_tf.errors import UsageError
 from advss_tf.models.classifier import ImageClassifier
 from advss_tf.models.resnet import BackboneConfig
 from advss_tf.pretext.tasks import accuracy
-from advss_tf.training import loop, summaries
+from advss_tf.training import cluster, loop, summaries
 from advss_tf.training.finetune_task import FROZEN_PARTS, MODES, OBJECTIVES, FinetuneTask, trainable_variables
 from advss_tf.training.pretraining import (
     load_training_images,
@@ -195,7 +195,7 @@ class Validator:
 
         ds = tf.data.Dataset.from_tensor_slices((images, labels, weights)).batch(batch_size).enumerate()
         ds = ds.map(make_batch).prefetch(tf.data.AUTOTUNE)
-        self.dataset = strategy.experimental_distribute_dataset(ds)
+        self.dataset = cluster.distribute_dataset(strategy, ds)
         self._step = tf.function(self._distributed_step)
 
     def _replica_step(self, batch):
@@ -357,7 +357,8 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
             f"{cfg.pretrained} has no stage 4 (parts: {', '.join(info['parts'])}); --mode=linear would freeze a "
             "randomly initialised stage 4: use --mode=partial or full"
         )
-    strategy = make_strategy(rt.strategy, rt.num_cpu_devices)
+    strategy = make_strategy(rt.strategy, rt.num_cpu_devices, rt.cluster_resolver, rt.worker_timeout)
+    cfg = dataclasses.replace(cfg, model_dir=cluster.worker_model_dir(strategy, cfg.model_dir))
     per_replica_batch(cfg.batch_size, strategy)
     per_replica_batch(cfg.val_batch_size, strategy)
     x_train, y_train, x_val, y_val = load_training_images(cfg)  # the training set only: never the test set
@@ -407,7 +408,11 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
         manager = tf.train.CheckpointManager(
             checkpoint, workspace.path(cfg.model_dir, workspace.CHECKPOINTS), max_to_keep=rt.max_checkpoints
         )
+        cluster.create_save_counter(strategy, checkpoint)
         resumed = restore_or_init(manager, checkpoint, {})
+        cluster.broadcast_from_chief(
+            strategy, [*model.variables, *optimizer.variables, *task.extra_variables(), step_counter]
+        )
     step = int(step_counter.numpy())
     if resumed:
         logging.info("resuming %s from step %d of %d", cfg.model_dir, step, total_steps)
@@ -446,7 +451,7 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
         pad=4,
         flip=True,
     )
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    iterator = iter(cluster.distribute_dataset(strategy, dataset))
     writer = tf.summary.create_file_writer(workspace.path(cfg.model_dir, workspace.TENSORBOARD, "train"))
     if step == 0:
         with writer.as_default():
@@ -511,13 +516,14 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
             train_seconds += time.perf_counter() - t0
             trained_steps += point - step
             step = point
-        if point != step or selection.validated(point):
+        if point != step or cluster.chief_decides(strategy, selection.validated(point)):
             continue
         t0 = time.perf_counter()
         with loop.SignalGuard() as guard:
-            metrics = validator(should_stop=lambda: guard.signum is not None)
+            stop = cluster.AgreedSignal(strategy, guard)  # every worker stops at the same batch
+            metrics = validator(should_stop=stop.check)
             if metrics is None:  # the checkpoint of this step exists: a re-run validates it again
-                raise loop.Interrupted(guard.signum, point)
+                raise loop.Interrupted(stop.signum, point)
             logging.info(
                 "validation at epoch %.2f (step %d): clean accuracy %.4f, PGD-%d robust accuracy %.4f",
                 point / steps_per_epoch,
@@ -528,8 +534,8 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
             )
             selection.record(model, {"step": point, "epoch": round(point / steps_per_epoch, 4), **metrics})
         val_seconds += time.perf_counter() - t0
-        if guard.signum is not None:
-            raise loop.Interrupted(guard.signum, point)
+        if stop.check():
+            raise loop.Interrupted(stop.signum, point)
 
     results = {
         "mode": cfg.mode,

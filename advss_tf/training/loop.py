@@ -14,7 +14,7 @@ import tensorflow as tf
 from absl import logging
 
 from advss_tf import faults
-from advss_tf.training import summaries
+from advss_tf.training import cluster, summaries
 
 
 class TrainingError(RuntimeError):
@@ -201,11 +201,13 @@ def run_loop(
             elif step % checkpoint_every == 0 or step == total_steps:
                 logging.info("step %d/%d %s %.1f img/s", step, total_steps, _fmt(last), images_per_sec)
             faults.pause("train")  # test-only (advss_tf/faults.py); nothing when unset
-            if step % checkpoint_every == 0 or step == total_steps or guard.signum is not None:
+            # A signal on any worker stops all of them at this step (one collective under multi-worker).
+            signum = cluster.agree_signal(trainer.strategy, guard.signum)
+            if step % checkpoint_every == 0 or step == total_steps or signum is not None:
                 manager.save(checkpoint_number=step, options=faults.checkpoint_options())
                 writer.flush()
-            if guard.signum is not None:
-                raise Interrupted(guard.signum, step)
+            if signum is not None:
+                raise Interrupted(signum, step)
     writer.flush()
     return last
 

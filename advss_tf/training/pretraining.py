@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ from advss_tf.config import PretrainConfig, to_dict, versions
 from advss_tf.data import cifar10, pipeline
 from advss_tf.errors import UsageError
 from advss_tf.pretext.tasks import AUGMENTATION, build_task
-from advss_tf.training import loop, summaries
+from advss_tf.training import cluster, loop, summaries
 from advss_tf.training.schedules import LearningRate
 from advss_tf.training.strategy import make_strategy, per_replica_batch
 
@@ -83,7 +84,8 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
     """Trains (or resumes) the run in `cfg.model_dir`, exports it and returns the results dict."""
     start_time = time.time()
     rt = cfg.runtime
-    strategy = make_strategy(rt.strategy, rt.num_cpu_devices)
+    strategy = make_strategy(rt.strategy, rt.num_cpu_devices, rt.cluster_resolver, rt.worker_timeout)
+    cfg = dataclasses.replace(cfg, model_dir=cluster.worker_model_dir(strategy, cfg.model_dir))
     per_replica_batch(cfg.batch_size, strategy)
     x_train, y_train, x_val, _ = load_training_images(cfg)  # bad data fails before anything is written
     workspace.prepare(cfg.model_dir, cfg, overwrite)
@@ -112,7 +114,9 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
         manager = tf.train.CheckpointManager(
             checkpoint, workspace.path(cfg.model_dir, workspace.CHECKPOINTS), max_to_keep=rt.max_checkpoints
         )
+        cluster.create_save_counter(strategy, checkpoint)
         resumed = restore_or_init(manager, checkpoint, expected)
+        cluster.broadcast_from_chief(strategy, [*model.variables, *optimizer.variables, step_counter])
     start_step = int(step_counter.numpy())
     if resumed:
         logging.info("resuming %s from step %d of %d", cfg.model_dir, start_step, total_steps)
@@ -139,7 +143,7 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
         transform=task.transform,
         **augmentation,
     )
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    iterator = iter(cluster.distribute_dataset(strategy, dataset))
     writer = tf.summary.create_file_writer(workspace.path(cfg.model_dir, workspace.TENSORBOARD, "train"))
     if start_step == 0:
         with writer.as_default():

@@ -43,6 +43,8 @@ setup(
         # GPU users: ADVSS_TF_GPU=1 pip install -e ".[gpu]" (see the comment at the top).
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
         "test": ["pytest>=8", "ruff>=0.6"],
+        # tools/benchmark_vs_torch.py and the peer tests (advss_tf.peer); nothing else of the torch ecosystem.
+        "bench": ["torch==2.13.0"],
     },
     entry_points={
         "console_scripts": [

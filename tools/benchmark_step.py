@@ -17,7 +17,7 @@ from absl import app, flags
 
 import advss_tf  # noqa: F401  (TF_ENABLE_ONEDNN_OPTS before TensorFlow)
 from advss_tf.config import MIXED_PRECISION
-from advss_tf.models.resnet import BACKBONES
+from advss_tf.models.resnet import BACKBONES, BATCH_NORM_LAYERS
 from advss_tf.pretext.tasks import TASKS
 
 flags.DEFINE_enum("task", "jigsaw", sorted(TASKS), "Pretext task.")
@@ -29,6 +29,7 @@ flags.DEFINE_bool("adversarial", True, "Adversarial step (PGD inside) or standar
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the replica step.")
 flags.DEFINE_string("strategy", "auto", "auto | mirrored | one_device.")
 flags.DEFINE_enum("mixed_precision", "none", MIXED_PRECISION, "As the binaries' --mixed_precision.")
+flags.DEFINE_enum("batch_norm", "fused", sorted(BATCH_NORM_LAYERS), "BatchNormalization layer (keras: the reference).")
 flags.DEFINE_integer("selfie_layers", 13, "Selfie transformer layers.")
 flags.DEFINE_integer("selfie_heads", 16, "Selfie attention heads.")
 flags.DEFINE_integer("selfie_ff_dim", 2048, "Selfie feed-forward width.")
@@ -45,50 +46,24 @@ def main(argv):
     import os
 
     import tensorflow as tf
+    from pretrain_step import build_pretrain_step
 
-    from advss_tf.config import AttackConfig, PretrainConfig
-    from advss_tf.data import cifar10, pipeline
-    from advss_tf.models.resnet import BackboneConfig
-    from advss_tf.pretext.tasks import AUGMENTATION, build_task
-    from advss_tf.training import loop
-    from advss_tf.training.pretraining import make_optimizer, set_precision
-    from advss_tf.training.strategy import make_strategy
-
-    cfg = PretrainConfig(
-        task=FLAGS.task,
-        model_dir="/tmp/unused",
-        backbone=BackboneConfig(FLAGS.backbone),
-        batch_size=FLAGS.batch_size,
-        train_steps=FLAGS.steps + 1,
+    step = build_pretrain_step(
+        FLAGS.task,
+        FLAGS.backbone,
+        FLAGS.batch_size,
         adversarial=FLAGS.adversarial,
-        attack=AttackConfig(steps=FLAGS.attack_steps),
+        attack_steps=FLAGS.attack_steps,
+        jit_compile=FLAGS.jit_compile,
+        strategy=FLAGS.strategy,
+        mixed_precision=FLAGS.mixed_precision,
+        train_steps=FLAGS.steps + 1,
+        batch_norm=FLAGS.batch_norm,
         selfie_layers=FLAGS.selfie_layers,
         selfie_heads=FLAGS.selfie_heads,
         selfie_ff_dim=FLAGS.selfie_ff_dim,
     )
-    set_precision(FLAGS.mixed_precision)
-    strategy = make_strategy(FLAGS.strategy)
-    images, labels = cifar10.load_arrays(cifar10.DataSource(), "train")
-    with strategy.scope():
-        task = build_task(cfg)
-        model = task.build_model()
-        optimizer, _ = make_optimizer(cfg, 10, cfg.train_steps, FLAGS.mixed_precision)
-        optimizer.build(model.trainable_variables)
-    trainer = loop.Trainer(
-        strategy,
-        task,
-        model,
-        optimizer,
-        global_batch_size=cfg.batch_size,
-        weight_decay=cfg.optimizer.weight_decay,
-        adversarial=cfg.adversarial,
-        attack_bn_train=True,
-        jit_compile=FLAGS.jit_compile,
-    )
-    ds = pipeline.train_dataset(
-        images, labels, global_batch_size=cfg.batch_size, seed=0, transform=task.transform, **AUGMENTATION[cfg.task]
-    )
-    it = iter(strategy.experimental_distribute_dataset(ds))
+    trainer, it, model = step.trainer, step.iterator, step.model
     rss_before_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     t0 = time.perf_counter()
     trainer.train(it, 1)
@@ -109,6 +84,7 @@ def main(argv):
         "attack_steps": FLAGS.attack_steps,
         "jit_compile": FLAGS.jit_compile,
         "mixed_precision": FLAGS.mixed_precision,
+        "batch_norm": FLAGS.batch_norm,
         "params": int(model.count_params()),
         "first_step_sec_incl_tracing": round(warmup, 2),
         "step_sec": [round(t, 2) for t in times],

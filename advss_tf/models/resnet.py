@@ -7,11 +7,14 @@ reference (Kuang Liu's PreActResNet).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 
 import keras
 
 from advss_tf.errors import UsageError
+from advss_tf.models.batch_norm import FusedBatchNormalization
 
 # ImageNet statistics, as the reference code normalises CIFAR-10 (SPEC §3): images stay in [0, 1] outside the model.
 MEAN = (0.485, 0.456, 0.406)
@@ -84,8 +87,28 @@ class ImageNormalization(keras.layers.Layer):
         return {**super().get_config(), "mean": self.mean, "std": self.std}
 
 
+# Which BatchNormalization class the builders below use. Both have the same weights, numerics and checkpoint keys;
+# "keras" (Keras' own, unfused) is kept selectable as the reference the fused layer is tested and timed against.
+BATCH_NORM_LAYERS = {"fused": FusedBatchNormalization, "keras": keras.layers.BatchNormalization}
+_batch_norm_layer = "fused"
+
+
+@contextlib.contextmanager
+def batch_norm_layer(name: str) -> Iterator[None]:
+    """Models built inside the context use BATCH_NORM_LAYERS[name] (tests and benchmarks of the reference path)."""
+    global _batch_norm_layer
+    if name not in BATCH_NORM_LAYERS:
+        raise UsageError(f"unknown batch-norm layer {name!r}; valid: {', '.join(BATCH_NORM_LAYERS)}")
+    previous, _batch_norm_layer = _batch_norm_layer, name
+    try:
+        yield
+    finally:
+        _batch_norm_layer = previous
+
+
 def _bn(sync: bool, name: str) -> keras.layers.BatchNormalization:
-    return keras.layers.BatchNormalization(momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, synchronized=sync, name=name)
+    layer = BATCH_NORM_LAYERS[_batch_norm_layer]
+    return layer(momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, synchronized=sync, name=name)
 
 
 def _conv(filters: int, kernel: int, stride: int, name: str) -> keras.layers.Conv2D:

@@ -1,0 +1,84 @@
+"""The real pretraining step for the tools that time it: task, model, optimizer and `Trainer` on real CIFAR-10.
+
+Shared by benchmark_step.py, benchmark_vs_torch.py and profile_step.py (not part of the library).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import advss_tf  # noqa: F401  (TF_ENABLE_ONEDNN_OPTS before TensorFlow)
+
+
+@dataclasses.dataclass
+class PretrainStep:
+    """What a timing tool needs: the trainer, an endless distributed batch iterator, the model and its task."""
+
+    trainer: Any
+    iterator: Any
+    model: Any
+    task: Any
+    config: Any
+
+
+def build_pretrain_step(
+    task: str,
+    backbone: str,
+    batch_size: int,
+    *,
+    adversarial: bool = True,
+    attack_steps: int = 10,
+    jit_compile: bool = False,
+    strategy: str = "auto",
+    mixed_precision: str = "none",
+    train_steps: int = 1000,
+    batch_norm: str = "fused",
+    **config_overrides,
+) -> PretrainStep:
+    """Builds the task's model and the same `Trainer` the pretrain binary uses, fed by its real input pipeline.
+
+    `batch_norm` picks the BatchNormalization layer (advss_tf.models.resnet.BATCH_NORM_LAYERS) to time either.
+    """
+    from advss_tf.config import AttackConfig, PretrainConfig
+    from advss_tf.data import cifar10, pipeline
+    from advss_tf.models.resnet import BackboneConfig, batch_norm_layer
+    from advss_tf.pretext.tasks import AUGMENTATION, build_task
+    from advss_tf.training import loop
+    from advss_tf.training.pretraining import make_optimizer, set_precision
+    from advss_tf.training.strategy import make_strategy
+
+    cfg = PretrainConfig(
+        task=task,
+        model_dir="/tmp/unused",
+        backbone=BackboneConfig(backbone),
+        batch_size=batch_size,
+        train_steps=train_steps,
+        adversarial=adversarial,
+        attack=AttackConfig(steps=attack_steps),
+        **config_overrides,
+    )
+    set_precision(mixed_precision)
+    dist = make_strategy(strategy)
+    images, labels = cifar10.load_arrays(cifar10.DataSource(), "train")
+    with dist.scope(), batch_norm_layer(batch_norm):
+        pretext = build_task(cfg)
+        model = pretext.build_model()
+        optimizer, _ = make_optimizer(cfg, 10, cfg.train_steps, mixed_precision)
+        optimizer.build(model.trainable_variables)
+    trainer = loop.Trainer(
+        dist,
+        pretext,
+        model,
+        optimizer,
+        global_batch_size=cfg.batch_size,
+        weight_decay=cfg.optimizer.weight_decay,
+        adversarial=cfg.adversarial,
+        attack_bn_train=True,
+        jit_compile=jit_compile,
+    )
+    ds = pipeline.train_dataset(
+        images, labels, global_batch_size=cfg.batch_size, seed=0, transform=pretext.transform, **AUGMENTATION[task]
+    )
+    iterator = iter(dist.experimental_distribute_dataset(ds))
+    return PretrainStep(trainer, iterator, model, pretext, cfg)

@@ -53,7 +53,13 @@ def test_clean_accuracy_is_high_enough_to_measure_attacks(accuracy):
     assert accuracy("clean") >= 0.9
 
 
-@pytest.mark.parametrize("name", _maybe_slow(n for n, s in registry.ATTACKS.items() if s.steps > 1))
+# APGD-T, FAB-T and Square are held to ≤ 2 % in tests/test_autoattack_attacks.py.
+AUTOATTACK_ONLY = ("apgd_t", "fab_t", "square")
+
+
+@pytest.mark.parametrize(
+    "name", _maybe_slow(n for n, s in registry.ATTACKS.items() if s.steps > 1 and n not in AUTOATTACK_ONLY)
+)
 def test_every_iterative_attack_breaks_an_undefended_model(accuracy, name):
     # At its default budget: 8/255 for the L∞ attacks (16/255 for pgd20_eps16), ε = 0.5 for L2.
     assert accuracy(name) <= 0.05
@@ -87,7 +93,8 @@ def test_each_attack_stays_in_its_budget_and_the_image_range(trained_classifier,
     x_adv = spec(_model_fn(model), x, y, SEED)
     norms = registry.perturbation_norm(x_adv, x, spec.norm).numpy()
     assert norms.max() <= spec.eps * (1 + 1e-5) + 1e-6
-    assert norms.max() > 0.5 * spec.eps  # it moved: a no-op attack would also pass the bound
+    # It moved: a no-op attack would also pass the bound (FAB, a minimum-norm attack, stops at the boundary).
+    assert norms.max() > (0.05 if name == "fab_t" else 0.5) * spec.eps
     assert float(tf.reduce_min(x_adv)) >= 0.0 and float(tf.reduce_max(x_adv)) <= 1.0
 
 

@@ -45,6 +45,11 @@ setup(
         "test": ["pytest>=8", "ruff>=0.6"],
         # tools/benchmark_vs_torch.py and the peer tests (advss_tf.peer); nothing else of the torch ecosystem.
         "bench": ["torch==2.13.0"],
+        # The peer check against the reference AutoAttack (tests marked `peer`, tools/benchmark_attacks.py): CPU
+        # torch, and torchattacks — whose declared requirements pull torchvision and with it a CUDA torch of several
+        # GB, though it imports neither — so install it without them: pip install -e ".[peer]" then
+        # pip install --no-deps torchattacks==3.5.1 (what .ci/run does). At import it needs torch, numpy, scipy.
+        "peer": ["torch==2.13.0"],
     },
     entry_points={
         "console_scripts": [

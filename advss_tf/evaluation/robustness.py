@@ -273,7 +273,8 @@ def run_attack(
     seed_name = seed_name or spec.name
     robust = clean_correct.copy()
     show = indices is None
-    shown = to_float(images[:SHOWN_EXAMPLES]) if show else np.zeros([0, 32, 32, 3], np.float32)
+    # The figures show the first images of the first batch.
+    shown = to_float(images[: min(SHOWN_EXAMPLES, batch_size)] if show else images[:0])
     max_pert, seconds, cpu_seconds = 0.0, 0.0, 0.0
     slices = list(batch_slices(len(order), batch_size))
     todo = []

@@ -118,11 +118,11 @@ class EvaluateConfig:
         return plan
 
     def _budget(self, spec: AttackSpec) -> AttackSpec:
-        # The query budget of Square is its number of iterations; the targeted attacks take their number of target
-        # classes from a `targets` field when they have one.
+        # Square's query budget is its number of iterations; a targeted attack (one with a target count) runs
+        # `--targets` target classes.
         if spec.name == "square":
             spec = dataclasses.replace(spec, steps=self.square_queries)
-        if "targets" in {f.name for f in dataclasses.fields(spec)}:
+        if getattr(spec, "targets", None) is not None:
             spec = dataclasses.replace(spec, targets=self.targets)
         return spec
 

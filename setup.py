@@ -43,6 +43,11 @@ setup(
         # GPU users: ADVSS_TF_GPU=1 pip install -e ".[gpu]" (see the comment at the top).
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
         "test": ["pytest>=8", "ruff>=0.6"],
+        # The peer check against the reference AutoAttack (tests marked `peer`, tools/benchmark_attacks.py): CPU
+        # torch, and torchattacks — whose declared requirements pull torchvision and with it a CUDA torch of several
+        # GB, though it imports neither — so install it without them: pip install -e ".[peer]" then
+        # pip install --no-deps torchattacks==3.5.1 (what .ci/run does). At import it needs torch, numpy, scipy.
+        "peer": ["torch==2.13.0"],
     },
     entry_points={
         "console_scripts": [

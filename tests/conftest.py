@@ -39,6 +39,7 @@ def mirrored_strategy():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: longer end-to-end paths (CI still runs them once)")
+    config.addinivalue_line("markers", "peer: needs torch (installed by .ci/run)")
 
 
 @pytest.fixture(scope="session")

@@ -14,15 +14,21 @@ Written from the paper and the reference ``fra31/auto-attack`` ``autoattack/auto
 One difference from the reference code, which compares the first iterate of the run against an unfilled (zero)
 loss slot when counting condition (1): here it is compared with the loss at the starting point, as the paper
 writes the sum. The attack returns, per example, the last misclassified iterate if one was found, else the
-highest-loss point. Restarts are run by the caller (a fresh seed each; an example is robust only if it survives all).
+highest-loss point; the loop ends early once every example is fooled. APGD-T (`apgd_targeted`) runs the same
+loop on the targeted DLR loss once per target class. Restarts are run by the caller (a fresh seed each; an example
+is robust only if it survives all).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tensorflow as tf
 
 from advss_tf.attacks.l2 import l2_normalize, per_example, project_l2
+from advss_tf.attacks.losses import dlr_targeted
 from advss_tf.attacks.pgd import LossFn, ModelFn, cross_entropy
+from advss_tf.attacks.targets import each_target
 
 NORMS = ("linf", "l2")
 MOMENTUM = 0.75  # a: weight of the new step against the previous displacement
@@ -95,18 +101,97 @@ def apgd(
     Returns:
       The adversarial images [N, H, W, C], gradient-stopped.
     """
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+    _check_norm(norm)
+    x = tf.convert_to_tensor(x)
+    x_adv, _ = apgd_run(
+        model_fn,
+        x,
+        tf.cast(y, tf.int64),
+        lambda logits: loss_fn(y, logits),
+        x_start=_random_start(x, eps, norm, seed),
+        eps=eps,
+        steps=steps,
+        step_size=step_size,
+        norm=norm,
+    )
+    return tf.stop_gradient(x_adv)
+
+
+def apgd_targeted(
+    model_fn: ModelFn,
+    x: tf.Tensor,
+    y,
+    *,
+    eps: float,
+    steps: int,
+    seed: tf.Tensor,
+    targets: int = 9,
+    step_size: float | None = None,
+    norm: str = "linf",
+    **unused,
+) -> tf.Tensor:
+    """APGD-T: one targeted APGD run on `losses.dlr_targeted` per target class (AutoAttack's second component).
+
+    The targets are the `targets` classes with the highest clean logits besides the true one; each run attacks only
+    the examples no earlier run fooled, from its own random start (see `advss_tf.attacks.targets`). Other arguments
+    as `apgd` (the standard version: 9 targets, 100 steps each, η₀ = 2ε).
+
+    Returns:
+      Per example the first adversarial point found, else the last run's highest-loss point; gradient-stopped.
+    """
+    _check_norm(norm)
     x = tf.convert_to_tensor(x)
     labels = tf.cast(y, tf.int64)
+
+    def run_once(take, target, seed_k):
+        x_k, labels_k = take(x), take(labels)
+        return apgd_run(
+            model_fn,
+            x_k,
+            labels_k,
+            lambda logits: dlr_targeted(labels_k, target, logits),
+            x_start=take(_random_start(x, eps, norm, seed_k)),
+            eps=eps,
+            steps=steps,
+            step_size=step_size,
+            norm=norm,
+        )
+
+    return each_target(run_once, model_fn, x, labels, count=targets, seed=seed)
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+
+
+def apgd_run(
+    model_fn: ModelFn,
+    x: tf.Tensor,
+    labels: tf.Tensor,
+    loss_of: Callable[[tf.Tensor], tf.Tensor],
+    *,
+    x_start: tf.Tensor,
+    eps: float,
+    steps: int,
+    step_size: float | None,
+    norm: str,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """One APGD run from `x_start` ascending `loss_of(logits)` [N]: (result images, fooled bool [N]).
+
+    The result is, per example, the last misclassified iterate if one was found, else the highest-loss point.
+    """
     eta0 = 2.0 * eps if step_size is None else float(step_size)
     first_interval, min_interval, interval_decrement = checkpoint_schedule(steps)
+
+    def evaluate(x_adv):
+        return loss_logits_and_gradient(model_fn, x_adv, None, lambda _, logits: loss_of(logits))
 
     def fooled_by(logits):
         return tf.argmax(logits, axis=-1) != labels
 
-    x_adv = _random_start(x, eps, norm, seed)
-    loss, logits, grad = loss_logits_and_gradient(model_fn, x_adv, y, loss_fn)
+    x_adv = x_start
+    loss, logits, grad = evaluate(x_adv)
     n = tf.shape(x)[0]
     state = dict(
         x_adv=x_adv,
@@ -135,7 +220,7 @@ def apgd(
         x_new = _project(s["x_adv"] + a * (z - s["x_adv"]) + (1.0 - a) * momentum_step, x, eps, norm)
         x_new = tf.stop_gradient(x_new)
         s["x_prev"] = s["x_adv"]
-        loss, logits, grad = loss_logits_and_gradient(model_fn, x_new, y, loss_fn)
+        loss, logits, grad = evaluate(x_new)
 
         now_fooled = fooled_by(logits)
         s["x_fooled"] = tf.where(per_example(now_fooled, x), x_new, s["x_fooled"])
@@ -162,6 +247,8 @@ def apgd(
         s["interval"] = tf.where(at_check, tf.maximum(s["interval"] - interval_decrement, min_interval), s["interval"])
         return i + 1, s
 
-    _, state = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), state))
+    # Once every example is fooled nothing is left to find: stop (the reference runs on; only which adversarial
+    # point a fooled example returns differs).
+    _, state = tf.while_loop(lambda i, s: (i < steps) & ~tf.reduce_all(s["fooled"]), body, (tf.constant(0), state))
     result = tf.where(per_example(state["fooled"], x), state["x_fooled"], state["x_best"])
-    return tf.stop_gradient(result)
+    return result, state["fooled"]

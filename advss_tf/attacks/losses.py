@@ -37,3 +37,16 @@ def dlr(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     true, other = true_and_best_other(labels, logits)
     top3 = tf.math.top_k(tf.cast(logits, tf.float32), k=3).values
     return -(true - other) / (top3[:, 0] - top3[:, 2] + 1e-12)
+
+
+def dlr_targeted(labels: tf.Tensor, targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Targeted DLR loss (APGD-T): −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 1e-12), with t the target class.
+
+    Positive once the target's logit exceeds the true one; shift- and scale-invariant like `dlr`. The denominator
+    leaves out z_π2 (likely the target itself) as the paper does. Needs at least 4 classes.
+    """
+    logits = tf.cast(logits, tf.float32)
+    true = tf.gather(logits, tf.cast(labels, tf.int32), axis=1, batch_dims=1)
+    target = tf.gather(logits, tf.cast(targets, tf.int32), axis=1, batch_dims=1)
+    top4 = tf.math.top_k(logits, k=4).values
+    return -(true - target) / (top4[:, 0] - 0.5 * (top4[:, 2] + top4[:, 3]) + 1e-12)

@@ -16,14 +16,19 @@ from typing import Any
 
 import tensorflow as tf
 
-from advss_tf.attacks.apgd import apgd
+from advss_tf.attacks.apgd import apgd, apgd_targeted
+from advss_tf.attacks.fab import fab_targeted
 from advss_tf.attacks.l2 import l2_norm, pgd_l2
 from advss_tf.attacks.losses import cw_margin, dlr
 from advss_tf.attacks.pgd import ModelFn, cross_entropy, fgsm, pgd_linf
+from advss_tf.attacks.square import square_linf
 from advss_tf.errors import UsageError
 
 NORMS = ("linf", "l2")
 LOSSES: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {"ce": cross_entropy, "cw": cw_margin, "dlr": dlr}
+# Losses of the attacks that build their own from labels and targets (recorded, not passed): the targeted DLR of
+# APGD-T, the targeted logit difference FAB linearises, Square's margin z_y − max_{i≠y} z_i.
+OWN_LOSSES = ("dlr_targeted", "logit_difference", "margin")
 # Which ε flag of the evaluate binary an attack's budget follows.
 BUDGETS = ("linf", "linf_large", "l2")
 # The largest L2 distance between two images in [0, 1]^(32·32·3): a larger ε constrains nothing.
@@ -41,11 +46,12 @@ class AttackSpec:
       norm: "linf" or "l2".
       eps: radius on the [0, 1] pixel scale.
       step_size: step length on the same scale (APGD: the initial step, halved by its schedule).
-      steps: gradient steps per restart.
+      steps: gradient steps per restart (per target class for a targeted attack; Square: model queries).
       restarts: random restarts; an example is robust only if it survives every one.
       loss: key in `LOSSES`.
       random_start: whether each restart starts from a random point (FGSM: no, so it never restarts).
       budget: which ε the evaluate binary's flags set (`BUDGETS`).
+      targets: target classes of a targeted attack (one run per class, the top non-true ones), else None.
     """
 
     name: str
@@ -59,9 +65,13 @@ class AttackSpec:
     loss: str = "ce"
     random_start: bool = True
     budget: str = "linf"
+    targets: int | None = None
 
     def __call__(self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         """One restart of the attack from stateless `seed` [2]; returns gradient-stopped adversarial images."""
+        settings = {} if self.targets is None else {"targets": self.targets}
+        if self.loss not in OWN_LOSSES:
+            settings["loss_fn"] = LOSSES[self.loss]
         return self.fn(
             model_fn,
             x,
@@ -71,7 +81,7 @@ class AttackSpec:
             steps=self.steps,
             seed=seed,
             random_start=self.random_start,
-            loss_fn=LOSSES[self.loss],
+            **settings,
         )
 
     def with_budget(self, eps: float | None = None, restarts: int | None = None) -> AttackSpec:
@@ -96,6 +106,7 @@ class AttackSpec:
             "restarts": self.restarts,
             "loss": self.loss,
             "random_start": self.random_start,
+            "targets": self.targets,
         }
 
 
@@ -124,6 +135,41 @@ ATTACKS: dict[str, AttackSpec] = {
         AttackSpec("cw_linf", "CW-L∞: PGD-20 on the CW margin loss", pgd_linf, "linf", 8 / 255, 2 / 255, 20, loss="cw"),
         AttackSpec("apgd_ce", "APGD-CE (AutoAttack's first component)", _APGD, "linf", 8 / 255, 16 / 255, 100),
         AttackSpec("apgd_dlr", "APGD-DLR (AutoAttack's second)", _APGD, "linf", 8 / 255, 16 / 255, 100, loss="dlr"),
+        # AutoAttack's standard version (Croce & Hein 2020): 9 targets × 100 iterations, FAB parameter-free (no
+        # step size; α_max, β, η in attacks/fab.py), Square 5,000 queries with p_init 0.8.
+        AttackSpec(
+            "apgd_t",
+            "APGD-T: targeted APGD-DLR, 9 target classes",
+            apgd_targeted,
+            "linf",
+            8 / 255,
+            16 / 255,
+            100,
+            loss="dlr_targeted",
+            targets=9,
+        ),
+        AttackSpec(
+            "fab_t",
+            "FAB-T: targeted fast adaptive boundary, 9 target classes",
+            fab_targeted,
+            "linf",
+            8 / 255,
+            0.0,
+            100,
+            loss="logit_difference",
+            random_start=False,
+            targets=9,
+        ),
+        AttackSpec(
+            "square",
+            "Square: gradient-free random search, 5,000 queries",
+            square_linf,
+            "linf",
+            8 / 255,
+            0.0,
+            5000,
+            loss="margin",
+        ),
     )
 }
 DEFAULT_ATTACKS = ("pgd20",)

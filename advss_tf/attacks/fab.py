@@ -1,0 +1,176 @@
+"""FAB-T (Croce & Hein, ICML 2020, "Minimally distorted adversarial examples with a fast adaptive boundary attack"),
+targeted, L∞: AutoAttack's third component, a minimum-norm attack that follows the decision boundary.
+
+Written from the paper (Algorithm 1, the projection of Eq. 4) and the reference ``fra31/auto-attack``
+``autoattack/fab_pt.py`` / ``fab_base.py``. Per target class t and iteration, with f = z_t − z_y linearised at the
+current point x_k (w = ∇f, b = ⟨w, x_k⟩ − f):
+
+- d_k and d_orig: the smallest L∞ steps from x_k and from the clean x onto the hyperplane {⟨w, ·⟩ = b} inside the
+  box [0, 1]^d (`project_linf`);
+- α = min(‖d_k‖ / (‖d_k‖ + ‖d_orig‖), α_max), x_{k+1} = clip((1 − α)(x_k + η·d_k) + α(x + η·d_orig), 0, 1): the
+  step leans towards the clean image so the result stays close to it (α_max = 0.1, extrapolation η = 1.05);
+- once x_{k+1} is misclassified it is kept if it is the closest so far, and the iterate moves back towards x:
+  x_{k+1} ← x + β·(x_{k+1} − x), β = 0.9;
+- the final search: a bisection on the segment from x to the closest adversarial point found (the paper's last
+  step; the reference code leaves it out), which can only shorten it.
+
+Success means a misclassified point within ε; otherwise the clean image is returned, as the reference does. The
+standard version runs one restart from the clean image (no random start), so the attack is deterministic.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from advss_tf.attacks.pgd import ModelFn
+from advss_tf.attacks.targets import each_target
+
+ALPHA_MAX = 0.1  # α_max: the largest weight of the step from the clean image
+ETA = 1.05  # η: extrapolation of the projection step past the linearised boundary
+BETA = 0.9  # β: backward step towards the clean image after a success
+FINAL_SEARCH_STEPS = 10  # bisection steps of the final search (the segment shrinks 2^10-fold)
+_FAR = 1e10  # the distance of "no adversarial point yet"
+
+
+def project_linf(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """The step d of least ‖d‖∞ with ⟨w, t + d⟩ = b and t + d in [0, 1]^D, row by row (t, w [M, D]; b [M]).
+
+    Where the box cannot reach the hyperplane, the step to the box's corner that gets closest. Coordinates with
+    w_i = 0 do not move.
+
+    Why it is solvable in one sort: after flipping signs so that ⟨w, t⟩ − b = c ≥ 0, each coordinate lowers ⟨w, t⟩
+    by moving towards 0 (w_i > 0) or 1 (w_i < 0) and can move at most p_i (its distance to that bound). A step of
+    L∞ size λ moves coordinate i by min(λ, p_i), so the least λ solves g(λ) = Σ|w_i|·min(λ, p_i) = c; g is piecewise
+    linear and increasing with kinks at the sorted p_i, so it is found from cumulative sums.
+    """
+    c = tf.reduce_sum(w * t, axis=1) - b
+    one = tf.ones_like(c)
+    flip = tf.where(c >= 0.0, one, -one)
+    w, c = w * flip[:, None], c * flip
+    up = w < 0.0  # coordinates that move towards 1
+    room = tf.where(up, 1.0 - t, t)
+    weight = tf.abs(w)
+    order = tf.argsort(room, axis=1)
+    room_sorted = tf.gather(room, order, batch_dims=1)
+    weight_sorted = tf.gather(weight, order, batch_dims=1)
+    weight_below = tf.cumsum(weight_sorted, axis=1)  # Σ_{j ≤ k} |w_(j)|
+    weight_total = weight_below[:, -1:]
+    # g at each kink λ = p_(k): the coordinates up to k are at their bound, the rest move p_(k).
+    g_at_kinks = tf.cumsum(weight_sorted * room_sorted, axis=1) + room_sorted * (weight_total - weight_below)
+    kink = tf.reduce_sum(tf.cast(g_at_kinks < c[:, None], tf.int32), axis=1)  # first kink with g ≥ c
+    reachable = kink < tf.shape(t)[1]
+    before = tf.maximum(kink - 1, 0)[:, None]
+    zero = tf.zeros_like(c)
+    lam_start = tf.where(kink > 0, tf.gather_nd(room_sorted, before, batch_dims=1), zero)
+    g_start = tf.where(kink > 0, tf.gather_nd(g_at_kinks, before, batch_dims=1), zero)
+    weight_free = weight_total[:, 0] - tf.where(kink > 0, tf.gather_nd(weight_below, before, batch_dims=1), zero)
+    lam = lam_start + (c - g_start) / tf.maximum(weight_free, 1e-12)
+    lam = tf.where(reachable, lam, tf.fill(tf.shape(c), tf.constant(float("inf"), c.dtype)))
+    move = tf.minimum(lam[:, None], room)
+    return tf.where(up, move, -move) * tf.cast(w != 0.0, t.dtype)
+
+
+def _linf(v: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_max(tf.abs(v), axis=1)
+
+
+def fab_run(
+    model_fn: ModelFn,
+    x: tf.Tensor,
+    labels: tf.Tensor,
+    target: tf.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    alpha_max: float = ALPHA_MAX,
+    eta: float = ETA,
+    beta: float = BETA,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """One targeted FAB run from the clean images: (closest point found within ε, else x; success bool [N])."""
+    shape = tf.shape(x)
+    flat = lambda v: tf.reshape(v, [shape[0], -1])  # noqa: E731
+    x0 = flat(x)
+    labels = tf.cast(labels, tf.int32)
+    target = tf.cast(target, tf.int32)
+
+    def predicted_wrong(points):
+        return tf.argmax(model_fn(tf.reshape(points, shape)), axis=-1, output_type=tf.int32) != labels
+
+    def body(i, x1, best, best_dist):
+        with tf.GradientTape() as tape:
+            tape.watch(x1)
+            logits = tf.cast(model_fn(tf.reshape(x1, shape)), tf.float32)
+            f = tf.gather(logits, target, batch_dims=1) - tf.gather(logits, labels, batch_dims=1)
+        w = tape.gradient(f, x1, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        b = tf.reduce_sum(w * x1, axis=1) - f
+        # One projection call for both starting points, as the two share the hyperplane.
+        d = project_linf(tf.concat([x1, x0], 0), tf.concat([w, w], 0), tf.concat([b, b], 0))
+        d1, d2 = tf.split(d, 2, axis=0)
+        a1, a2 = tf.maximum(_linf(d1), 1e-8), tf.maximum(_linf(d2), 1e-8)
+        alpha = tf.clip_by_value(a1 / (a1 + a2), 0.0, alpha_max)[:, None]
+        x1 = tf.clip_by_value((1.0 - alpha) * (x1 + eta * d1) + alpha * (x0 + eta * d2), 0.0, 1.0)
+        x1 = tf.stop_gradient(x1)
+        wrong = predicted_wrong(x1)
+        dist = _linf(x1 - x0)
+        closer = wrong & (dist < best_dist)
+        best = tf.where(closer[:, None], x1, best)
+        best_dist = tf.where(closer, dist, best_dist)
+        x1 = tf.where(wrong[:, None], x0 + beta * (x1 - x0), x1)
+        return i + 1, x1, best, best_dist
+
+    far = tf.fill([shape[0]], tf.constant(_FAR, x0.dtype))
+    _, _, best, best_dist = tf.while_loop(lambda i, *_: i < steps, body, (tf.constant(0), x0, x0, far))
+    found = best_dist < _FAR
+
+    # Final search: the least t in (0, 1] with x + t·(best − x) misclassified, by bisection (assumes one crossing).
+    def search(_, low, high):
+        mid = 0.5 * (low + high)
+        wrong = predicted_wrong(x0 + mid[:, None] * (best - x0))
+        return _ + 1, tf.where(wrong, low, mid), tf.where(wrong, mid, high)
+
+    zeros = tf.zeros_like(best_dist)
+    _, _, high = tf.while_loop(
+        lambda k, *_: k < FINAL_SEARCH_STEPS, search, (tf.constant(0), zeros, tf.ones_like(best_dist))
+    )
+    searched = x0 + high[:, None] * (best - x0)
+    best = tf.where(found[:, None], searched, x0)
+    success = found & (_linf(best - x0) <= eps)
+    result = tf.where(success[:, None], best, x0)
+    return tf.reshape(result, shape), success
+
+
+def fab_targeted(
+    model_fn: ModelFn,
+    x: tf.Tensor,
+    y,
+    *,
+    eps: float,
+    steps: int,
+    seed: tf.Tensor,
+    targets: int = 9,
+    norm: str = "linf",
+    **unused,
+) -> tf.Tensor:
+    """FAB-T, L∞: one targeted FAB run per target class, each on the examples no earlier run fooled.
+
+    Args:
+      model_fn: images in [0, 1] → logits [N, K] (gradients of two logits per step).
+      x: clean images [N, H, W, C] in [0, 1]; y: integer labels [N].
+      eps: L∞ radius on the [0, 1] pixel scale: a point found further away counts as a failure.
+      steps: iterations per target (the standard version: 100).
+      seed: int [2]; FAB-T starts from the clean image, so only the target order matters and this is unused.
+      targets: target classes, the top non-true ones by clean logit (the standard version: 9).
+      norm: "linf" (the only one implemented).
+
+    Returns:
+      Per example the closest adversarial point found within ε, else the clean image; gradient-stopped.
+    """
+    if norm != "linf":
+        raise ValueError(f"fab_targeted implements the L∞ attack only, got norm {norm!r}")
+    x = tf.convert_to_tensor(x)
+    labels = tf.cast(y, tf.int64)
+
+    def run_once(take, target, _seed):
+        return fab_run(model_fn, take(x), take(labels), target, eps=eps, steps=steps)
+
+    return each_target(run_once, model_fn, x, labels, count=targets, seed=seed)

@@ -1,0 +1,166 @@
+"""AutoAttack's components beyond APGD-CE: APGD-T, FAB-T and Square (guarantees, strength, their parts)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import scipy.optimize
+import tensorflow as tf
+
+from advss_tf.attacks import fab, losses, registry, square, targets
+
+SEED = tf.constant([7, 11], tf.int64)
+NEW_ATTACKS = ("apgd_t", "fab_t", "square")
+N_STRENGTH = 128  # of the fixture's 256 images: 2 % is 2.56 images
+# Cheap versions for the guarantee tests: few iterations and targets, so a test takes seconds.
+CHEAP = {"apgd_t": dict(steps=5, targets=3), "fab_t": dict(steps=5, targets=3), "square": dict(steps=30)}
+_SIGNATURE = [tf.TensorSpec([None, 32, 32, 3]), tf.TensorSpec([None], tf.int64), tf.TensorSpec([2], tf.int64)]
+
+
+def _model_fn(model):
+    return lambda z: model(z, training=False)
+
+
+def _accuracy(model, x, y) -> float:
+    return float(np.mean(np.argmax(model(x, training=False), -1) == y))
+
+
+def _traced(spec, model_fn, signature=None):
+    return tf.function(lambda a, b, s: spec(model_fn, a, b, s), input_signature=signature)
+
+
+@pytest.fixture(scope="module")
+def strength_images(trained_classifier):
+    model, x, y = trained_classifier
+    return model, x[:N_STRENGTH], y[:N_STRENGTH].astype(np.int64)
+
+
+@pytest.mark.parametrize("name", NEW_ATTACKS)
+def test_guarantees_budget_range_gradient_stop_determinism_and_both_batch_paths(trained_classifier, name):
+    model, x, y = trained_classifier
+    x, y = x[:12], y[:12].astype(np.int64)
+    spec = dataclasses.replace(registry.ATTACKS[name], **CHEAP[name])
+    model_fn = _model_fn(model)
+    # None batch: the attack runs on the survivors only (gathered); static batch: on all, fooled ones untouched.
+    dynamic = _traced(spec, model_fn, _SIGNATURE)
+    a, b, c = (dynamic(x, y, s).numpy() for s in (SEED, SEED, SEED + 1))
+    np.testing.assert_array_equal(a, b)
+    xt = tf.constant(x)
+    static = _traced(spec, model_fn)(xt, tf.constant(y), SEED).numpy()
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        eager = spec(model_fn, xt, tf.constant(y), SEED)
+    assert tape.gradient(tf.reduce_sum(eager), xt) is None
+    # Same points up to rounding (batch size and graph vs eager change the last bits; FAB's points sit on the
+    # boundary, so the prediction there may flip for one example).
+    predicted = [np.argmax(model_fn(v), -1) for v in (a, static, eager.numpy())]
+    for other, pred in zip((static, eager.numpy()), predicted[1:], strict=True):
+        assert np.abs(other - a).max() <= 1e-3
+        assert (pred != predicted[0]).sum() <= 1
+    if name != "fab_t":  # FAB starts from the clean image and draws nothing
+        assert np.abs(a - c).max() > 0
+    norms = registry.perturbation_norm(a, x, "linf").numpy()
+    assert norms.max() <= spec.eps + 1e-6 and a.min() >= 0.0 and a.max() <= 1.0
+    assert norms.max() > 0.1 * spec.eps  # it moved: a no-op would pass the bound too
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NEW_ATTACKS)
+def test_each_attack_breaks_the_undefended_model(strength_images, name):
+    model, x, y = strength_images
+    assert _accuracy(model, x, y) >= 0.9
+    spec = registry.ATTACKS[name]
+    x_adv = _traced(spec, _model_fn(model), _SIGNATURE)(x, y, SEED)
+    assert _accuracy(model, x_adv, y) <= 0.02
+
+
+def test_square_needs_no_gradient(strength_images):
+    model, x, y = strength_images
+    x, y = x[:64], y[:64]
+    # Zero gradients everywhere: gradient attacks are blind here, the model's outputs are untouched.
+    blind = lambda z: tf.stop_gradient(model(z, training=False))  # noqa: E731
+    spec = dataclasses.replace(registry.ATTACKS["square"], steps=1000)
+    x_adv = _traced(spec, blind, _SIGNATURE)(x, y, SEED)
+    assert _accuracy(model, x_adv, y) <= 0.05
+    apgd_adv = _traced(dataclasses.replace(registry.ATTACKS["apgd_ce"], steps=10), blind, _SIGNATURE)(x, y, SEED)
+    assert _accuracy(model, apgd_adv, y) >= 0.5  # the contrast: APGD only moves to its random start
+
+
+def test_fab_finds_smaller_perturbations_than_pgd(strength_images):
+    model, x, y = strength_images
+    x, y = x[:64], y[:64]
+    model_fn = _model_fn(model)
+    fab_adv = _traced(dataclasses.replace(registry.ATTACKS["fab_t"], steps=30, targets=2), model_fn, _SIGNATURE)
+    pgd_adv = _traced(registry.ATTACKS["pgd20"], model_fn, _SIGNATURE)
+    fab_x, pgd_x = fab_adv(x, y, SEED).numpy(), pgd_adv(x, y, SEED).numpy()
+    fab_fooled = np.argmax(model_fn(fab_x), -1) != y
+    pgd_fooled = np.argmax(model_fn(pgd_x), -1) != y
+    both = fab_fooled & pgd_fooled
+    assert both.mean() >= 0.9
+    fab_norm = registry.perturbation_norm(fab_x, x, "linf").numpy()[both]
+    pgd_norm = registry.perturbation_norm(pgd_x, x, "linf").numpy()[both]
+    # PGD walks to the ε-ball's surface; FAB stops near the boundary.
+    assert np.median(fab_norm) < 0.5 * np.median(pgd_norm)
+    assert (fab_norm <= pgd_norm + 1e-6).mean() >= 0.9
+
+
+def test_linf_projection_is_the_linear_programs_solution():
+    rng = np.random.default_rng(0)
+    dim = 12
+    for case in range(6):
+        t = rng.uniform(0, 1, dim)
+        w = rng.normal(size=dim)
+        w[:2] = 0.0
+        # Case 0: beyond the box's reach (it can change w·t by at most Σ|w_i|); the others are reachable or not.
+        b = w @ t - (np.abs(w).sum() + 1.0) if case == 0 else w @ t + 0.5 * rng.normal()
+        d = fab.project_linf(tf.constant(t[None], tf.float64), tf.constant(w[None]), tf.constant([b])).numpy()[0]
+        assert np.all(t + d >= -1e-9) and np.all(t + d <= 1 + 1e-9)
+        # min λ over (d, λ): w·d = b − w·t, −λ ≤ d ≤ λ, −t ≤ d ≤ 1 − t.
+        cost = np.r_[np.zeros(dim), 1.0]
+        a_ub = np.block([[np.eye(dim), -np.ones((dim, 1))], [-np.eye(dim), -np.ones((dim, 1))]])
+        bounds = [(-ti, 1 - ti) for ti in t] + [(0, None)]
+        lp = scipy.optimize.linprog(
+            cost, A_ub=a_ub, b_ub=np.zeros(2 * dim), A_eq=np.r_[w, 0.0][None], b_eq=[b - w @ t], bounds=bounds
+        )
+        if lp.status == 0:
+            np.testing.assert_allclose(w @ (t + d), b, atol=1e-9)
+            np.testing.assert_allclose(np.abs(d).max(), lp.x[-1], atol=1e-9)
+        else:  # out of the box's reach: the corner that gets closest to the hyperplane
+            corner = np.where(w < 0, 1.0, 0.0) if w @ t > b else np.where(w > 0, 1.0, 0.0)
+            np.testing.assert_allclose((t + d)[w != 0], corner[w != 0], atol=1e-12)
+        np.testing.assert_array_equal(d[:2], 0.0)
+        assert case > 0 or lp.status == 2  # case 0 was infeasible
+
+
+def test_targeted_dlr_and_the_target_order():
+    logits = tf.constant([[5.0, 1.0, 3.0, 0.0, 2.0], [0.0, 4.0, 1.0, 3.0, 2.0]])
+    labels = tf.constant([0, 1])
+    np.testing.assert_array_equal(targets.top_other_classes(logits, labels, 3).numpy(), [[2, 4, 1], [3, 4, 2]])
+    value = losses.dlr_targeted(labels, tf.constant([2, 3]), logits).numpy()
+    # −(z_y − z_t) / (z_π1 − (z_π3 + z_π4) / 2)
+    np.testing.assert_allclose(value, [-(5 - 3) / (5 - (2 + 1) / 2), -(4 - 3) / (4 - (2 + 1) / 2)], rtol=1e-6)
+    shifted = losses.dlr_targeted(labels, tf.constant([2, 3]), 3.0 * logits + 7.0).numpy()
+    np.testing.assert_allclose(shifted, value, rtol=1e-5)
+    with pytest.raises(ValueError, match="target classes"):
+        targets.check_target_count(10, 10)
+
+
+def test_square_p_schedule_is_the_papers_rescaled_to_the_budget():
+    p = [float(square.p_schedule(i, 10_000)) for i in (0, 10, 11, 50, 51, 500, 501, 8000, 8001, 9999)]
+    init = square.P_INIT
+    np.testing.assert_allclose(p, [init, init, init / 2, init / 2, init / 4, init / 8, init / 16, init / 256,
+                                   init / 512, init / 512], rtol=1e-6)  # fmt: skip
+    # 5,000 queries: iteration i is iteration 2i of the 10,000-iteration schedule.
+    assert float(square.p_schedule(6, 5000)) == pytest.approx(init / 2)
+    assert float(square.p_schedule(5, 5000)) == pytest.approx(init)
+
+
+def test_registry_records_the_standard_versions_settings():
+    rows = {n: registry.ATTACKS[n].to_dict() for n in NEW_ATTACKS}
+    assert (
+        rows["apgd_t"]["targets"] == 9 and rows["apgd_t"]["steps"] == 100 and rows["apgd_t"]["loss"] == "dlr_targeted"
+    )
+    assert rows["fab_t"]["targets"] == 9 and rows["fab_t"]["steps"] == 100 and not rows["fab_t"]["random_start"]
+    assert rows["square"]["steps"] == 5000 and rows["square"]["targets"] is None
+    assert all(r["epsilon_label"] == "8/255" for r in rows.values())
+    assert registry.ATTACKS["apgd_t"].with_budget(4 / 255).step_size == pytest.approx(8 / 255)

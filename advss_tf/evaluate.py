@@ -1,9 +1,10 @@
-"""How robust is a classifier? `python -m advss_tf.evaluate --model=<SavedModel> --output_dir=<dir> ...`.
+"""How robust is a classifier? `python -m advss_tf.evaluate --model=<SavedModel> [--output_dir=<dir>] ...`.
 
 Takes any classifier SavedModel whose signature maps float32 images [N, 32, 32, 3] in [0, 1] to [N, 10] logits
-(ours, or a third party's such as a Keras `model.export`), runs the clean test set, the chosen attacks and
-optionally CIFAR-10-C, and writes <output_dir>/{results.json, report.md, figures/, tensorboard/evaluate/}.
-See docs/evaluate.md and `--helpfull`.
+(ours, or a third party's such as a Keras `model.export`), runs the clean test set, the chosen attacks (AutoAttack
+with --attacks=autoattack) and optionally CIFAR-10-C, and writes <output_dir>/{results.json, report.md,
+per_example.npz, model_card.json, figures/, tensorboard/evaluate/} (default output_dir: runs/<model name>_eval).
+A stopped run continues where it stopped when the same command is run again. See docs/evaluate.md and `--helpfull`.
 """
 
 from __future__ import annotations
@@ -14,24 +15,44 @@ from absl import flags
 
 import advss_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported)
 from advss_tf import common_flags
-from advss_tf.attacks.registry import ATTACKS, DEFAULT_ATTACKS, MAX_L2_EPS
+from advss_tf.attacks.registry import ATTACKS, COMPOSITES, DEFAULT_ATTACKS, MAX_L2_EPS
 from advss_tf.corruptions.cifar10c import ALL_CORRUPTIONS, SEVERITIES
 from advss_tf.corruptions.sources import CIFAR10C_SOURCES
-from advss_tf.evaluation.evaluator import NO_CIFAR10C
+from advss_tf.evaluation.evaluator import (
+    DEFAULT_SQUARE_QUERIES,
+    DEFAULT_TARGETS,
+    EVAL_STRATEGIES,
+    NO_CIFAR10C,
+)
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("model", None, "Classifier SavedModel: float32 images [N,32,32,3] in [0,1] -> [N,10] logits.")
 flags.mark_flag_as_required("model")
-flags.DEFINE_string("output_dir", None, "Where results.json, report.md, figures/ and tensorboard/evaluate/ go.")
-flags.mark_flag_as_required("output_dir")
+flags.DEFINE_string(
+    "output_dir",
+    None,
+    "Where results.json, report.md, per_example.npz, model_card.json, figures/ and tensorboard/evaluate/ go "
+    "(default: runs/<model name>_eval). Partial results of a stopped run are continued from here.",
+)
 flags.DEFINE_string("model_name", None, "The model's label in reports and plots (default: its run or folder name).")
 flags.DEFINE_bool("overwrite", False, "Replace the results already in --output_dir instead of refusing.")
 flags.DEFINE_integer("seed", 0, "The one seed every attack's random start (and the CIFAR-10-C generator) derives from.")
 common_flags.define_data_flags()
 flags.DEFINE_list(
-    "attacks", list(DEFAULT_ATTACKS), f"Attacks, comma-separated: {', '.join(ATTACKS)}; 'all'; or 'none' (clean only)."
+    "attacks",
+    list(DEFAULT_ATTACKS),
+    f"Attacks, comma-separated: {', '.join(ATTACKS)}; 'all'; 'none' (clean only); {', '.join(COMPOSITES)} (the "
+    "standard AutoAttack: each attack on the examples the earlier ones left standing); or such a chain a+b+c.",
 )
+flags.DEFINE_integer(
+    "targets", DEFAULT_TARGETS, "Target classes of the targeted attacks (APGD-T, FAB-T): 1 .. classes - 1."
+)
+flags.DEFINE_integer("square_queries", DEFAULT_SQUARE_QUERIES, "Square's query budget (>= 1).")
+flags.DEFINE_enum(
+    "strategy", "auto", EVAL_STRATEGIES, "auto: data-parallel (mirrored) over GPUs when there are, else one device."
+)
+flags.DEFINE_integer("num_cpu_devices", 1, "Split the CPU into this many logical devices (data parallel on CPU).")
 flags.DEFINE_integer("restarts", 1, "Random restarts per attack; robust = survives every one (FGSM never restarts).")
 common_flags.define_fraction(
     "linf_epsilon", "8/255", "L∞ radius of fgsm, pgd20, pgd100, cw_linf, apgd_* on the [0,1] pixel scale."
@@ -64,6 +85,7 @@ flags.register_validator(
 flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1")
 flags.register_validator("max_examples", lambda v: v >= 0, "--max_examples must be >= 0 (0: all)")
 flags.register_validator("restarts", lambda v: v >= 1, "--restarts must be >= 1")
+flags.register_validator("num_cpu_devices", lambda v: v >= 1, "--num_cpu_devices must be >= 1")
 
 
 def config_from_flags():
@@ -86,6 +108,10 @@ def config_from_flags():
         corruptions=tuple(FLAGS.corruptions),
         severities=tuple(FLAGS.severities),
         seed=FLAGS.seed,
+        targets=FLAGS.targets,
+        square_queries=FLAGS.square_queries,
+        strategy=FLAGS.strategy,
+        num_cpu_devices=FLAGS.num_cpu_devices,
         overwrite=FLAGS.overwrite,
         quiet=FLAGS.quiet,
     )

@@ -11,6 +11,8 @@ import pytest
 import tensorflow as tf
 
 from advss_tf import serving
+from advss_tf.attacks.registry import ATTACKS
+from advss_tf.data import cifar10
 from advss_tf.errors import UsageError
 from advss_tf.evaluation import corruption, evaluator, robustness
 from advss_tf.evaluation.model import load_classifier
@@ -139,23 +141,43 @@ def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
 
 
 def test_end_to_end_on_a_keras_export_then_the_report_tool(keras_export, tmp_path):
-    path, _ = keras_export
+    path, model = keras_export
     out = tmp_path / "eval"
     args = [f"--model={path}", f"--output_dir={out}", "--max_examples=24", "--batch_size=16", "--quiet"]
     extra = ["--attacks=fgsm,pgd20", "--cifar10c_source=generate", "--corruptions=contrast,fog", "--severities=1,5"]
     result = _finish(_evaluate(*args, *extra, "--model_name=tiny-third-party"))
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert results["num_examples"] == 24 and 0.0 <= results["standard_accuracy"] <= 1.0
+    # Clean accuracy is the model's own: the Keras model on the same 24 bundled test images agrees per example.
+    test_images, test_labels = cifar10.load_arrays(cifar10.DataSource(), "test")
+    predicted = np.argmax(model(test_images[:24] / np.float32(255), training=False).numpy(), -1)
+    per_example = np.load(out / "per_example.npz")
+    np.testing.assert_array_equal(per_example["clean_correct"], predicted == test_labels[:24])
+    assert results["num_examples"] == 24 and results["standard_accuracy"] == np.mean(predicted == test_labels[:24])
     pgd = results["robust_accuracy"]["pgd20"]
     assert (pgd["norm"], pgd["epsilon_label"], pgd["steps"], pgd["restarts"]) == ("linf", "8/255", 20, 1)
-    assert pgd["accuracy"] <= results["standard_accuracy"] and pgd["max_perturbation"] <= 8 / 255 + 1e-6
+    # Robust accuracy counts exactly the per-example survivors, every one of them correct clean.
+    robust = per_example["robust_pgd20"]
+    assert pgd["num_robust"] == robust.sum() and not np.any(robust & ~per_example["clean_correct"])
+    assert pgd["max_perturbation"] <= 8 / 255 + 1e-6
+    worst = results["worst_case"]
+    np.testing.assert_array_equal(per_example["worst_case_robust"], robust & per_example["robust_fgsm"])
+    assert worst["num_robust"] == per_example["worst_case_robust"].sum() and worst["attacks"] == ["fgsm", "pgd20"]
     assert set(results["cifar10c"]["accuracy"]) == {"contrast", "fog"}
     assert set(results["cifar10c"]["mean_accuracy_per_severity"]) == {"1", "5"}
+    # 4 of the 75 headline sets: a partial mean, and the report and the model card say so.
+    assert (results["cifar10c"]["headline_sets"], results["cifar10c"]["headline_complete"]) == (4, False)
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["corruptions_acc"] is None and card["clean_acc"] == f"{100 * results['standard_accuracy']:.2f}"
+    assert card["eps"] == "8/255" and card["number_forward_passes"] == 1
+    csv = (out / "cifar10c.csv").read_text().splitlines()
+    assert csv[0] == "corruption,severity,accuracy,num_examples" and len(csv) == 5 and csv[1].startswith("contrast,1,")
     assert results["model"]["name"] == "tiny-third-party" and results["model"]["signature"] == "serving_default"
     assert results["gradient_masking"]["suspected"] is False
     report = (out / "report.md").read_text()
     assert "| pgd20 | L∞ | 8/255 |" in report and "| fog |" in report and "| pgd20 |" in result.stdout
+    assert "Mean over 4 of the 75 headline sets" in report and "**worst case**" in report
+    assert not (out / "partial").exists() and f"results: {out / 'results.json'}" in result.stdout
     for figure in results["figures"].values():
         assert (out / figure).stat().st_size > 1000
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(out / "tensorboard" / "evaluate"))
@@ -168,12 +190,16 @@ def test_end_to_end_on_a_keras_export_then_the_report_tool(keras_export, tmp_pat
     tool = subprocess.run(
         [sys.executable, "tools/report.py", f"--output_dir={report_dir}", "--paper", str(out)],
         cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},  # this checkout's advss_tf, not whichever one is installed
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert tool.returncode == 0, tool.stderr[-2000:]
     assert "| tiny-third-party | 24 |" in tool.stdout
+    header = tool.stdout.splitlines()[0]
+    assert "| AutoAttack | worst case | CIFAR-10-C mean |" in header
+    assert f"| {100 * worst['accuracy']:.2f} | {100 * results['cifar10c']['mean_accuracy']:.2f} (4/75) |" in tool.stdout
     assert (report_dir / "sa_vs_ra.png").stat().st_size > 1000 and (report_dir / "comparison.md").exists()
 
 
@@ -198,6 +224,11 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_written(keras_export, tmp
         "empty test source": ([f"--model={path}", "--dataset=binary", f"--data_dir={empty_data}"], "truncated"),
         "unknown corruption": ([f"--model={path}", "--cifar10c_source=generate", "--corruptions=fogg"], "fogg"),
         "missing CIFAR-10-C": ([f"--model={path}", "--cifar10c_source=npy", f"--cifar10c_dir={tmp_path}"], "not found"),
+        "unknown attack in a chain": ([f"--model={path}", "--attacks=fgsm+pgd7"], "unknown attack(s) 'pgd7'"),
+        "L2 epsilon out of range": ([f"--model={path}", "--l2_epsilon=60"], "l2_epsilon"),
+        "more targets than classes - 1": ([f"--model={path}", "--targets=10"], "--targets must be in [1, 9]"),
+        "square query budget": ([f"--model={path}", "--square_queries=0"], "--square_queries must be >= 1"),
+        "unknown strategy": ([f"--model={path}", "--strategy=multi_worker"], "strategy"),
     }
     # Started together: each pays TensorFlow's import, which overlaps.
     procs = {
@@ -212,6 +243,17 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_written(keras_export, tmp
         assert cases[name][1] in lines[0], (name, lines[0])
         assert not (tmp_path / "out" / str(i)).exists(), name
 
+    # Another model's partial results in --output_dir: refused, and left as they were.
+    foreign = tmp_path / "foreign"
+    identity = foreign / "partial" / "identity.json"
+    identity.parent.mkdir(parents=True)
+    identity.write_text(json.dumps({"model": {"saved_model_pb_sha256": "0" * 64}}))
+    result = _finish(_evaluate(f"--model={path}", f"--output_dir={foreign}", "--quiet"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "partial results of another model or configuration" in lines[0]
+    assert sorted(os.listdir(foreign)) == ["partial"] and os.listdir(foreign / "partial") == ["identity.json"]
+
 
 def test_config_checks_happen_before_any_work(tmp_path):
     with pytest.raises(UsageError, match="unknown attack"):
@@ -223,5 +265,5 @@ def test_config_checks_happen_before_any_work(tmp_path):
     cfg = evaluator.EvaluateConfig(
         model="m", output_dir=str(tmp_path), attacks=("all",), corruptions=("extra",), severities=("5", "1")
     )
-    assert cfg.attacks[:2] == ("fgsm", "pgd20") and len(cfg.attacks) == 8  # what results.json will record
+    assert cfg.attacks[:2] == ("fgsm", "pgd20") and cfg.attacks == tuple(ATTACKS)  # what results.json will record
     assert cfg.severities == (1, 5) and cfg.corruptions[0] == "speckle_noise" and len(cfg.corruptions) == 4

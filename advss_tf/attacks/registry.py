@@ -180,11 +180,33 @@ MONOTONE_PAIRS: tuple[tuple[str, str, str], ...] = (
     ("pgd20", "fgsm", "iterative PGD-20 gave higher accuracy than one-step FGSM"),
     ("pgd20_eps16", "pgd20", "a larger ε gave higher accuracy"),
     ("apgd_ce", "pgd20", "APGD-CE gave higher accuracy than PGD-20"),
+    ("autoattack", "pgd20", "AutoAttack gave higher accuracy than PGD-20"),
+    ("autoattack", "apgd_ce", "AutoAttack gave higher accuracy than APGD-CE alone"),
+    # Gradient-free Square has no gradient to be fooled by: when it breaks clearly more than PGD-20, the
+    # gradients PGD follows are masked.
+    ("pgd20", "square", "gradient-free Square gave lower accuracy than PGD-20 (masked gradients)"),
 )
+# Attacks run one after another, each only on the examples every earlier one left standing (`--attacks` also
+# takes any such chain written with CHAIN, e.g. fgsm+pgd20+apgd_ce). AutoAttack's standard version (Croce & Hein,
+# ICML 2020) is the chain of its four components.
+COMPOSITES: dict[str, tuple[str, ...]] = {"autoattack": ("apgd_ce", "apgd_t", "fab_t", "square")}
+CHAIN = "+"
+# The attacks that see no gradient (for the masking checks).
+GRADIENT_FREE = ("square",)
+
+
+def components(name: str) -> tuple[str, ...] | None:
+    """The attacks a composite (`COMPOSITES` or an a+b+c chain) runs in order; None for a single attack."""
+    if name in COMPOSITES:
+        return COMPOSITES[name]
+    if CHAIN in name:
+        return tuple(part.strip() for part in name.split(CHAIN))
+    return None
 
 
 def parse_attacks(names: Iterable[str]) -> list[str]:
-    """Validates attack names ('all' = every attack, 'none' or nothing = no attack); keeps order, drops repeats.
+    """Validates attack names ('all' = every single attack, 'none' or nothing = no attack, composites and a+b
+    chains kept as one name each); keeps order, drops repeats.
 
     Raises:
       UsageError: an unknown name (the message lists the valid ones).
@@ -197,8 +219,16 @@ def parse_attacks(names: Iterable[str]) -> list[str]:
         if name == "all":
             out.extend(n for n in ATTACKS if n not in out)
             continue
-        if name not in ATTACKS:
-            raise UsageError(f"unknown attack {raw!r}; valid: {', '.join(ATTACKS)}, all, none")
+        parts = components(name)
+        if parts is not None:
+            missing = [p for p in parts if p not in ATTACKS]
+            if missing or len(set(parts)) != len(parts) or len(parts) < 2:
+                what = f"unknown attack(s) {', '.join(map(repr, missing))}" if missing else "repeats or one part"
+                raise UsageError(f"composite attack {raw!r}: {what}; valid parts: {', '.join(ATTACKS)}")
+            name = name if name in COMPOSITES else CHAIN.join(parts)
+        elif name not in ATTACKS:
+            valid = ", ".join((*ATTACKS, *COMPOSITES))
+            raise UsageError(f"unknown attack {raw!r}; valid: {valid}, all, none, or a chain a{CHAIN}b{CHAIN}...")
         if name not in out:
             out.append(name)
     return out

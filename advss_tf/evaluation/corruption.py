@@ -17,7 +17,10 @@ import numpy as np
 from advss_tf.corruptions.cifar10c import ALL_CORRUPTIONS, EXTRA_CORRUPTIONS, HEADLINE_CORRUPTIONS, SEVERITIES
 from advss_tf.corruptions.sources import aggregate_cifar10c, load_cifar10c
 from advss_tf.errors import UsageError
-from advss_tf.evaluation.robustness import ModelFn, Predictor
+from advss_tf.evaluation.records import PartialStore, write_text
+from advss_tf.evaluation.robustness import ModelFn, Predictor, check_stop
+
+HEADLINE_SETS = len(HEADLINE_CORRUPTIONS) * len(SEVERITIES)  # 75
 
 CORRUPTION_GROUPS = {"headline": HEADLINE_CORRUPTIONS, "all": ALL_CORRUPTIONS, "extra": EXTRA_CORRUPTIONS}
 
@@ -81,6 +84,7 @@ def evaluate_cifar10c(
     batch_size: int,
     fixed_batch: int | None = None,
     progress: bool = False,
+    store: PartialStore | None = None,
 ) -> dict[str, Any]:
     """Accuracy on every (corruption, severity) set, with the means.
 
@@ -94,6 +98,7 @@ def evaluate_cifar10c(
       max_examples: first this many examples of each set (None: all).
       batch_size, fixed_batch: images per call; the signature's fixed batch size or None.
       progress: show a progress bar over the sets.
+      store: records each finished set (resume) and takes finished ones from there.
 
     Returns:
       The "cifar10c" section of results.json (see docs/evaluate.md).
@@ -105,6 +110,11 @@ def evaluate_cifar10c(
     pairs = [(c, s) for c in corruptions for s in severities]
     bar = keras.utils.Progbar(len(pairs), stateful_metrics=["acc"], unit_name="set") if progress else None
     for i, (name, severity) in enumerate(pairs):
+        record = store.load(f"cifar10c/{name}_{severity}") if store is not None else None
+        if record is not None:
+            accuracy[(name, severity)] = float(record["accuracy"])
+            sizes.add(int(record["num_examples"]))
+            continue
         images, labels = load_cifar10c(
             source,
             name,
@@ -120,9 +130,13 @@ def evaluate_cifar10c(
             raise UsageError(f"CIFAR-10-C {name} severity {severity} from source {source} is empty")
         accuracy[(name, severity)] = float(np.mean(predictor.correct(images, labels, batch_size)))
         sizes.add(len(images))
+        if store is not None:
+            store.save(f"cifar10c/{name}_{severity}", accuracy=accuracy[(name, severity)], num_examples=len(images))
         if bar is not None:
             bar.update(i + 1, values=[("acc", accuracy[(name, severity)])])
+        check_stop()
     metrics = aggregate_cifar10c(accuracy)
+    headline_sets = sum(1 for name, _ in accuracy if name in HEADLINE_CORRUPTIONS)
     table = {name: {str(s): accuracy[(name, s)] for s in severities} for name in corruptions}
     return {
         "source": source,
@@ -131,6 +145,9 @@ def evaluate_cifar10c(
         "num_examples": max(sizes) if len(sizes) == 1 else sorted(sizes),
         "accuracy": table,
         "mean_accuracy": metrics.get("corrupt/mean_accuracy"),
+        # The headline number of papers averages all 15 × 5 sets: over fewer it is only a partial mean.
+        "headline_sets": headline_sets,
+        "headline_complete": headline_sets == HEADLINE_SETS,
         "mean_accuracy_per_severity": {
             str(s): metrics[f"corrupt/severity_{s}/accuracy"]
             for s in severities
@@ -141,3 +158,13 @@ def evaluate_cifar10c(
         "metrics": metrics,
         "seconds": time.perf_counter() - start,
     }
+
+
+def write_csv(path: str, cifar10c: dict[str, Any]) -> None:
+    """The per-(corruption, severity) accuracies as CSV: corruption,severity,accuracy,num_examples (atomically)."""
+    lines = ["corruption,severity,accuracy,num_examples"]
+    sizes = cifar10c["num_examples"]
+    for name, row in cifar10c["accuracy"].items():
+        for severity, value in row.items():
+            lines.append(f"{name},{severity},{value:.6f},{sizes if isinstance(sizes, int) else ''}")
+    write_text(path, "\n".join(lines) + "\n")

@@ -1,16 +1,19 @@
 """A whole evaluation: test data → classifier SavedModel → clean, attacks, CIFAR-10-C → results.json + report.
 
-Everything that can be wrong with the input (flags, model, test data, CIFAR-10-C source, an existing result) is
-checked before the first attack, so bad input costs seconds and leaves nothing behind. The outputs are written
-last: figures, TensorBoard scalars, report.md, and results.json (atomically, at the very end).
+Everything that can be wrong with the input (flags, model, test data, CIFAR-10-C source, an existing result,
+another evaluation's partial results) is checked before the first attack, so bad input costs seconds and leaves
+nothing behind. Every finished batch is recorded under <output_dir>/partial/ (`records`), so the same command
+after SIGTERM, Ctrl-C or a crash continues where it stopped with the numbers of an uninterrupted run. The outputs
+are written last: figures, TensorBoard scalars, report.md, per_example.npz, model_card.json, cifar10c.csv, and
+results.json (atomically, at the very end); then the partial records are removed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
-import tempfile
 import time
 from typing import Any
 
@@ -18,20 +21,29 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from advss_tf import workspace
-from advss_tf.attacks.registry import DEFAULT_ATTACKS, AttackSpec, configure, parse_attacks
+from advss_tf import export, workspace
+from advss_tf.attacks.registry import DEFAULT_ATTACKS, AttackSpec, components, configure, parse_attacks
 from advss_tf.config import versions
 from advss_tf.corruptions.cifar10c import HEADLINE_CORRUPTIONS, SEVERITIES
 from advss_tf.corruptions.sources import CIFAR10C_SOURCES, load_cifar10c
 from advss_tf.data import cifar10
 from advss_tf.errors import UsageError
-from advss_tf.evaluation import corruption, report, robustness
-from advss_tf.evaluation.model import default_model_name, load_classifier
+from advss_tf.evaluation import corruption, report, robustness, worst_case
+from advss_tf.evaluation.model import NUM_CLASSES, default_model_name, load_classifier, model_hashes
+from advss_tf.evaluation.records import PartialStore, write_text
 from advss_tf.training import summaries
+from advss_tf.training.loop import SignalGuard
+from advss_tf.training.strategy import make_strategy
 
 NO_CIFAR10C = "none"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 REPORT = "report.md"
+CIFAR10C_CSV = "cifar10c.csv"
+EVAL_STRATEGIES = ("auto", "mirrored", "one_device")
+DEFAULT_TARGETS = 9  # AutoAttack's standard version: the top 9 non-true classes
+DEFAULT_SQUARE_QUERIES = 5000
+# Settings that change no number: left out of the identity partial results are matched by.
+_NOT_IDENTITY = ("model", "model_name", "strategy", "num_cpu_devices")
 FIGURES = "figures"
 TENSORBOARD_RUN = os.path.join(workspace.TENSORBOARD, "evaluate")
 EXAMPLES_FIGURE = "adversarial_examples.png"
@@ -44,7 +56,7 @@ class EvaluateConfig:
     """Everything an evaluation depends on; ε on the [0, 1] pixel scale."""
 
     model: str
-    output_dir: str
+    output_dir: str | None = None  # None: default_output_dir(model, model_name)
     model_name: str | None = None
     data: cifar10.DataSource = cifar10.DataSource()
     attacks: tuple[str, ...] = DEFAULT_ATTACKS
@@ -59,10 +71,25 @@ class EvaluateConfig:
     corruptions: tuple[str, ...] = HEADLINE_CORRUPTIONS
     severities: tuple[int, ...] = SEVERITIES
     seed: int = 0
+    targets: int = DEFAULT_TARGETS
+    square_queries: int = DEFAULT_SQUARE_QUERIES
+    strategy: str = "auto"
+    num_cpu_devices: int = 1
     overwrite: bool = False
     quiet: bool = False
 
     def __post_init__(self):
+        if self.output_dir is None:
+            object.__setattr__(self, "output_dir", default_output_dir(self.model, self.model_name))
+        if not 1 <= self.targets <= NUM_CLASSES - 1:
+            raise UsageError(
+                f"--targets must be in [1, {NUM_CLASSES - 1}] (the model's {NUM_CLASSES} classes minus the true "
+                f"one), got {self.targets}"
+            )
+        if self.square_queries < 1:
+            raise UsageError(f"--square_queries must be >= 1, got {self.square_queries}")
+        if self.strategy not in EVAL_STRATEGIES:
+            raise UsageError(f"unknown strategy {self.strategy!r}; valid: {', '.join(EVAL_STRATEGIES)}")
         if self.batch_size < 1:
             raise UsageError(f"--batch_size must be >= 1, got {self.batch_size}")
         if self.max_examples < 0:
@@ -77,8 +104,27 @@ class EvaluateConfig:
         object.__setattr__(self, "severities", corruption.parse_severities(self.severities))
 
     def attack_specs(self) -> list[AttackSpec]:
+        """Every single attack to run, composites' components included, in order."""
+        return [spec for _, specs in self.attack_plan() for spec in specs]
+
+    def attack_plan(self) -> list[tuple[str, list[AttackSpec]]]:
+        """(name, specs) per `--attacks` entry: one spec for an attack, the stages in order for a composite."""
         epsilons = {"linf": self.linf_epsilon, "linf_large": self.linf_epsilon_large, "l2": self.l2_epsilon}
-        return configure(self.attacks, restarts=self.restarts, epsilons=epsilons)
+        plan = []
+        for name in parse_attacks(self.attacks):
+            names = components(name) or (name,)
+            specs = configure(names, restarts=self.restarts, epsilons=epsilons)
+            plan.append((name, [self._budget(spec) for spec in specs]))
+        return plan
+
+    def _budget(self, spec: AttackSpec) -> AttackSpec:
+        # Square's query budget is its number of iterations; a targeted attack (one with a target count) runs
+        # `--targets` target classes.
+        if spec.name == "square":
+            spec = dataclasses.replace(spec, steps=self.square_queries)
+        if getattr(spec, "targets", None) is not None:
+            spec = dataclasses.replace(spec, targets=self.targets)
+        return spec
 
     def settings(self) -> dict[str, Any]:
         """The settings results.json records (output location and verbosity left out)."""
@@ -86,6 +132,17 @@ class EvaluateConfig:
         for k in ("output_dir", "overwrite", "quiet"):
             d.pop(k)
         return d
+
+    def identity(self, model_ids: dict[str, str], batch_size: int) -> dict[str, Any]:
+        """What partial results must match to be resumed: the model's hashes and every setting that changes a
+        number (the batch size actually used included; the strategy not: it changes no number)."""
+        settings = {k: v for k, v in self.settings().items() if k not in _NOT_IDENTITY}
+        return {"schema_version": SCHEMA_VERSION, "model": model_ids, "settings": settings, "batch_size": batch_size}
+
+
+def default_output_dir(model: str, model_name: str | None = None) -> str:
+    """runs/<name>_eval, <name> the model's label (`--model_name`, or the run directory of <run>/export/<x>)."""
+    return os.path.join("runs", f"{model_name or default_model_name(model)}_eval")
 
 
 def check_output_dir(output_dir: str, overwrite: bool) -> None:
@@ -122,15 +179,24 @@ def _check_cifar10c_source(cfg: EvaluateConfig, images: np.ndarray, labels: np.n
     )
 
 
-def run(cfg: EvaluateConfig, command: list[str] | None = None) -> dict[str, Any]:
+def run(
+    cfg: EvaluateConfig, command: list[str] | None = None, strategy: tf.distribute.Strategy | None = None
+) -> dict[str, Any]:
     """Runs the evaluation `cfg` describes and writes its outputs; returns the results.json contents.
+
+    Args:
+      cfg: the evaluation.
+      command: the command line results.json records.
+      strategy: run the attacks data-parallel on it (default: the one `cfg.strategy` names).
 
     Raises:
       UsageError: bad input (found before any attack runs).
+      robustness.EvaluationInterrupted: SIGTERM/SIGINT; the finished batches are kept for the next run.
     """
     start = time.perf_counter()
-    specs = cfg.attack_specs()
-    corruptions, severities = cfg.corruptions, cfg.severities
+    plan = cfg.attack_plan()
+    if strategy is None:  # first: splitting the CPU into devices must precede TensorFlow's first op
+        strategy = make_strategy(cfg.strategy, cfg.num_cpu_devices)
     check_output_dir(cfg.output_dir, cfg.overwrite)
     images, labels = load_test_set(cfg)
     classifier = load_classifier(cfg.model, robustness.to_float(images[:_PROBE_IMAGES]))
@@ -142,49 +208,37 @@ def run(cfg: EvaluateConfig, command: list[str] | None = None) -> dict[str, Any]
         batch_size = classifier.batch_size
     if cfg.cifar10c_source != NO_CIFAR10C:
         _check_cifar10c_source(cfg, images, labels)
+    store = PartialStore(cfg.output_dir, cfg.identity(model_hashes(cfg.model), batch_size))
+    resuming = store.check(cfg.overwrite)
     progress = not cfg.quiet
     common = dict(batch_size=batch_size, fixed_batch=classifier.batch_size)
-
-    _say(progress, f"clean accuracy and gradient check on {len(images)} test images")
-    clean = robustness.clean_evaluation(classifier, images, labels, progress=progress, **common)
-    standard_accuracy = float(np.mean(clean["correct"]))
-    outcomes = []
-    for i, spec in enumerate(specs):
-        _say(
-            progress,
-            f"attack {i + 1}/{len(specs)}: {spec.name} — {spec.description} "
-            f"({spec.norm} ε={spec.to_dict()['epsilon_label']}, {spec.steps} steps, {spec.restarts} restart(s))",
-        )
-        outcome = robustness.run_attack(
-            classifier, spec, images, labels, clean["correct"], seed=cfg.seed, progress=progress, **common
-        )
-        logging.info("%s: robust accuracy %.4f (%.1f s)", spec.name, outcome.accuracy, outcome.seconds)
-        outcomes.append(outcome)
+    store.open(cfg.overwrite and not resuming)  # the first thing written: every input check has passed
+    if resuming:
+        _say(progress, f"continuing the evaluation recorded in {store.folder}")
+    with SignalGuard() as guard:
+        robustness.watch_signals(guard)
+        try:
+            clean, outcomes, cifar10c = _evaluate(cfg, plan, classifier, images, labels, store, strategy, common)
+        finally:
+            robustness.watch_signals(None)
     n = len(images)
+    standard_accuracy = float(np.mean(clean["correct"]))
+    worst, per_example = worst_case.worst_case(clean["correct"], outcomes)
     zero_fraction = float(np.mean(clean["zero_gradient"]))
     nonfinite_fraction = float(np.mean(clean["nonfinite_gradient"]))
-    flags = robustness.masking_flags({o.spec.name: o.accuracy for o in outcomes}, n, zero_fraction, nonfinite_fraction)
-
-    cifar10c = None
-    if cfg.cifar10c_source != NO_CIFAR10C:
-        _say(
-            progress,
-            f"CIFAR-10-C ({cfg.cifar10c_source}): {len(corruptions)} corruptions × {len(severities)} severities",
-        )
-        cifar10c = corruption.evaluate_cifar10c(
-            classifier,
-            source=cfg.cifar10c_source,
-            corruptions=corruptions,
-            severities=severities,
-            data_dir=cfg.cifar10c_dir,
-            tfds_data_dir=cfg.data.tfds_data_dir,
-            clean_images=images,
-            clean_labels=labels,
-            seed=cfg.seed,
-            max_examples=cfg.max_examples or None,
-            progress=progress,
-            **common,
-        )
+    gradient_free = {}
+    for o in outcomes:
+        if isinstance(o, worst_case.CompositeOutcome):
+            gradient_free.update(o.gradient_free_breaks())
+    flags = robustness.masking_flags(
+        {_outcome_name(o): o.accuracy for o in outcomes},
+        n,
+        zero_fraction,
+        nonfinite_fraction,
+        standard_accuracy=standard_accuracy,
+        worst_case_accuracy=worst["accuracy"] if outcomes else None,
+        gradient_free_breaks=gradient_free,
+    )
 
     results = {
         "schema_version": SCHEMA_VERSION,
@@ -198,7 +252,8 @@ def run(cfg: EvaluateConfig, command: list[str] | None = None) -> dict[str, Any]
         },
         "num_examples": n,
         "standard_accuracy": standard_accuracy,
-        "robust_accuracy": {o.spec.name: o.to_dict() for o in outcomes},
+        "robust_accuracy": {_outcome_name(o): o.to_dict() for o in outcomes},
+        "worst_case": worst,
         "gradient_masking": {
             "suspected": bool(flags),
             "flags": flags,
@@ -208,20 +263,92 @@ def run(cfg: EvaluateConfig, command: list[str] | None = None) -> dict[str, Any]
         "cifar10c": cifar10c,
         "seed": cfg.seed,
         "batch_size": batch_size,
+        "replicas": strategy.num_replicas_in_sync,
+        "resumed_units": store.resumed_units,
         "settings": cfg.settings(),
         "command": command,
         "versions": versions(),
         "wall_time_sec": 0.0,
     }
-    figures = _write_figures(cfg.output_dir, results, classifier, images, labels, outcomes)
+    out = cfg.output_dir
+    figures = _write_figures(out, results, classifier, images, labels, outcomes)
     results["figures"] = figures
+    results["per_example"] = worst_case.PER_EXAMPLE
+    results["model_card"] = worst_case.MODEL_CARD
+    worst_case.write_per_example(os.path.join(out, worst_case.PER_EXAMPLE), labels, per_example)
+    workspace.write_json(os.path.join(out, worst_case.MODEL_CARD), worst_case.model_card(results, _export_info(cfg)))
+    if cifar10c:
+        corruption.write_csv(os.path.join(out, CIFAR10C_CSV), cifar10c)
+        results["cifar10c_csv"] = CIFAR10C_CSV
     results["wall_time_sec"] = time.perf_counter() - start
     text = report.markdown_report(results)
-    _write_tensorboard(cfg.output_dir, results, outcomes, images, text)
-    _write_text(os.path.join(cfg.output_dir, REPORT), text)
-    workspace.write_json(os.path.join(cfg.output_dir, workspace.RESULTS), results)
+    _write_tensorboard(out, results, outcomes, images, text)
+    write_text(os.path.join(out, REPORT), text)
+    workspace.write_json(os.path.join(out, workspace.RESULTS), results)
+    store.remove()
     print(text)
+    print(f"results: {os.path.join(out, workspace.RESULTS)} (report.md, model card, per-example outcomes in {out})")
     return results
+
+
+def _evaluate(cfg, plan, classifier, images, labels, store, strategy, common):
+    """Clean accuracy, every attack and CIFAR-10-C, each unit taken from `store` when an earlier run finished it."""
+    progress = not cfg.quiet
+    clean = store.load("clean")
+    if clean is None:
+        _say(progress, f"clean accuracy and gradient check on {len(images)} test images")
+        clean = robustness.clean_evaluation(classifier, images, labels, progress=progress, **common)
+        store.save("clean", **clean)
+    outcomes: list[robustness.AttackOutcome | worst_case.CompositeOutcome] = []
+    say = functools.partial(_say, progress)
+    for i, (name, specs) in enumerate(plan):
+        spec = specs[0]
+        budget = f"{spec.norm} ε={spec.to_dict()['epsilon_label']}, {spec.restarts} restart(s)"
+        run = dict(seed=cfg.seed, progress=progress, store=store, strategy=strategy, **common)
+        if len(specs) > 1 or components(name):
+            say(f"attack {i + 1}/{len(plan)}: {name} — {' → '.join(s.name for s in specs)} ({budget})")
+            outcome = worst_case.run_composite(
+                classifier, name, specs, images, labels, clean["correct"], say=say, **run
+            )
+        else:
+            say(f"attack {i + 1}/{len(plan)}: {name} — {spec.description} ({budget}, {spec.steps} steps)")
+            outcome = robustness.run_attack(
+                classifier, spec, images, labels, clean["correct"], key=f"attack/{name}", **run
+            )
+        logging.info("%s: robust accuracy %.4f (%.1f s)", name, outcome.accuracy, outcome.seconds)
+        outcomes.append(outcome)
+    cifar10c = None
+    if cfg.cifar10c_source != NO_CIFAR10C:
+        say(
+            f"CIFAR-10-C ({cfg.cifar10c_source}): {len(cfg.corruptions)} corruptions × {len(cfg.severities)} severities"
+        )
+        cifar10c = corruption.evaluate_cifar10c(
+            classifier,
+            source=cfg.cifar10c_source,
+            corruptions=cfg.corruptions,
+            severities=cfg.severities,
+            data_dir=cfg.cifar10c_dir,
+            tfds_data_dir=cfg.data.tfds_data_dir,
+            clean_images=images,
+            clean_labels=labels,
+            seed=cfg.seed,
+            max_examples=cfg.max_examples or None,
+            progress=progress,
+            store=store,
+            **common,
+        )
+    return clean, outcomes, cifar10c
+
+
+def _outcome_name(outcome) -> str:
+    return outcome.name if isinstance(outcome, worst_case.CompositeOutcome) else outcome.spec.name
+
+
+def _export_info(cfg: EvaluateConfig) -> dict[str, Any] | None:
+    try:
+        return export.read_info(cfg.model)
+    except (UsageError, OSError, ValueError):
+        return None  # a third party's SavedModel: no advss_tf description
 
 
 def _say(progress: bool, line: str) -> None:
@@ -231,9 +358,10 @@ def _say(progress: bool, line: str) -> None:
         logging.info(line)
 
 
-def _shown_outcome(outcomes: list[robustness.AttackOutcome]) -> robustness.AttackOutcome | None:
-    by_name = {o.spec.name: o for o in outcomes}
-    return by_name.get("pgd20") or (outcomes[0] if outcomes else None)
+def _shown_outcome(outcomes: list) -> robustness.AttackOutcome | None:
+    singles = [o for o in outcomes if isinstance(o, robustness.AttackOutcome)]
+    by_name = {o.spec.name: o for o in singles}
+    return by_name.get("pgd20") or (singles[0] if singles else None)
 
 
 def _write_figures(output_dir, results, classifier, images, labels, outcomes) -> dict[str, str]:
@@ -241,7 +369,7 @@ def _write_figures(output_dir, results, classifier, images, labels, outcomes) ->
     written = {}
     folder = os.path.join(output_dir, FIGURES)
     shown = _shown_outcome(outcomes)
-    if shown is not None:
+    if shown is not None and len(shown.shown_adversarial):
         k = len(shown.shown_adversarial)
         clean = robustness.to_float(images[:k])
         names = cifar10.class_names()
@@ -280,7 +408,7 @@ def _write_tensorboard(output_dir, results, outcomes, images, text) -> None:
         for key, value in ((results["cifar10c"] or {}).get("metrics") or {}).items():
             tf.summary.scalar(f"evaluate/{key}", value)
         shown = _shown_outcome(outcomes)
-        if shown is not None:
+        if shown is not None and len(shown.shown_adversarial):
             clean = robustness.to_float(images[: len(shown.shown_adversarial)])
             amplified = report.amplified_perturbation(clean, shown.shown_adversarial)
             grid = summaries.image_grid([clean, shown.shown_adversarial, amplified])
@@ -288,12 +416,3 @@ def _write_tensorboard(output_dir, results, outcomes, images, text) -> None:
         tf.summary.text("evaluate/report", text)
     writer.flush()
     writer.close()
-
-
-def _write_text(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -60,11 +60,18 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"| clean | – | – | – | – | – | – | {_pct(results['standard_accuracy'])} | – |",
     ]
     for name, r in results["robust_accuracy"].items():
-        ips = "–" if r.get("images_per_sec") is None else f"{r['images_per_sec']:.1f}"
+        lines += _attack_rows(name, r)
+    worst = results.get("worst_case")
+    if worst and worst["attacks"]:
         lines.append(
-            f"| {name} | {norm_name(r['norm'])} | {r['epsilon_label']} | {r['step_size']:.4g} | "
-            f"{r['steps']} | {r['restarts']} | {r['loss']} | {_pct(r['accuracy'])} | {ips} |"
+            f"| **worst case** (every attack above) | – | – | – | – | – | – | **{_pct(worst['accuracy'])}** | – |"
         )
+        only = ", ".join(f"{a} {k}" for a, k in worst["only_broken_by"].items())
+        lines += [
+            "",
+            f"Worst case: an example counts only if it is correct clean and survives every attack "
+            f"({worst['num_robust']}/{worst['num_examples']}). Examples only one attack broke: {only}.",
+        ]
     masking = results["gradient_masking"]
     lines += ["", "## Gradient-masking check", ""]
     if masking["suspected"]:
@@ -80,9 +87,8 @@ def markdown_report(results: dict[str, Any]) -> str:
     if c10c:
         lines += ["", "## CIFAR-10-C accuracy (%)", ""]
         lines.append(
-            f"Source `{c10c['source']}`, {c10c['num_examples']} examples per set. Headline mean over the 15 "
-            f"corruptions × 5 severities present: **{_pct(c10c['mean_accuracy'])}**; the 4 extra corruptions: "
-            f"{_pct(c10c['extra_mean_accuracy'])}."
+            f"Source `{c10c['source']}`, {c10c['num_examples']} examples per set. {cifar10c_mean_label(c10c)}: "
+            f"**{_pct(c10c['mean_accuracy'])}**; the 4 extra corruptions: {_pct(c10c['extra_mean_accuracy'])}."
         )
         lines.append("")
         severities = c10c["severities"]
@@ -94,23 +100,73 @@ def markdown_report(results: dict[str, Any]) -> str:
         per_sev = c10c["mean_accuracy_per_severity"]
         if per_sev:
             cells = " | ".join(_pct(per_sev.get(str(s))) for s in severities)
-            lines.append(f"| **mean (headline)** | {cells} | {_pct(c10c['mean_accuracy'])} |")
+            label = "mean (headline)" if c10c.get("headline_complete") else "mean (headline corruptions run)"
+            lines.append(f"| **{label}** | {cells} | {_pct(c10c['mean_accuracy'])} |")
     lines.append("")
     return "\n".join(lines)
 
 
+def cifar10c_mean_label(c10c: dict[str, Any]) -> str:
+    """'Headline mean (all 75 sets)' only when all 15 × 5 were run; else how many of the 75 the mean averages."""
+    k = c10c.get("headline_sets")
+    if c10c.get("headline_complete"):
+        return f"Headline mean (all {k} corruption × severity sets)"
+    return f"Mean over {k} of the 75 headline sets (a partial mean, not the headline number)"
+
+
+def _attack_rows(name: str, r: dict[str, Any]) -> list[str]:
+    """The report's row of one attack; a composite's row, then its robust accuracy after each stage."""
+    ips = "–" if r.get("images_per_sec") is None else f"{r['images_per_sec']:.1f}"
+    if "stages" not in r:
+        return [
+            f"| {name} | {norm_name(r['norm'])} | {r['epsilon_label']} | {r['step_size']:.4g} | "
+            f"{r['steps']} | {r['restarts']} | {r['loss']} | {_pct(r['accuracy'])} | {ips} |"
+        ]
+    rows = [
+        f"| **{name}** ({' → '.join(r['components'])}) | {norm_name(r['norm'])} | {r['epsilon_label']} | – | – | "
+        f"{r['restarts']} | – | **{_pct(r['accuracy'])}** | {ips} |"
+    ]
+    for st in r["stages"]:
+        ips = "–" if st.get("images_per_sec") is None else f"{st['images_per_sec']:.1f}"
+        rows.append(
+            f"| &nbsp;&nbsp;after {st['name']} (on {st['num_attacked']}, broke {st['num_broken']}) | "
+            f"{norm_name(st['norm'])} | {st['epsilon_label']} | {st['step_size']:.4g} | {st['steps']} | "
+            f"{st['restarts']} | {st['loss']} | {_pct(st['accuracy'])} | {ips} |"
+        )
+    return rows
+
+
 def combined_table(all_results: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
-    """One Markdown row per model: examples, clean accuracy, each attack's robust accuracy, CIFAR-10-C mean (%)."""
+    """One Markdown row per model: examples, clean, each attack, AutoAttack, the worst case, CIFAR-10-C mean (%).
+
+    The CIFAR-10-C column is the headline mean when all 75 sets ran; otherwise the partial mean with the number
+    of sets it averages, e.g. "71.20 (12/75)".
+    """
     attacks: list[str] = []
     for r in all_results:
-        attacks.extend(a for a in r["robust_accuracy"] if a not in attacks)
-    header = ["model", "examples", "clean", *attacks, "CIFAR-10-C mean", "masking?"]
+        attacks.extend(a for a in r["robust_accuracy"] if a not in attacks and a != "autoattack")
+    header = ["model", "examples", "clean", *attacks, "AutoAttack", "worst case", "CIFAR-10-C mean", "masking?"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 2) + "---|"]
     for label, r in zip(labels, all_results):
         robust = [_pct(r["robust_accuracy"][a]["accuracy"]) if a in r["robust_accuracy"] else "–" for a in attacks]
-        c10c = (r.get("cifar10c") or {}).get("mean_accuracy")
+        aa = r["robust_accuracy"].get("autoattack")
+        worst = r.get("worst_case")
+        worst_cell = _pct(worst["accuracy"]) if worst and worst["attacks"] else "–"
+        c10c = r.get("cifar10c") or {}
+        c10c_cell = _pct(c10c.get("mean_accuracy"))
+        if c10c and not c10c.get("headline_complete") and c10c.get("mean_accuracy") is not None:
+            c10c_cell += f" ({c10c.get('headline_sets', '?')}/75)"
         masking = "yes" if r["gradient_masking"]["suspected"] else "no"
-        cells = [label, str(r["data"]["num_examples"]), _pct(r["standard_accuracy"]), *robust, _pct(c10c), masking]
+        cells = [
+            label,
+            str(r["data"]["num_examples"]),
+            _pct(r["standard_accuracy"]),
+            *robust,
+            _pct(aa["accuracy"]) if aa else "–",
+            worst_cell,
+            c10c_cell,
+            masking,
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -21,6 +21,8 @@ from absl import logging
 
 from advss_tf.attacks.losses import cw_margin
 from advss_tf.attacks.registry import MONOTONE_PAIRS, AttackSpec, perturbation_norm
+from advss_tf.evaluation.records import PartialStore
+from advss_tf.training.loop import Interrupted, SignalGuard
 
 ModelFn = Callable[[tf.Tensor], tf.Tensor]
 IMAGE_SIGNATURE = tf.TensorSpec([None, 32, 32, 3], tf.float32)
@@ -32,6 +34,34 @@ MASKING_TOLERANCE_EXAMPLES = 2
 # the model hides its gradients.
 ZERO_GRADIENT_LIMIT = 0.01
 SHOWN_EXAMPLES = 6
+# PGD-20 within this much of clean accuracy while the worst case over every attack is this far below it: PGD
+# was blind (masked gradients), not the model robust.
+PGD_NEAR_CLEAN = 0.05
+WORST_FAR_BELOW = 0.10
+
+_guard: SignalGuard | None = None
+
+
+class EvaluationInterrupted(Interrupted):
+    """SIGTERM/SIGINT arrived during an evaluation; every finished batch is recorded."""
+
+    def __init__(self, signum: int):
+        RuntimeError.__init__(
+            self, f"stopped by signal {signum}; finished batches are kept, re-run the same command to continue"
+        )
+        self.signum = signum
+
+
+def watch_signals(guard: SignalGuard | None) -> None:
+    """Makes the attack loops stop after their current batch once `guard` saw a signal (None: stop watching)."""
+    global _guard
+    _guard = guard
+
+
+def check_stop() -> None:
+    """Raises EvaluationInterrupted when a watched signal arrived (called between batches)."""
+    if _guard is not None and _guard.signum is not None:
+        raise EvaluationInterrupted(_guard.signum)
 
 
 @dataclasses.dataclass
@@ -45,23 +75,27 @@ class AttackOutcome:
     trace_seconds: float
     max_perturbation: float
     shown_adversarial: np.ndarray  # float32 [k, 32, 32, 3]: the first images' adversarial versions, for figures
+    num_attacked: int | None = None  # examples the attack ran on (None: all; a composite's later stages: fewer)
 
     @property
     def accuracy(self) -> float:
         return float(np.mean(self.robust)) if len(self.robust) else 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """What results.json records about the attack's outcome."""
         n = len(self.robust)
+        attacked = n if self.num_attacked is None else self.num_attacked
         return {
             **self.spec.to_dict(),
             "accuracy": self.accuracy,
             "num_robust": int(np.sum(self.robust)),
             "num_examples": n,
+            "num_attacked": attacked,
             "max_perturbation": self.max_perturbation,
             "seconds": self.seconds,
             "cpu_seconds": self.cpu_seconds,
             "trace_seconds": self.trace_seconds,
-            "images_per_sec": n / self.seconds if self.seconds > 0 else None,
+            "images_per_sec": attacked / self.seconds if self.seconds > 0 else None,
         }
 
 
@@ -164,6 +198,40 @@ class Predictor:
         return out
 
 
+def _attack_step(
+    model_fn: ModelFn, spec: AttackSpec, fixed_batch: int | None, strategy: tf.distribute.Strategy | None
+) -> tuple[Callable[[list[tuple]], list[tuple]], Callable[[], None]]:
+    """(run, trace): `run` attacks a group of batches [(x, y, seed)] — one per replica under `strategy`, each
+    batch whole on its replica, so the numbers equal one device's — and returns (x_adv, correct, max ‖δ‖) each."""
+
+    def attack(x, y, s):
+        x_adv = spec(model_fn, x, y, s)
+        correct = tf.argmax(model_fn(x_adv), -1) == y
+        return x_adv, correct, tf.reduce_max(perturbation_norm(x_adv, x, spec.norm))
+
+    if strategy is None or strategy.num_replicas_in_sync == 1:
+        signature = [*_signature(fixed_batch), tf.TensorSpec([2], tf.int64)]
+        step = tf.function(attack, input_signature=signature, reduce_retracing=True)
+        return (lambda group: [tuple(t.numpy() for t in step(*b)) for b in group]), step.get_concrete_function
+
+    replicas = strategy.num_replicas_in_sync
+    distributed = tf.function(lambda x, y, s: strategy.run(attack, args=(x, y, s)), reduce_retracing=True)
+
+    def run(group):
+        full = group + [group[-1]] * (replicas - len(group))  # idle replicas repeat the last batch; dropped below
+
+        def per_replica(i):
+            return strategy.experimental_distribute_values_from_function(
+                lambda ctx: tf.constant(full[ctx.replica_id_in_sync_group][i])
+            )
+
+        outputs = distributed(*(per_replica(i) for i in range(3)))
+        local = [[t.numpy() for t in strategy.experimental_local_results(o)] for o in outputs]
+        return list(zip(*local))[: len(group)]
+
+    return run, lambda: None
+
+
 def run_attack(
     model_fn: ModelFn,
     spec: AttackSpec,
@@ -175,55 +243,114 @@ def run_attack(
     seed: int,
     fixed_batch: int | None = None,
     progress: bool = False,
+    indices: np.ndarray | None = None,
+    seed_name: str | None = None,
+    store: PartialStore | None = None,
+    key: str | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> AttackOutcome:
     """Robust accuracy under one attack (worst case over its restarts, counting clean mistakes as failures).
 
     Args:
       model_fn: float32 images [N, 32, 32, 3] in [0, 1] → logits [N, 10].
       spec: the attack.
-      images: uint8 [N, 32, 32, 3]; labels: int [N]; clean_correct: bool [N] from `clean_evaluation`.
+      images: uint8 [N, 32, 32, 3]; labels: int [N]; clean_correct: bool [N] from `clean_evaluation` (or the
+        survivors of a composite's earlier stages).
       batch_size: images per attack call; fixed_batch: the signature's fixed batch size or None.
       seed: the run's seed.
-      progress: show a progress bar.
+      progress: show a progress bar (with ETA).
+      indices: attack only these examples, re-batched (a composite's survivors); None: every example. The
+        others keep `clean_correct`.
+      seed_name: what the per-batch seeds derive from (default: the attack's name).
+      store, key: record every finished batch under `key/<batch>` and take finished ones from there (resume).
+      strategy: run groups of batches data-parallel, one whole batch per replica (same numbers as one device).
 
     Returns:
-      The outcome.
+      The outcome (its figures' examples only when `indices` is None).
     """
-
-    @tf.function(input_signature=[*_signature(fixed_batch), tf.TensorSpec([2], tf.int64)], reduce_retracing=True)
-    def step(x, y, s):
-        x_adv = spec(model_fn, x, y, s)
-        correct = tf.argmax(model_fn(x_adv), -1) == y
-        return x_adv, correct, tf.reduce_max(perturbation_norm(x_adv, x, spec.norm))
-
     n = len(images)
+    order = np.arange(n) if indices is None else np.asarray(indices, np.int64)
+    seed_name = seed_name or spec.name
     robust = clean_correct.copy()
-    shown = to_float(images[:SHOWN_EXAMPLES])
-    shown_final = np.zeros([len(shown)], bool)
-    max_pert = 0.0
-    bar = keras.utils.Progbar(n, stateful_metrics=["robust_acc"], unit_name="image") if progress else None
-    start = time.perf_counter()
-    step.get_concrete_function()  # trace before the clock starts: images/s measures the attack, not tracing
-    trace_seconds = time.perf_counter() - start
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for b, sl in enumerate(batch_slices(n, batch_size)):
-        k = sl.stop - sl.start
-        x = padded(to_float(images[sl]), fixed_batch)
-        y = padded(labels[sl].astype(np.int64), fixed_batch)
+    show = indices is None
+    # The figures show the first images of the first batch.
+    shown = to_float(images[: min(SHOWN_EXAMPLES, batch_size)] if show else images[:0])
+    max_pert, seconds, cpu_seconds = 0.0, 0.0, 0.0
+    slices = list(batch_slices(len(order), batch_size))
+    todo = []
+    for b, sl in enumerate(slices):
+        record = store.load(f"{key}/{b:05d}") if store is not None else None
+        if record is None:
+            todo.append(b)
+            continue
+        robust[order[sl]] &= record["correct"]
+        max_pert = max(max_pert, float(record["max_perturbation"]))
+        seconds += float(record["seconds"])
+        cpu_seconds += float(record["cpu_seconds"])
+        if b == 0 and show:
+            shown = record["shown"]
+    bar = keras.utils.Progbar(len(order), stateful_metrics=["robust_acc"], unit_name="image") if progress else None
+    done = len(order) - sum(slices[b].stop - slices[b].start for b in todo)
+    if bar is not None and done:
+        bar.update(done, values=[("robust_acc", float(np.mean(robust[order[:done]])))])
+    trace_seconds = 0.0
+    if todo:
+        run, trace = _attack_step(model_fn, spec, fixed_batch, strategy)
+        start = time.perf_counter()
+        trace()  # trace before the clock starts: images/s measures the attack, not tracing
+        trace_seconds = time.perf_counter() - start
+    group_size = strategy.num_replicas_in_sync if strategy is not None else 1
+    for g in range(0, len(todo), group_size):
+        group = todo[g : g + group_size]
+        start, cpu_start = time.perf_counter(), time.process_time()
+        inputs = []
+        for b in group:
+            idx = order[slices[b]]
+            x = padded(to_float(images[idx]), fixed_batch)
+            y = padded(labels[idx].astype(np.int64), fixed_batch)
+            inputs.append((x, y))
+        correct = {b: np.ones([slices[b].stop - slices[b].start], bool) for b in group}
+        pert = dict.fromkeys(group, 0.0)
+        first_shown = shown.copy()
+        shown_final = np.zeros([len(shown)], bool)
         for r in range(spec.restarts):
-            x_adv, correct, pert = step(x, y, attack_seed(seed, spec.name, b, r))
-            correct = correct.numpy()[:k]
-            if b == 0:
-                # Show the restart that first fooled each shown image (else the last one).
-                take = ~shown_final
-                shown[take] = x_adv.numpy()[: len(shown)][take]
-                shown_final |= ~correct[: len(shown)]
-            robust[sl] &= correct
-            max_pert = max(max_pert, float(pert))
+            outs = run([(x, y, attack_seed(seed, seed_name, b, r)) for b, (x, y) in zip(group, inputs)])
+            for b, (x_adv, ok, p) in zip(group, outs):
+                k = len(correct[b])
+                ok = ok[:k]
+                if b == 0 and show:
+                    # Show the restart that first fooled each shown image (else the last one).
+                    take = ~shown_final
+                    first_shown[take] = x_adv[: len(shown)][take]
+                    shown_final |= ~ok[: len(shown)]
+                correct[b] &= ok
+                pert[b] = max(pert[b], float(p))
+        # One group's wall and CPU time, shared by its batches: per-batch records add up to the stage's time.
+        elapsed, cpu = (time.perf_counter() - start) / len(group), (time.process_time() - cpu_start) / len(group)
+        for b in group:
+            if b == 0 and show:
+                shown = first_shown
+            robust[order[slices[b]]] &= correct[b]
+            max_pert = max(max_pert, pert[b])
+            seconds += elapsed
+            cpu_seconds += cpu
+            if store is not None:
+                extra = {"shown": shown} if b == 0 and show else {}
+                store.save(
+                    f"{key}/{b:05d}",
+                    correct=correct[b],
+                    max_perturbation=pert[b],
+                    seconds=elapsed,
+                    cpu_seconds=cpu,
+                    **extra,
+                )
         if bar is not None:
-            bar.update(sl.stop, values=[("robust_acc", float(np.mean(robust[: sl.stop])))])
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    return AttackOutcome(spec, robust, seconds, cpu_seconds, trace_seconds, max_pert, shown.astype(np.float32))
+            stop = slices[group[-1]].stop
+            bar.update(stop, values=[("robust_acc", float(np.mean(robust[order[:stop]])))])
+        check_stop()
+    return AttackOutcome(
+        spec, robust, seconds, cpu_seconds, trace_seconds, max_pert, shown.astype(np.float32), int(len(order))
+    )
 
 
 def masking_flags(
@@ -231,13 +358,21 @@ def masking_flags(
     num_examples: int,
     zero_gradient_fraction: float = 0.0,
     nonfinite_gradient_fraction: float = 0.0,
+    *,
+    standard_accuracy: float | None = None,
+    worst_case_accuracy: float | None = None,
+    gradient_free_breaks: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Signs of gradient masking: a stronger attack scoring higher than a weaker one, or gradients zero / NaN.
+    """Signs of gradient masking: a stronger attack scoring higher than a weaker one, a gradient-free attack
+    breaking what the gradient attacks could not, PGD-20 near clean accuracy while the worst case is far below
+    it, or gradients zero / NaN.
 
     Args:
       accuracies: attack name → robust accuracy.
       num_examples: test examples (sets the tolerance).
       zero_gradient_fraction, nonfinite_gradient_fraction: from `clean_evaluation`.
+      standard_accuracy, worst_case_accuracy: clean accuracy and the worst case over every attack run.
+      gradient_free_breaks: "composite/stage" → examples a gradient-free stage broke after the gradient stages.
 
     Returns:
       One {"check", "message", ...} per sign found; empty when none.
@@ -251,6 +386,26 @@ def masking_flags(
                     "check": f"{stronger}<={weaker}",
                     "message": f"{what}: {stronger} {accuracies[stronger]:.4f} > {weaker} {accuracies[weaker]:.4f}",
                     "tolerance": tol,
+                }
+            )
+    for stage, count in (gradient_free_breaks or {}).items():
+        if count / max(num_examples, 1) > tol:
+            flags.append(
+                {
+                    "check": f"{stage}_after_gradient_attacks",
+                    "message": f"gradient-free {stage} broke {count} examples ({count / num_examples:.1%}) that "
+                    "every gradient attack before it left standing",
+                    "tolerance": tol,
+                }
+            )
+    pgd = accuracies.get("pgd20")
+    if pgd is not None and standard_accuracy is not None and worst_case_accuracy is not None:
+        if pgd >= standard_accuracy - PGD_NEAR_CLEAN and worst_case_accuracy <= pgd - WORST_FAR_BELOW:
+            flags.append(
+                {
+                    "check": "pgd20_near_clean_worst_case_far_below",
+                    "message": f"PGD-20 {pgd:.4f} is near clean accuracy {standard_accuracy:.4f} while the worst "
+                    f"case over every attack is {worst_case_accuracy:.4f}",
                 }
             )
     if zero_gradient_fraction > ZERO_GRADIENT_LIMIT:

@@ -149,11 +149,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 # Issue 13 moves these away one commit at a time; each must still occur (so the lists only shrink) until it is gone,
 # and the cycles they make are tolerated while any is left.
-PENDING_UNITS = {"patches", "summaries", "tasks"}
+PENDING_UNITS = {"patches", "tasks"}
 PENDING = {
     "advss_tf.config -> advss_tf.training.schedules",
     "advss_tf.corruptions.sources -> advss_tf.data.cifar10._tfds_prepared",
-    "advss_tf.evaluation.evaluator -> advss_tf.training.summaries",
     "advss_tf.models.ensemble -> advss_tf.pretext.rotation",
     "advss_tf.models.selfie -> advss_tf.pretext.selfie",
     "advss_tf.pretext.tasks -> advss_tf.attacks.diversity",
@@ -163,7 +162,7 @@ PENDING = {
     "advss_tf.pretext.tasks -> advss_tf.models.classifier",
     "advss_tf.pretext.tasks -> advss_tf.models.ensemble",
     "advss_tf.pretext.tasks -> advss_tf.models.selfie",
-    "advss_tf.pretext.tasks -> advss_tf.training.summaries",
+    "advss_tf.pretext.tasks -> advss_tf.summaries",
 }
 
 

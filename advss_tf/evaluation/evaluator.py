@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from advss_tf import workspace
+from advss_tf import summaries, workspace
 from advss_tf.attacks.registry import DEFAULT_ATTACKS, AttackSpec, configure, parse_attacks
 from advss_tf.config import versions
 from advss_tf.corruptions.cifar10c import HEADLINE_CORRUPTIONS, SEVERITIES
@@ -27,7 +27,6 @@ from advss_tf.data import cifar10
 from advss_tf.errors import UsageError
 from advss_tf.evaluation import corruption, report, robustness
 from advss_tf.evaluation.model import default_model_name, load_classifier
-from advss_tf.training import summaries
 
 NO_CIFAR10C = "none"
 SCHEMA_VERSION = 1

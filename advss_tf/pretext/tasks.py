@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from advss_tf import summaries
 from advss_tf.attacks import diversity
 from advss_tf.attacks.joint_pgd import joint_pgd_linf
 from advss_tf.attacks.pgd import cross_entropy, pgd_linf
@@ -24,7 +25,6 @@ from advss_tf.models.ensemble import EnsembleModel
 from advss_tf.models.selfie import SelfieModel
 from advss_tf.pretext import jigsaw, rotation
 from advss_tf.pretext import selfie as selfie_lib
-from advss_tf.training import summaries
 
 
 def accuracy(labels, logits) -> tf.Tensor:

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from advss_tf.training import summaries
+from advss_tf import summaries
 
 
 class TrainingError(RuntimeError):

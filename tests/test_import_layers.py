@@ -151,8 +151,6 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 # and the cycles they make are tolerated while any is left.
 PENDING_UNITS = {"patches", "tasks"}
 PENDING = {
-    "advss_tf.config -> advss_tf.training.schedules",
-    "advss_tf.corruptions.sources -> advss_tf.data.cifar10._tfds_prepared",
     "advss_tf.models.ensemble -> advss_tf.pretext.rotation",
     "advss_tf.models.selfie -> advss_tf.pretext.selfie",
     "advss_tf.pretext.tasks -> advss_tf.attacks.diversity",

@@ -12,8 +12,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from advss_tf import patches as selfie_lib  # Selfie's patch grid and its split of a patch order
 from advss_tf.models.resnet import BackboneConfig, build_trunk
-from advss_tf.pretext import selfie as selfie_lib
 
 _LN_EPSILON = 1e-5  # PyTorch's LayerNorm default, as the reference
 

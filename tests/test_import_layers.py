@@ -151,7 +151,6 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 # and the cycles they make are tolerated while any is left.
 PENDING_UNITS = {"tasks"}
 PENDING = {
-    "advss_tf.models.ensemble -> advss_tf.pretext.rotation",
     "advss_tf.pretext.tasks -> advss_tf.attacks.diversity",
     "advss_tf.pretext.tasks -> advss_tf.attacks.joint_pgd",
     "advss_tf.pretext.tasks -> advss_tf.attacks.pgd",

@@ -298,6 +298,7 @@ class EnsembleTask:
             c.selfie_ff_dim,
             c.selfie_dropout,
             selfie_logit_scale=c.selfie_scale,
+            rotation_classes=rotation.NUM_CLASSES,
             name="ensemble_model",
         )
         return self._model

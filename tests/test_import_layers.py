@@ -147,38 +147,14 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-# Issue 13 moves these away one commit at a time; each must still occur (so the lists only shrink) until it is gone,
-# and the cycles they make are tolerated while any is left.
-PENDING_UNITS = {"tasks"}
-PENDING = {
-    "advss_tf.pretext.tasks -> advss_tf.attacks.diversity",
-    "advss_tf.pretext.tasks -> advss_tf.attacks.joint_pgd",
-    "advss_tf.pretext.tasks -> advss_tf.attacks.pgd",
-    "advss_tf.pretext.tasks -> advss_tf.config",
-    "advss_tf.pretext.tasks -> advss_tf.models.classifier",
-    "advss_tf.pretext.tasks -> advss_tf.models.ensemble",
-    "advss_tf.pretext.tasks -> advss_tf.models.selfie",
-    "advss_tf.pretext.tasks -> advss_tf.summaries",
-}
-
-
-def _pending_key(violation: str) -> str:
-    match = re.match(r"([\w.]+):\d+: (?:imports|uses)(?: private)? ([\w.]+)", violation)
-    return f"{match.group(1)} -> {match.group(2)}" if match else violation
-
-
 def test_advss_tf_imports_point_down_the_documented_layers():
     layers = read_layers(open(ARCHITECTURE, encoding="utf-8").read())
     units = [u for layer in layers for u in layer]
     assert len(units) == len(set(units)), "a unit is named in two layers"
     package = os.path.join(REPO, ROOT)
     present = {unit_of(m) for m in module_sources(package)}
-    missing, unnamed = set(units) - present, present - set(units)
-    assert missing == PENDING_UNITS and not unnamed, f"layers name {missing or '-'}; not named: {unnamed or '-'}"
-    found = violations(package, layers)
-    keys = {_pending_key(v) for v in found}
-    left = [v for v in found if _pending_key(v) not in PENDING and not (PENDING and v.startswith("import cycle"))]
-    assert left == [] and PENDING - keys == set()
+    assert set(units) == present, f"layers name {set(units) - present or '-'}; not named: {present - set(units) or '-'}"
+    assert violations(package, layers) == []
 
 
 # -- the checker itself, on a made-up package ------------------------------------------------------------------------

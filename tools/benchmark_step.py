@@ -18,7 +18,7 @@ from absl import app, flags
 import advss_tf  # noqa: F401  (TF_ENABLE_ONEDNN_OPTS before TensorFlow)
 from advss_tf.config import MIXED_PRECISION
 from advss_tf.models.resnet import BACKBONES
-from advss_tf.pretext.tasks import TASKS
+from advss_tf.tasks.table import TASKS
 
 flags.DEFINE_enum("task", "jigsaw", sorted(TASKS), "Pretext task.")
 flags.DEFINE_enum("backbone", "resnet18", sorted(BACKBONES), "Backbone.")
@@ -49,7 +49,7 @@ def main(argv):
     from advss_tf.config import AttackConfig, PretrainConfig
     from advss_tf.data import cifar10, pipeline
     from advss_tf.models.resnet import BackboneConfig
-    from advss_tf.pretext.tasks import AUGMENTATION, build_task
+    from advss_tf.tasks.table import AUGMENTATION, build_task
     from advss_tf.training import loop
     from advss_tf.training.pretraining import make_optimizer, set_precision
     from advss_tf.training.strategy import make_strategy

@@ -20,7 +20,7 @@ from advss_tf.config import AttackConfig
 from advss_tf.errors import UsageError
 from advss_tf.models.classifier import ImageClassifier
 from advss_tf.pretext import rotation
-from advss_tf.pretext.tasks import accuracy
+from advss_tf.tasks.base import accuracy
 
 OBJECTIVES = ("standard", "adversarial", "trades")
 # Parts that do not train (and run with inference-mode BatchNorm) in each mode.

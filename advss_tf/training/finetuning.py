@@ -28,8 +28,8 @@ from advss_tf.errors import UsageError
 from advss_tf.models.classifier import ImageClassifier
 from advss_tf.models.resnet import BackboneConfig
 from advss_tf.tasks.base import accuracy
+from advss_tf.tasks.finetune import FROZEN_PARTS, MODES, OBJECTIVES, FinetuneTask, trainable_variables
 from advss_tf.training import loop
-from advss_tf.training.finetune_task import FROZEN_PARTS, MODES, OBJECTIVES, FinetuneTask, trainable_variables
 from advss_tf.training.pretraining import load_training_images, make_optimizer, restore_or_init, set_precision
 from advss_tf.training.strategy import make_strategy, per_replica_batch
 

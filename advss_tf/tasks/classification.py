@@ -97,11 +97,13 @@ class ClassificationPretextTask:
         return {f"{self.name}_inputs": batch["inputs"]}
 
 
-def _rotation(config: PretrainConfig) -> ClassificationPretextTask:
+def rotation_task(config: PretrainConfig) -> ClassificationPretextTask:
+    """Rotation: predict which of 0/90/180/270° the image was turned by."""
     return ClassificationPretextTask(config, "rotation", rotation.NUM_CLASSES, rotation.rotation_transform)
 
 
-def _jigsaw(config: PretrainConfig) -> ClassificationPretextTask:
+def jigsaw_task(config: PretrainConfig) -> ClassificationPretextTask:
+    """Jigsaw: predict which of the seed's permutations (identity included) shuffled the patches."""
     perms = jigsaw.make_permutations(config.jigsaw_permutations, config.seed)
     perms_var = tf.Variable(perms, trainable=False, name="jigsaw_permutations")
     prob = config.jigsaw_identity_prob

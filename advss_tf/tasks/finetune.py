@@ -1,4 +1,4 @@
-"""Fine-tuning objectives as the training loop sees them (the interface of `advss_tf.pretext.tasks`).
+"""Fine-tuning objectives as the training loop sees them (the `FinetuningTask` protocol of `advss_tf.tasks.base`).
 
 - standard: cross-entropy on clean images.
 - adversarial: cross-entropy on PGD-10 examples only (the reference's `finetune/main.py`).

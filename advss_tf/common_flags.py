@@ -79,7 +79,7 @@ def define_attack_flags(steps_default: int = 10) -> None:
 
 
 def define_optimizer_flags(lr: float, momentum: float, wd: float, schedule: str, warmup_steps: int) -> None:
-    from advss_tf.training.schedules import SCHEDULES
+    from advss_tf.config import SCHEDULES
 
     flags.DEFINE_float("learning_rate", lr, "Peak learning rate (SGD).")
     flags.DEFINE_float("momentum", momentum, "SGD momentum.")

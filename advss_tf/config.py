@@ -15,11 +15,11 @@ from advss_tf.attacks.pgd import check_budget
 from advss_tf.data.cifar10 import SOURCES, DataSource
 from advss_tf.errors import UsageError
 from advss_tf.models.resnet import BackboneConfig
-from advss_tf.training.schedules import SCHEDULES
 
 ATTACK_BN_MODES = ("train", "eval")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 MIXED_PRECISION = ("none", "float16", "bfloat16")
+SCHEDULES = ("cosine", "constant", "step")  # learning-rate schedules after the warm-up (training/schedules.py)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ from absl import flags
 import advss_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported)
 from advss_tf import common_flags
 from advss_tf.models.resnet import BACKBONES
-from advss_tf.training.finetune_task import MODES, OBJECTIVES
+from advss_tf.tasks.finetune import MODES, OBJECTIVES
 
 FLAGS = flags.FLAGS
 

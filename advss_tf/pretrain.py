@@ -13,7 +13,7 @@ from absl import flags
 import advss_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported)
 from advss_tf import common_flags
 from advss_tf.models.resnet import BACKBONES
-from advss_tf.pretext.tasks import TASKS
+from advss_tf.tasks.table import TASKS
 
 FLAGS = flags.FLAGS
 

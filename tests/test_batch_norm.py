@@ -9,7 +9,7 @@ from advss_tf.config import AttackConfig, OptimizerConfig, PretrainConfig
 from advss_tf.data import pipeline
 from advss_tf.models import resnet
 from advss_tf.models.batch_norm import FusedBatchNormalization
-from advss_tf.pretext.tasks import build_task
+from advss_tf.tasks.table import build_task
 from advss_tf.training import loop
 
 

@@ -11,12 +11,13 @@ import pytest
 import tensorflow as tf
 from pretrain_binary import assert_sigterm_saves_and_rerun_finishes, assert_usage_error, pretrain_command
 
+from advss_tf.attacks import diversity
 from advss_tf.attacks.pgd import pgd_linf
 from advss_tf.config import AttackConfig, OptimizerConfig, PretrainConfig, RuntimeConfig
 from advss_tf.data import pipeline
 from advss_tf.models.resnet import BackboneConfig, build_trunk
-from advss_tf.pretext import diversity
-from advss_tf.pretext.tasks import AUGMENTATION, ENSEMBLE_TASKS, build_task
+from advss_tf.tasks.ensemble import ENSEMBLE_TASKS
+from advss_tf.tasks.table import AUGMENTATION, build_task
 from advss_tf.training import loop, pretraining
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

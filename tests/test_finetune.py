@@ -20,9 +20,9 @@ from advss_tf.errors import UsageError
 from advss_tf.models import resnet
 from advss_tf.models.classifier import ImageClassifier
 from advss_tf.models.resnet import BackboneConfig
-from advss_tf.pretext.tasks import build_task
+from advss_tf.tasks.finetune import FROZEN_PARTS, FinetuneTask, kl_divergence, trainable_variables
+from advss_tf.tasks.table import build_task
 from advss_tf.training import finetuning, loop
-from advss_tf.training.finetune_task import FROZEN_PARTS, FinetuneTask, kl_divergence, trainable_variables
 from advss_tf.training.strategy import make_strategy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from test_resume import _pretrain
 
+from advss_tf.attacks import diversity
 from advss_tf.attacks.pgd import cross_entropy
-from advss_tf.pretext import diversity
 from advss_tf.training import loop, pretraining
 
 B = 4

@@ -3,6 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
+from advss_tf.patches import to_patches
 from advss_tf.pretext import jigsaw, rotation
 
 
@@ -35,7 +36,7 @@ def test_shuffle_moves_patches_as_defined_and_inverse_restores():
     x = tf.random.uniform([4, 32, 32, 3], seed=2)
     perms = tf.constant(jigsaw.make_permutations(30, seed=0)[[1, 2, 3, 4]])
     shuffled = jigsaw.shuffle_patches(x, perms)
-    patches, new = jigsaw.to_patches(x).numpy(), jigsaw.to_patches(shuffled).numpy()
+    patches, new = to_patches(x).numpy(), to_patches(shuffled).numpy()
     for i in range(4):
         for j in range(16):
             np.testing.assert_array_equal(new[i, j], patches[i, perms[i, j]])  # new_patch[j] = patch[perm[j]]
@@ -45,7 +46,7 @@ def test_shuffle_moves_patches_as_defined_and_inverse_restores():
 
 def test_patch_grid_is_row_major_8x8():
     x = tf.reshape(tf.range(32 * 32, dtype=tf.float32), [1, 32, 32, 1])
-    p = jigsaw.to_patches(x).numpy()
+    p = to_patches(x).numpy()
     assert p.shape == (1, 16, 8, 8, 1)
     assert p[0, 1, 0, 0, 0] == 8 and p[0, 4, 0, 0, 0] == 8 * 32  # patch 1 is right of 0, patch 4 below it
 

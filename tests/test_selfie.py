@@ -16,7 +16,8 @@ from advss_tf.data import pipeline
 from advss_tf.models.resnet import BackboneConfig, build_trunk
 from advss_tf.models.selfie import SelfieHead, SelfieModel, TransformerEncoderLayer, query_logits
 from advss_tf.pretext import selfie as selfie_lib
-from advss_tf.pretext.tasks import AUGMENTATION, build_task, selfie_accuracy, selfie_loss
+from advss_tf.tasks.selfie import selfie_accuracy, selfie_loss
+from advss_tf.tasks.table import AUGMENTATION, build_task
 from advss_tf.training import loop, pretraining
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

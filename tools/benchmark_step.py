@@ -18,7 +18,7 @@ from absl import app, flags
 import advss_tf  # noqa: F401  (TF_ENABLE_ONEDNN_OPTS before TensorFlow)
 from advss_tf.config import MIXED_PRECISION
 from advss_tf.models.resnet import BACKBONES, BATCH_NORM_LAYERS
-from advss_tf.pretext.tasks import TASKS
+from advss_tf.tasks.table import TASKS
 
 flags.DEFINE_enum("task", "jigsaw", sorted(TASKS), "Pretext task.")
 flags.DEFINE_enum("backbone", "resnet18", sorted(BACKBONES), "Backbone.")

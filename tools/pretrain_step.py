@@ -43,7 +43,7 @@ def build_pretrain_step(
     from advss_tf.config import AttackConfig, PretrainConfig
     from advss_tf.data import cifar10, pipeline
     from advss_tf.models.resnet import BackboneConfig, batch_norm_layer
-    from advss_tf.pretext.tasks import AUGMENTATION, build_task
+    from advss_tf.tasks.table import AUGMENTATION, build_task
     from advss_tf.training import loop
     from advss_tf.training.pretraining import make_optimizer, set_precision
     from advss_tf.training.strategy import make_strategy

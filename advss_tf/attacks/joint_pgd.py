@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
-from advss_tf.pretext.diversity import input_gradients
+from advss_tf.attacks.diversity import input_gradients
 
 PerExampleLoss = Callable[[tf.Tensor], tf.Tensor]
 

@@ -183,12 +183,12 @@ def _load_tfds(
 ) -> tuple[np.ndarray, np.ndarray]:
     import tensorflow_datasets as tfds
 
-    from advss_tf.data.cifar10 import _tfds_prepared
+    from advss_tf.data.cifar10 import tfds_prepared
 
     config = f"{_TFDS_NAMES.get(name, name)}_{severity}"
     builder = tfds.builder(f"cifar10_corrupted/{config}", data_dir=tfds_data_dir)
     # Never download here: the archive is 2.9 GB and an offline download hangs for minutes.
-    if not _tfds_prepared(builder):
+    if not tfds_prepared(builder):
         raise UsageError(
             f"TFDS cifar10_corrupted/{config} is not prepared in {builder.data_dir}; build it first "
             f"(tfds build cifar10_corrupted --config={config}) or use the npy source with the CIFAR-10-C folder"

@@ -138,7 +138,7 @@ def _load_tfds(tfds_data_dir: str | None, split: str) -> tuple[np.ndarray, np.nd
     import tensorflow_datasets as tfds
 
     builder = tfds.builder("cifar10", data_dir=tfds_data_dir)
-    if not _tfds_prepared(builder):
+    if not tfds_prepared(builder):
         if not _reachable(*_TFDS_HOST):
             raise UsageError(
                 f"TFDS cifar10 is not prepared in {builder.data_dir} and the download host is unreachable; "
@@ -149,7 +149,8 @@ def _load_tfds(tfds_data_dir: str | None, split: str) -> tuple[np.ndarray, np.nd
     return np.asarray(data[0], np.uint8), np.asarray(data[1], np.int64)
 
 
-def _tfds_prepared(builder) -> bool:
+def tfds_prepared(builder) -> bool:
+    """Whether a TFDS builder's data is on disk (prepared), so reading it needs no download."""
     try:
         return bool(tf.io.gfile.exists(builder.data_path) and builder.info.splits)
     except Exception:  # a half-written tfds folder counts as absent

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from advss_tf import export, workspace
+from advss_tf import export, summaries, workspace
 from advss_tf.attacks.registry import DEFAULT_ATTACKS, AttackSpec, components, configure, parse_attacks
 from advss_tf.config import versions
 from advss_tf.corruptions.cifar10c import HEADLINE_CORRUPTIONS, SEVERITIES
@@ -31,7 +31,6 @@ from advss_tf.errors import UsageError
 from advss_tf.evaluation import corruption, report, robustness, worst_case
 from advss_tf.evaluation.model import NUM_CLASSES, default_model_name, load_classifier, model_hashes
 from advss_tf.evaluation.records import PartialStore, write_text
-from advss_tf.training import summaries
 from advss_tf.training.loop import SignalGuard
 from advss_tf.training.strategy import make_strategy
 

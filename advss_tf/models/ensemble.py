@@ -12,7 +12,6 @@ import keras
 from advss_tf.models.classifier import ImageClassifier
 from advss_tf.models.resnet import BackboneConfig, build_trunk
 from advss_tf.models.selfie import SelfieModel
-from advss_tf.pretext import rotation
 
 
 class EnsembleModel(keras.Model):
@@ -21,6 +20,7 @@ class EnsembleModel(keras.Model):
     Args:
       backbone: the trunk and the stage 4s.
       jigsaw_classes: number of jigsaw permutations (31 in the paper).
+      rotation_classes: number of rotations (4: the pretext transform's, passed in so models know no transform).
       selfie_layers, selfie_heads, selfie_ff_dim, selfie_dropout: Selfie's transformer.
       selfie_logit_scale: factor on Selfie's query-patch dot products (None: 1/sqrt(trunk width)).
     """
@@ -34,13 +34,15 @@ class EnsembleModel(keras.Model):
         selfie_ff_dim: int = 2048,
         selfie_dropout: float = 0.1,
         selfie_logit_scale: float | None = None,
+        *,
+        rotation_classes: int,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.backbone = backbone
         self.trunk = build_trunk(backbone)
         self.rotation = ImageClassifier(
-            backbone, rotation.NUM_CLASSES, trunk=self.trunk, head_name="rotation", name="rotation_model"
+            backbone, rotation_classes, trunk=self.trunk, head_name="rotation", name="rotation_model"
         )
         self.jigsaw = ImageClassifier(
             backbone, jigsaw_classes, trunk=self.trunk, head_name="jigsaw", name="jigsaw_model"

@@ -4,7 +4,8 @@ Every 8x8 patch goes through the trunk (the same weights as for whole images) an
 of the trunk's width per patch. A learned token u0 (zeros) and the 12 visible vectors pass through the encoder
 layers (no input position embedding, as the reference); the output at u0 is the pooled summary. The query for
 target position p is pooled + row_emb[p // 4] + col_emb[p % 4], and its logits are the dot products with the 4
-target patch vectors (see `advss_tf.pretext.selfie` for the bookkeeping).
+target patch vectors (`advss_tf.patches` cuts the grid and splits an order; the orders come from
+`advss_tf.pretext.selfie`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from advss_tf import patches as selfie_lib  # Selfie's patch grid and its split of a patch order
 from advss_tf.models.resnet import BackboneConfig, build_trunk
-from advss_tf.pretext import selfie as selfie_lib
 
 _LN_EPSILON = 1e-5  # PyTorch's LayerNorm default, as the reference
 

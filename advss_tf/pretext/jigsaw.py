@@ -9,9 +9,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-GRID = 4
-PATCH = 8
-NUM_PATCHES = GRID * GRID
+from advss_tf.patches import NUM_PATCHES, from_patches, to_patches
 
 
 def make_permutations(num_random: int = 30, seed: int = 0) -> np.ndarray:
@@ -23,23 +21,6 @@ def make_permutations(num_random: int = 30, seed: int = 0) -> np.ndarray:
         if p not in perms:
             perms.append(p)
     return np.asarray(perms, np.int32)
-
-
-def to_patches(images: tf.Tensor, grid: int = GRID) -> tf.Tensor:
-    """[N, S, S, C] → [N, grid², S/grid, S/grid, C], patches in row-major order."""
-    n, s, c = tf.shape(images)[0], images.shape[1], images.shape[-1]
-    p = s // grid
-    x = tf.reshape(images, [n, grid, p, grid, p, c])
-    x = tf.transpose(x, [0, 1, 3, 2, 4, 5])
-    return tf.reshape(x, [n, grid * grid, p, p, c])
-
-
-def from_patches(patches: tf.Tensor, grid: int = GRID) -> tf.Tensor:
-    """Inverse of `to_patches`."""
-    n, p, c = tf.shape(patches)[0], patches.shape[2], patches.shape[-1]
-    x = tf.reshape(patches, [n, grid, grid, p, p, c])
-    x = tf.transpose(x, [0, 1, 3, 2, 4, 5])
-    return tf.reshape(x, [n, grid * p, grid * p, c])
 
 
 def shuffle_patches(images: tf.Tensor, perms: tf.Tensor) -> tf.Tensor:

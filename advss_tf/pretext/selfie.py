@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from advss_tf.pretext.jigsaw import from_patches, to_patches
-
-GRID = 4
-PATCH = 8
-NUM_PATCHES = GRID * GRID
-NUM_TARGETS = NUM_PATCHES // 4  # the reference hides a quarter of the patches
-NUM_VISIBLE = NUM_PATCHES - NUM_TARGETS
+from advss_tf.patches import (
+    GRID,
+    NUM_PATCHES,
+    NUM_TARGETS,
+    NUM_VISIBLE,
+    PATCH,
+    from_patches,
+    split_order,
+    split_patches,
+    to_patches,
+)
 
 __all__ = [
     "GRID",
@@ -41,21 +45,6 @@ __all__ = [
 def patch_order(seed: tf.Tensor) -> tf.Tensor:
     """A uniformly random permutation of the 16 patch indices, int32 [16], stateless in `seed` [2]."""
     return tf.cast(tf.argsort(tf.random.stateless_uniform([NUM_PATCHES], seed=seed)), tf.int32)
-
-
-def split_order(order: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(target positions [4], visible positions [12]) of one order [16]."""
-    order = tf.convert_to_tensor(order, tf.int32)
-    return order[:NUM_TARGETS], order[NUM_TARGETS:]
-
-
-def split_patches(patches: tf.Tensor, order: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Anything per patch [B, 16, ...] → (targets [B, 4, ...] in query order, visible [B, 12, ...]).
-
-    targets[:, i] is the patch at position order[i]: the right answer to query i.
-    """
-    targets, visible = split_order(order)
-    return tf.gather(patches, targets, axis=1), tf.gather(patches, visible, axis=1)
 
 
 def query_labels(batch_size: tf.Tensor) -> tf.Tensor:

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from advss_tf import export, serving, workspace
+from advss_tf import export, serving, summaries, workspace
 from advss_tf.attacks.pgd import check_budget, cross_entropy, pgd_linf
 from advss_tf.config import AttackConfig, OptimizerConfig, RuntimeConfig, to_dict, versions
 from advss_tf.data import cifar10, pipeline
@@ -27,9 +27,9 @@ from advss_tf.data.cifar10 import SOURCES, DataSource
 from advss_tf.errors import UsageError
 from advss_tf.models.classifier import ImageClassifier
 from advss_tf.models.resnet import BackboneConfig
-from advss_tf.pretext.tasks import accuracy
-from advss_tf.training import cluster, loop, summaries
-from advss_tf.training.finetune_task import FROZEN_PARTS, MODES, OBJECTIVES, FinetuneTask, trainable_variables
+from advss_tf.tasks.base import accuracy
+from advss_tf.tasks.finetune import FROZEN_PARTS, MODES, OBJECTIVES, FinetuneTask, trainable_variables
+from advss_tf.training import cluster, loop
 from advss_tf.training.pretraining import (
     load_training_images,
     make_optimizer,

@@ -13,8 +13,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from advss_tf import faults
-from advss_tf.training import cluster, summaries
+from advss_tf import faults, summaries
+from advss_tf.training import cluster
 
 
 class TrainingError(RuntimeError):

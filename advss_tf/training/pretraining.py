@@ -11,12 +11,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from advss_tf import export, faults, workspace
+from advss_tf import export, faults, summaries, workspace
 from advss_tf.config import PretrainConfig, to_dict, versions
 from advss_tf.data import cifar10, pipeline
 from advss_tf.errors import UsageError
-from advss_tf.pretext.tasks import AUGMENTATION, build_task
-from advss_tf.training import cluster, loop, summaries
+from advss_tf.tasks.table import AUGMENTATION, build_task
+from advss_tf.training import cluster, loop
 from advss_tf.training.schedules import LearningRate
 from advss_tf.training.strategy import make_strategy, per_replica_batch
 

@@ -8,7 +8,7 @@ import math
 import keras
 import tensorflow as tf
 
-SCHEDULES = ("cosine", "constant", "step")
+from advss_tf.config import SCHEDULES
 
 
 def cosine_lr(step, total_steps: int, base_lr: float, final_lr: float):

@@ -1,4 +1,4 @@
-"""Fine-tuning objectives as the training loop sees them (the interface of `advss_tf.pretext.tasks`).
+"""Fine-tuning objectives as the training loop sees them (the `FinetuningTask` protocol of `advss_tf.tasks.base`).
 
 - standard: cross-entropy on clean images.
 - adversarial: cross-entropy on PGD-10 examples only (the reference's `finetune/main.py`).
@@ -20,7 +20,7 @@ from advss_tf.config import AttackConfig
 from advss_tf.errors import UsageError
 from advss_tf.models.classifier import ImageClassifier
 from advss_tf.pretext import rotation
-from advss_tf.pretext.tasks import accuracy
+from advss_tf.tasks.base import accuracy
 
 OBJECTIVES = ("standard", "adversarial", "trades")
 # Parts that do not train (and run with inference-mode BatchNorm) in each mode.

@@ -19,8 +19,8 @@ from advss_tf.models.batch_norm import FusedBatchNormalization
 # ImageNet statistics, as the reference code normalises CIFAR-10 (SPEC §3): images stay in [0, 1] outside the model.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-_BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
-_BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
+BN_EPSILON = 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +37,7 @@ BACKBONES: dict[str, ArchSpec] = {
     # Width/depth-reduced for tests and CPU smoke runs: same code path, ~0.2M parameters.
     "tiny": ArchSpec("basic", (1, 1, 1, 1), (16, 32, 64, 128), 16),
 }
-_STRIDES = (1, 2, 2, 2)
+STAGE_STRIDES = (1, 2, 2, 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +108,7 @@ def batch_norm_layer(name: str) -> Iterator[None]:
 
 def _bn(sync: bool, name: str) -> keras.layers.BatchNormalization:
     layer = BATCH_NORM_LAYERS[_batch_norm_layer]
-    return layer(momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, synchronized=sync, name=name)
+    return layer(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=sync, name=name)
 
 
 def _conv(filters: int, kernel: int, stride: int, name: str) -> keras.layers.Conv2D:
@@ -141,7 +141,7 @@ def _block(x, kind: str, planes: int, stride: int, sync: bool, name: str):
 def _stage(x, cfg: BackboneConfig, stage: int):
     spec = cfg.spec
     for i in range(spec.blocks[stage - 1]):
-        stride = _STRIDES[stage - 1] if i == 0 else 1
+        stride = STAGE_STRIDES[stage - 1] if i == 0 else 1
         x = _block(x, spec.block, spec.planes[stage - 1], stride, cfg.sync_bn, name=f"stage{stage}_block{i + 1}")
     return x
 

@@ -28,9 +28,7 @@ from torch import nn
 
 from advss_tf.models import resnet
 
-_BN_MOMENTUM = 1.0 - resnet._BN_MOMENTUM  # PyTorch counts momentum the other way round
-_BN_EPSILON = resnet._BN_EPSILON
-_STRIDES = resnet._STRIDES
+_TORCH_BN_MOMENTUM = 1.0 - resnet.BN_MOMENTUM  # PyTorch counts momentum the other way round
 
 
 def _tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -58,7 +56,7 @@ class SameConv2d(nn.Conv2d):
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=_BN_EPSILON, momentum=_BN_MOMENTUM)
+    return nn.BatchNorm2d(channels, eps=resnet.BN_EPSILON, momentum=_TORCH_BN_MOMENTUM)
 
 
 class PreActBlock(nn.Module):
@@ -107,7 +105,7 @@ def _stage(cfg: resnet.BackboneConfig, stage: int, in_channels: int) -> nn.Seque
     spec = cfg.spec
     blocks = []
     for i in range(spec.blocks[stage - 1]):
-        stride = _STRIDES[stage - 1] if i == 0 else 1
+        stride = resnet.STAGE_STRIDES[stage - 1] if i == 0 else 1
         blocks.append(PreActBlock(spec.block, in_channels, spec.planes[stage - 1], stride))
         in_channels = cfg.stage_channels(stage)
     return nn.Sequential(*blocks)

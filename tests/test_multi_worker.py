@@ -127,9 +127,12 @@ def _start_workers(binary, model_dir, flags):
     """Two workers started directly (TF_CONFIG from the launcher's helpers), output to files under `model_dir`."""
     addresses = [f"127.0.0.1:{p}" for p in launch.free_ports(2)]
     cmd = launch.worker_command(binary, [f"--model_dir={model_dir}", f"--worker_timeout={WORKER_TIMEOUT}", *flags])
+    # A SIGKILLed worker cannot remove its scratch directory: keep it under the test's tmp_path, not in /tmp.
+    scratch_root = model_dir.parent / "scratch"
+    scratch_root.mkdir(parents=True, exist_ok=True)
     procs = []
     for i in range(2):
-        env = {**os.environ, "TF_CONFIG": launch.tf_config(addresses, i)}
+        env = {**os.environ, "TF_CONFIG": launch.tf_config(addresses, i), "TMPDIR": str(scratch_root)}
         procs.append(
             subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )

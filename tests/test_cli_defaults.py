@@ -1,7 +1,6 @@
 """The binaries as the mission writes them: `python -m advss_tf.pretrain --task=jigsaw` with no --model_dir (a run
 directory under the current one, with the resume/refuse rules), and a --data_dir that is used, never ignored."""
 
-import json
 import os
 import subprocess
 import sys
@@ -21,34 +20,36 @@ def _binary(module, *args, cwd):
     )
 
 
-def test_pretrain_and_finetune_without_model_dir_run_in_runs_under_the_current_directory(tmp_path):
-    done = _binary("advss_tf.pretrain", "--task=jigsaw", f"--data_dir={SUBSET}", *TINY, cwd=tmp_path)
+def test_finetune_without_model_dir_runs_in_runs_under_the_current_directory_and_keeps_the_refuse_rule(tmp_path):
+    # (pretrain without --model_dir, in runs/jigsaw: tests/test_sigkill.py runs the mission's command that way.)
+    flags = [*TINY[1:], "--val_examples=16", "--val_batch_size=16", "--val_attack_steps=1", "--backbone=tiny"]
+    done = _binary("advss_tf.finetune", *flags, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    run_dir = tmp_path / "runs" / "jigsaw"
-    assert (run_dir / "export" / "pretrain" / "saved_model.pb").is_file()
+    run_dir = tmp_path / "runs" / "end_to_end"
+    assert (run_dir / "export" / "best_ra" / "saved_model.pb").is_file()
     assert f"run directory: {run_dir} " in done.stdout
-    assert "tensorboard --logdir runs/jigsaw/tensorboard" in done.stdout
-    assert "export: runs/jigsaw/export/pretrain" in done.stdout
-    config = json.load(open(run_dir / "config.json"))
-    assert config["data"]["source"] == "binary" and config["data"]["data_dir"] == SUBSET  # the given folder
+    assert "tensorboard --logdir runs/end_to_end/tensorboard" in done.stdout
 
-    # The default directory keeps the refuse rule: other settings are another run.
-    other = _binary("advss_tf.pretrain", "--task=jigsaw", f"--data_dir={SUBSET}", "--seed=1", *TINY, cwd=tmp_path)
+    other = _binary("advss_tf.finetune", *flags, "--seed=1", cwd=tmp_path)
     assert other.returncode == 2
-    assert other.stderr.strip().splitlines()[-1].startswith("error: runs/jigsaw holds a different run")
+    assert other.stderr.strip().splitlines()[-1].startswith("error: runs/end_to_end holds a different run")
 
-    tuned = _binary(
-        "advss_tf.finetune",
-        "--pretrained=runs/jigsaw/export/pretrain",
-        *[f for f in TINY if not f.startswith("--backbone")],
-        "--val_examples=16",
-        "--val_batch_size=16",
-        "--val_attack_steps=1",
+    # With an export: runs/<pretraining run>_ft, as WORKSPACE.md names it.
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from advss_tf.finetune import default_model_dir as d; print(d('runs/jigsaw/export/pretrain', 0), d(None, 0.5))",
+        ],
         cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert tuned.returncode == 0, tuned.stderr[-2000:]
-    assert (tmp_path / "runs" / "jigsaw_ft" / "export" / "best_ra" / "saved_model.pb").is_file()
-    assert f"run directory: {tmp_path / 'runs' / 'jigsaw_ft'} " in tuned.stdout
+    assert probe.stdout.split() == [os.path.join("runs", "jigsaw_ft"), os.path.join("runs", "rotation_aux")], (
+        probe.stderr
+    )
 
 
 def test_a_data_dir_that_does_not_exist_is_one_line_and_exit_2(tmp_path):

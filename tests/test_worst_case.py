@@ -160,7 +160,7 @@ def test_masking_checks_of_the_worst_case_and_gradient_free_attacks():
 
 def _quantised(model):
     """A non-differentiable 16-level input quantiser in front of the classifier: its input gradient is zero."""
-    fn = lambda z: {"logits": model(tf.round(z * 15.0) / 15.0, training=False)}  # noqa: E731
+    fn = lambda images: {"logits": model(tf.round(images * 15.0) / 15.0, training=False)}  # noqa: E731
     return Classifier("masked", "s", "images", "logits", "logits", None, fn, None)
 
 

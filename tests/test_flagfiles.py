@@ -98,7 +98,7 @@ def test_evaluate_flagfiles_build_configs():
     paper = configs["flags/paper/evaluate.flags"]
     assert paper["linf_epsilon"] == pytest.approx(8 / 255) and paper["max_examples"] == 0
     assert [int(s) for s in paper["severities"]] == [1, 2, 3, 4, 5]
-    assert {"pgd20", "fgsm", "pgd100", "pgd20_eps16", "pgd_l2", "cw_linf", "apgd_ce", "apgd_dlr"} == set(
+    assert {"pgd20", "fgsm", "pgd100", "pgd20_eps16", "pgd_l2", "cw_linf", "apgd_ce", "apgd_dlr", "autoattack"} == set(
         paper["attacks"]
     )
 

@@ -160,7 +160,7 @@ def test_masking_checks_of_the_worst_case_and_gradient_free_attacks():
 
 def _quantised(model):
     """A non-differentiable 16-level input quantiser in front of the classifier: its input gradient is zero."""
-    fn = lambda z: {"logits": model(tf.round(z * 15.0) / 15.0, training=False)}  # noqa: E731
+    fn = lambda images: {"logits": model(tf.round(images * 15.0) / 15.0, training=False)}  # noqa: E731
     return Classifier("masked", "s", "images", "logits", "logits", None, fn, None)
 
 
@@ -358,3 +358,14 @@ def test_without_output_dir_results_go_to_runs_model_eval_and_the_path_is_printe
     expected = os.path.join("runs", "classifier_eval", "results.json")
     assert (tmp_path / expected).exists()
     assert stdout.strip().splitlines()[-1].startswith(f"results: {expected}")
+
+
+def test_autoattack_brings_an_undefended_model_to_at_most_2_percent(fitted):
+    fn, x, y, clean = fitted
+    budget = {"apgd_ce": {"steps": 10}, "apgd_t": {"steps": 10, "targets": 3}, "fab_t": {"steps": 10, "targets": 3}}
+    budget["square"] = {"steps": 100}
+    specs = [dataclasses.replace(ATTACKS[n], **budget[n]) for n in COMPOSITES["autoattack"]]
+    aa = worst_case.run_composite(fn, "autoattack", specs, x, y, clean, batch_size=32, seed=0, say=_silent)
+    assert clean.mean() > 0.9 and aa.accuracy <= 0.02
+    assert [s.spec.name for s in aa.stages] == ["apgd_ce", "apgd_t", "fab_t", "square"]
+    assert aa.to_dict()["accuracy_after_stage"]["square"] == aa.accuracy

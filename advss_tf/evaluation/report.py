@@ -258,7 +258,8 @@ def plot_cifar10c_heatmap(results: dict[str, Any], path: str) -> str:
                 j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7, color="w" if grid[i, j] < 60 else "k"
             )
     fig.colorbar(image, ax=ax, label="accuracy (%)")
-    ax.set_title(f"CIFAR-10-C: {model_label(results)} (mean {_pct(c10c['mean_accuracy'])}%)", fontsize=9)
+    which = "headline mean" if c10c.get("headline_complete") else f"mean of {c10c.get('headline_sets', '?')}/75 sets"
+    ax.set_title(f"CIFAR-10-C: {model_label(results)} ({which} {_pct(c10c['mean_accuracy'])}%)", fontsize=9)
     return _save(fig, path)
 
 

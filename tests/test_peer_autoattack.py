@@ -77,6 +77,10 @@ def twin_models(trained_classifier):
     return model, net
 
 
+@pytest.mark.skip(
+    reason="not informative yet: at 1/255 torchattacks' APGD-CE takes this undefended model to 0.0 % (clean 29.5 %, "
+    "2026-12-01 run); needs a smaller ε or a robust tiny model"
+)
 def test_robust_accuracy_agrees_with_torchattacks(twin_models, sample_arrays):
     model, net = twin_models
     _, _, xt, yt = sample_arrays

@@ -13,7 +13,7 @@ from advss_tf.attacks.pgd import cross_entropy, pgd_linf
 from advss_tf.errors import UsageError
 from advss_tf.models.classifier import ImageClassifier
 from advss_tf.models.resnet import BackboneConfig
-from advss_tf.training import finetuning
+from advss_tf.training import validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +32,7 @@ def members(trained_classifier, tmp_path_factory):
     paths = []
     for name, model in (("a", model_a), ("b", model_b)):
         paths.append(str(root / name))
-        finetuning.export_classifier(paths[-1], model, {"num_classes": 10})
+        validation.export_classifier(paths[-1], model, {"num_classes": 10})
     return (model_a, model_b), paths, images[:32], labels[:32], root
 
 

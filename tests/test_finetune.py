@@ -22,7 +22,7 @@ from advss_tf.models.classifier import ImageClassifier
 from advss_tf.models.resnet import BackboneConfig
 from advss_tf.tasks.finetune import FROZEN_PARTS, FinetuneTask, kl_divergence, trainable_variables
 from advss_tf.tasks.table import build_task
-from advss_tf.training import finetuning, loop
+from advss_tf.training import finetuning, loop, validation
 from advss_tf.training.strategy import make_strategy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -284,7 +284,7 @@ def test_classifier_export_attacks_like_the_keras_model(tmp_path, trained_classi
     model, images, labels = trained_classifier
     x, y = tf.constant(images[:64]), tf.constant(labels[:64])
     path = str(tmp_path / "clf")
-    finetuning.export_classifier(path, model, {"backbone": {"name": "tiny"}, "num_classes": 10})
+    validation.export_classifier(path, model, {"backbone": {"name": "tiny"}, "num_classes": 10})
     assert export.read_info(path)["format"] == serving.CLASSIFIER_FORMAT
     loaded = tf.saved_model.load(path)
     serve = loaded.signatures["serving_default"]
@@ -317,7 +317,7 @@ def test_validator_agrees_across_strategies_on_an_uneven_last_batch(trained_clas
     x, y = (images[:5] * 255).round().astype(np.uint8), labels[:5]
     results = []
     for strategy in (tf.distribute.get_strategy(), make_strategy("mirrored", 2)):
-        validator = finetuning.Validator(
+        validator = validation.Validator(
             strategy, model, x, y, batch_size=4, attack=AttackConfig(steps=2), steps=2, seed=0, quiet=True
         )
         results.append(validator())
@@ -356,7 +356,7 @@ def dataclass_replace(obj, **changes):
 def test_run_validates_every_epoch_exports_and_resumes_after_sigterm_in_validation(tmp_path, monkeypatch):
     cfg = small_config(tmp_path / "run")
     calls = []
-    original = finetuning.Validator.__call__
+    original = validation.Validator.__call__
 
     def sigterm_on_second(self, should_stop=None):
         calls.append(1)
@@ -364,13 +364,13 @@ def test_run_validates_every_epoch_exports_and_resumes_after_sigterm_in_validati
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, should_stop)
 
-    monkeypatch.setattr(finetuning.Validator, "__call__", sigterm_on_second)
+    monkeypatch.setattr(validation.Validator, "__call__", sigterm_on_second)
     with pytest.raises(loop.Interrupted, match="stopped by signal 15 at step 8"):
         finetuning.run(cfg)
     history = json.load(open(tmp_path / "run/export/validation_history.json"))
     assert [h["step"] for h in history] == [4]
     assert tf.train.latest_checkpoint(str(tmp_path / "run/checkpoints")).endswith("ckpt-8")
-    monkeypatch.setattr(finetuning.Validator, "__call__", original)
+    monkeypatch.setattr(validation.Validator, "__call__", original)
 
     results = finetuning.run(cfg)  # the same command again: resumes at step 8, validates only what is missing
     assert results["train_steps_this_session"] == 0
@@ -411,7 +411,7 @@ def foreign_savedmodels(tmp_path_factory):
     module.f = tf.function(lambda x: x * module.v, input_signature=[tf.TensorSpec([None], tf.float32)])
     tf.saved_model.save(module, str(root / "plain"))
     model = ImageClassifier(BackboneConfig("tiny"), 10)
-    finetuning.export_classifier(str(root / "classifier"), model, {"num_classes": 10})
+    validation.export_classifier(str(root / "classifier"), model, {"num_classes": 10})
     return root
 
 

@@ -45,7 +45,7 @@ def build_pretrain_step(
     from advss_tf.models.resnet import BackboneConfig, batch_norm_layer
     from advss_tf.tasks.table import AUGMENTATION, build_task
     from advss_tf.training import loop
-    from advss_tf.training.pretraining import make_optimizer, set_precision
+    from advss_tf.training.runs import make_optimizer, set_precision
     from advss_tf.training.strategy import make_strategy
 
     cfg = PretrainConfig(

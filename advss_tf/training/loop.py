@@ -206,6 +206,8 @@ def run_loop(
             if step % checkpoint_every == 0 or step == total_steps or signum is not None:
                 manager.save(checkpoint_number=step, options=faults.checkpoint_options())
                 writer.flush()
+                if signum is None:  # a signal that arrived during the save stops the run at this checkpoint
+                    signum = cluster.agree_signal(trainer.strategy, guard.signum)
             if signum is not None:
                 raise Interrupted(signum, step)
     writer.flush()

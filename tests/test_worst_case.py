@@ -164,7 +164,6 @@ def _quantised(model):
     return Classifier("masked", "s", "images", "logits", "logits", None, fn, None)
 
 
-@pytest.mark.skipif("square" not in ATTACKS, reason="Square comes from the attacks branch")
 def test_masked_gradients_pgd_near_clean_while_square_breaks_it_is_flagged(trained_classifier):
     model, x, y = trained_classifier
     images, labels = np.round(x[:64] * 255).astype(np.uint8), y[:64].astype(np.int64)

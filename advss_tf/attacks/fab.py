@@ -1,14 +1,15 @@
 """FAB-T (Croce & Hein, ICML 2020, "Minimally distorted adversarial examples with a fast adaptive boundary attack"),
-targeted, L∞: AutoAttack's third component, a minimum-norm attack that follows the decision boundary.
+targeted, L∞ and L2: AutoAttack's third component, a minimum-norm attack that follows the decision boundary.
 
 Written from the paper (Algorithm 1, the projection of Eq. 4) and the reference ``fra31/auto-attack``
 ``autoattack/fab_pt.py`` / ``fab_base.py``. Per target class t and iteration, with f = z_t − z_y linearised at the
 current point x_k (w = ∇f, b = ⟨w, x_k⟩ − f):
 
-- d_k and d_orig: the smallest L∞ steps from x_k and from the clean x onto the hyperplane {⟨w, ·⟩ = b} inside the
-  box [0, 1]^d (`project_linf`);
+- d_k and d_orig: the smallest steps (in the attack's norm) from x_k and from the clean x onto the hyperplane
+  {⟨w, ·⟩ = b} inside the box [0, 1]^d (`project_linf`, `project_l2`: one sort each);
 - α = min(‖d_k‖ / (‖d_k‖ + ‖d_orig‖), α_max), x_{k+1} = clip((1 − α)(x_k + η·d_k) + α(x + η·d_orig), 0, 1): the
-  step leans towards the clean image so the result stays close to it (α_max = 0.1, extrapolation η = 1.05);
+  step leans towards the clean image so the result stays close to it (α_max = 0.1, extrapolation η = 1.05; the
+  same for L∞ and L2, as the reference);
 - once x_{k+1} is misclassified it is kept if it is the closest so far, and the iterate moves back towards x:
   x_{k+1} ← x + β·(x_{k+1} − x), β = 0.9;
 - the final search: a bisection on the segment from x to the closest adversarial point found (the paper's last
@@ -32,6 +33,44 @@ FINAL_SEARCH_STEPS = 10  # bisection steps of the final search (the segment shri
 _FAR = 1e10  # the distance of "no adversarial point yet"
 
 
+def _least_multiplier(slope: tf.Tensor, kink: tf.Tensor, c: tf.Tensor) -> tf.Tensor:
+    """The least λ ≥ 0 with g(λ) = Σ_i slope_i·min(λ, kink_i) = c, row by row (slope, kink ≥ 0 [M, D]; c ≥ 0 [M]).
+
+    g is piecewise linear, continuous and non-decreasing, with kinks at the kink_i: sorting them once gives g at
+    every kink from cumulative sums, the first kink where g reaches c brackets λ, and g is linear before it. Rows
+    where even g(∞) = Σ slope_i·kink_i < c get +∞.
+    """
+    order = tf.argsort(kink, axis=1)
+    kink_sorted = tf.gather(kink, order, batch_dims=1)
+    slope_sorted = tf.gather(slope, order, batch_dims=1)
+    slope_below = tf.cumsum(slope_sorted, axis=1)  # Σ_{j ≤ k} slope_(j)
+    slope_total = slope_below[:, -1:]
+    # g at each kink λ = kink_(k): the terms up to k have saturated, the rest still grow with λ.
+    g_at_kinks = tf.cumsum(slope_sorted * kink_sorted, axis=1) + kink_sorted * (slope_total - slope_below)
+    first = tf.reduce_sum(tf.cast(g_at_kinks < c[:, None], tf.int32), axis=1)  # first kink with g ≥ c
+    reachable = first < tf.shape(kink)[1]
+    before = tf.maximum(first - 1, 0)[:, None]
+    zero = tf.zeros_like(c)
+    lam_start = tf.where(first > 0, tf.gather_nd(kink_sorted, before, batch_dims=1), zero)
+    g_start = tf.where(first > 0, tf.gather_nd(g_at_kinks, before, batch_dims=1), zero)
+    slope_free = slope_total[:, 0] - tf.where(first > 0, tf.gather_nd(slope_below, before, batch_dims=1), zero)
+    lam = lam_start + (c - g_start) / tf.maximum(slope_free, 1e-12)
+    return tf.where(reachable, lam, tf.fill(tf.shape(c), tf.constant(float("inf"), c.dtype)))
+
+
+def _towards_hyperplane(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Signs flipped so that c = ⟨w, t⟩ − b ≥ 0: (|w|, room, up, c) — lowering ⟨w, t⟩ by c reaches the hyperplane.
+
+    Each coordinate lowers ⟨w, t⟩ by moving towards 0 (w_i > 0) or towards 1 (w_i < 0, `up`), at most `room`_i
+    (its distance to that bound), and lowers it by |w_i| per unit moved.
+    """
+    c = tf.reduce_sum(w * t, axis=1) - b
+    flip = tf.where(c >= 0.0, tf.ones_like(c), -tf.ones_like(c))
+    w, c = w * flip[:, None], c * flip
+    up = w < 0.0
+    return tf.abs(w), tf.where(up, 1.0 - t, t), up, c
+
+
 def project_linf(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     """The step d of least ‖d‖∞ with ⟨w, t + d⟩ = b and t + d in [0, 1]^D, row by row (t, w [M, D]; b [M]).
 
@@ -43,35 +82,47 @@ def project_linf(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     L∞ size λ moves coordinate i by min(λ, p_i), so the least λ solves g(λ) = Σ|w_i|·min(λ, p_i) = c; g is piecewise
     linear and increasing with kinks at the sorted p_i, so it is found from cumulative sums.
     """
-    c = tf.reduce_sum(w * t, axis=1) - b
-    one = tf.ones_like(c)
-    flip = tf.where(c >= 0.0, one, -one)
-    w, c = w * flip[:, None], c * flip
-    up = w < 0.0  # coordinates that move towards 1
-    room = tf.where(up, 1.0 - t, t)
-    weight = tf.abs(w)
-    order = tf.argsort(room, axis=1)
-    room_sorted = tf.gather(room, order, batch_dims=1)
-    weight_sorted = tf.gather(weight, order, batch_dims=1)
-    weight_below = tf.cumsum(weight_sorted, axis=1)  # Σ_{j ≤ k} |w_(j)|
-    weight_total = weight_below[:, -1:]
-    # g at each kink λ = p_(k): the coordinates up to k are at their bound, the rest move p_(k).
-    g_at_kinks = tf.cumsum(weight_sorted * room_sorted, axis=1) + room_sorted * (weight_total - weight_below)
-    kink = tf.reduce_sum(tf.cast(g_at_kinks < c[:, None], tf.int32), axis=1)  # first kink with g ≥ c
-    reachable = kink < tf.shape(t)[1]
-    before = tf.maximum(kink - 1, 0)[:, None]
-    zero = tf.zeros_like(c)
-    lam_start = tf.where(kink > 0, tf.gather_nd(room_sorted, before, batch_dims=1), zero)
-    g_start = tf.where(kink > 0, tf.gather_nd(g_at_kinks, before, batch_dims=1), zero)
-    weight_free = weight_total[:, 0] - tf.where(kink > 0, tf.gather_nd(weight_below, before, batch_dims=1), zero)
-    lam = lam_start + (c - g_start) / tf.maximum(weight_free, 1e-12)
-    lam = tf.where(reachable, lam, tf.fill(tf.shape(c), tf.constant(float("inf"), c.dtype)))
+    weight, room, up, c = _towards_hyperplane(t, w, b)
+    lam = _least_multiplier(weight, room, c)
     move = tf.minimum(lam[:, None], room)
     return tf.where(up, move, -move) * tf.cast(w != 0.0, t.dtype)
 
 
+def project_l2(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """The step d of least ‖d‖₂ with ⟨w, t + d⟩ = b and t + d in [0, 1]^D, row by row (t, w [M, D]; b [M]).
+
+    Where the box cannot reach the hyperplane, the step to the box's corner that gets closest (as `project_linf`).
+    Coordinates with w_i = 0 do not move.
+
+    Why it is solvable in one sort: min ½‖d‖² subject to ⟨w, d⟩ = −c and the box is a convex problem whose KKT
+    conditions make d the box-clipped multiple of the normal, d_i = clip(−λ·w_i, −t_i, 1 − t_i), for one Lagrange
+    multiplier λ ≥ 0 (after flipping signs so that c = ⟨w, t⟩ − b ≥ 0). Coordinate i then moves |d_i| =
+    min(λ·|w_i|, p_i) towards its bound (p_i its distance to it) and lowers ⟨w, t⟩ by |w_i|·|d_i|, so λ solves
+    g(λ) = Σ w_i²·min(λ, p_i/|w_i|) = c: the same piecewise linear, increasing equation as the L∞ projection's, with
+    kinks at p_i/|w_i| and slopes w_i², solved by the same sort and cumulative sums. The reference code
+    (``fab_projections.py``) searches the sorted kinks by bisection; the value is the same.
+    """
+    weight, room, up, c = _towards_hyperplane(t, w, b)
+    moves = tf.square(weight) > 0.0  # w_i² underflowing to 0 would give a kink of ∞ with slope 0
+    kink = tf.where(moves, room / tf.where(moves, weight, tf.ones_like(weight)), tf.zeros_like(room))
+    lam = _least_multiplier(tf.square(weight), kink, c)
+    move = tf.minimum(lam[:, None], kink) * weight  # unreachable rows: λ = ∞, every coordinate at its bound
+    move = tf.where(moves, tf.minimum(move, room), tf.zeros_like(move))
+    return tf.where(up, move, -move)
+
+
+PROJECTIONS = {"linf": project_linf, "l2": project_l2}
+
+
 def _linf(v: tf.Tensor) -> tf.Tensor:
     return tf.reduce_max(tf.abs(v), axis=1)
+
+
+def _l2(v: tf.Tensor) -> tf.Tensor:
+    return tf.sqrt(tf.reduce_sum(tf.square(v), axis=1))
+
+
+DISTANCES = {"linf": _linf, "l2": _l2}
 
 
 def fab_run(
@@ -85,8 +136,15 @@ def fab_run(
     alpha_max: float = ALPHA_MAX,
     eta: float = ETA,
     beta: float = BETA,
+    norm: str = "linf",
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """One targeted FAB run from the clean images: (closest point found within ε, else x; success bool [N])."""
+    """One targeted FAB run from the clean images: (closest point found within ε, else x; success bool [N]).
+
+    `norm` ("linf" or "l2") picks the projection and the distance; α_max, η and β are the same for both, as in the
+    reference.
+    """
+    _check_norm(norm)
+    project, distance = PROJECTIONS[norm], DISTANCES[norm]
     shape = tf.shape(x)
     flat = lambda v: tf.reshape(v, [shape[0], -1])  # noqa: E731
     x0 = flat(x)
@@ -104,14 +162,14 @@ def fab_run(
         w = tape.gradient(f, x1, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         b = tf.reduce_sum(w * x1, axis=1) - f
         # One projection call for both starting points, as the two share the hyperplane.
-        d = project_linf(tf.concat([x1, x0], 0), tf.concat([w, w], 0), tf.concat([b, b], 0))
+        d = project(tf.concat([x1, x0], 0), tf.concat([w, w], 0), tf.concat([b, b], 0))
         d1, d2 = tf.split(d, 2, axis=0)
-        a1, a2 = tf.maximum(_linf(d1), 1e-8), tf.maximum(_linf(d2), 1e-8)
+        a1, a2 = tf.maximum(distance(d1), 1e-8), tf.maximum(distance(d2), 1e-8)
         alpha = tf.clip_by_value(a1 / (a1 + a2), 0.0, alpha_max)[:, None]
         x1 = tf.clip_by_value((1.0 - alpha) * (x1 + eta * d1) + alpha * (x0 + eta * d2), 0.0, 1.0)
         x1 = tf.stop_gradient(x1)
         wrong = predicted_wrong(x1)
-        dist = _linf(x1 - x0)
+        dist = distance(x1 - x0)
         closer = wrong & (dist < best_dist)
         best = tf.where(closer[:, None], x1, best)
         best_dist = tf.where(closer, dist, best_dist)
@@ -134,9 +192,14 @@ def fab_run(
     )
     searched = x0 + high[:, None] * (best - x0)
     best = tf.where(found[:, None], searched, x0)
-    success = found & (_linf(best - x0) <= eps)
+    success = found & (distance(best - x0) <= eps)
     result = tf.where(success[:, None], best, x0)
     return tf.reshape(result, shape), success
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in PROJECTIONS:
+        raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(PROJECTIONS)}")
 
 
 def fab_targeted(
@@ -151,26 +214,25 @@ def fab_targeted(
     norm: str = "linf",
     **unused,
 ) -> tf.Tensor:
-    """FAB-T, L∞: one targeted FAB run per target class, each on the examples no earlier run fooled.
+    """FAB-T (L∞ or L2): one targeted FAB run per target class, each on the examples no earlier run fooled.
 
     Args:
       model_fn: images in [0, 1] → logits [N, K] (gradients of two logits per step).
       x: clean images [N, H, W, C] in [0, 1]; y: integer labels [N].
-      eps: L∞ radius on the [0, 1] pixel scale: a point found further away counts as a failure.
+      eps: radius (in `norm`) on the [0, 1] pixel scale: a point found further away counts as a failure.
       steps: iterations per target (the standard version: 100).
       seed: int [2]; FAB-T starts from the clean image, so only the target order matters and this is unused.
       targets: target classes, the top non-true ones by clean logit (the standard version: 9).
-      norm: "linf" (the only one implemented).
+      norm: "linf" or "l2": the projection (`project_linf` / `project_l2`) and the distance FAB minimises.
 
     Returns:
       Per example the closest adversarial point found within ε, else the clean image; gradient-stopped.
     """
-    if norm != "linf":
-        raise ValueError(f"fab_targeted implements the L∞ attack only, got norm {norm!r}")
+    _check_norm(norm)
     x = tf.convert_to_tensor(x)
     labels = tf.cast(y, tf.int64)
 
     def run_once(take, target, _seed):
-        return fab_run(model_fn, take(x), take(labels), target, eps=eps, steps=steps)
+        return fab_run(model_fn, take(x), take(labels), target, eps=eps, steps=steps, norm=norm)
 
     return each_target(run_once, model_fn, x, labels, count=targets, seed=seed)

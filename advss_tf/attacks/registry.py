@@ -21,7 +21,7 @@ from advss_tf.attacks.fab import fab_targeted
 from advss_tf.attacks.l2 import l2_norm, pgd_l2
 from advss_tf.attacks.losses import cw_margin, dlr
 from advss_tf.attacks.pgd import ModelFn, cross_entropy, fgsm, pgd_linf
-from advss_tf.attacks.square import square_linf
+from advss_tf.attacks.square import square
 from advss_tf.errors import UsageError
 
 NORMS = ("linf", "l2")
@@ -119,6 +119,11 @@ def epsilon_label(eps: float, norm: str) -> str:
 
 
 _APGD = functools.partial(apgd, norm="linf")
+_APGD_L2 = functools.partial(apgd, norm="l2")
+_APGD_T_L2 = functools.partial(apgd_targeted, norm="l2")
+_FAB_T_L2 = functools.partial(fab_targeted, norm="l2")
+_SQUARE = functools.partial(square, norm="linf")
+_SQUARE_L2 = functools.partial(square, norm="l2")
 
 ATTACKS: dict[str, AttackSpec] = {
     spec.name: spec
@@ -163,12 +168,51 @@ ATTACKS: dict[str, AttackSpec] = {
         AttackSpec(
             "square",
             "Square: gradient-free random search, 5,000 queries",
-            square_linf,
+            _SQUARE,
             "linf",
             8 / 255,
             0.0,
             5000,
             loss="margin",
+        ),
+        # L2 AutoAttack's components (the same standard version, at the --l2_epsilon radius): APGD's initial step
+        # is 2ε in L2 too; FAB's α_max, η, β and Square's p_init are those of L∞.
+        AttackSpec("apgd_ce_l2", "APGD-CE L2", _APGD_L2, "l2", 0.5, 1.0, 100, budget="l2"),
+        AttackSpec(
+            "apgd_t_l2",
+            "APGD-T L2: targeted APGD-DLR, 9 target classes",
+            _APGD_T_L2,
+            "l2",
+            0.5,
+            1.0,
+            100,
+            loss="dlr_targeted",
+            budget="l2",
+            targets=9,
+        ),
+        AttackSpec(
+            "fab_t_l2",
+            "FAB-T L2: targeted fast adaptive boundary, 9 target classes",
+            _FAB_T_L2,
+            "l2",
+            0.5,
+            0.0,
+            100,
+            loss="logit_difference",
+            random_start=False,
+            budget="l2",
+            targets=9,
+        ),
+        AttackSpec(
+            "square_l2",
+            "Square L2: gradient-free random search, 5,000 queries",
+            _SQUARE_L2,
+            "l2",
+            0.5,
+            0.0,
+            5000,
+            loss="margin",
+            budget="l2",
         ),
     )
 }
@@ -185,14 +229,27 @@ MONOTONE_PAIRS: tuple[tuple[str, str, str], ...] = (
     # Gradient-free Square has no gradient to be fooled by: when it breaks clearly more than PGD-20, the
     # gradients PGD follows are masked.
     ("pgd20", "square", "gradient-free Square gave lower accuracy than PGD-20 (masked gradients)"),
+    # L2 attacks are compared only with L2 attacks (an L2 ε = 0.5 and an L∞ ε = 8/255 are different threats).
+    ("apgd_ce_l2", "pgd_l2", "APGD-CE L2 gave higher accuracy than PGD-20 L2"),
+    ("autoattack_l2", "pgd_l2", "L2 AutoAttack gave higher accuracy than PGD-20 L2"),
+    ("autoattack_l2", "apgd_ce_l2", "L2 AutoAttack gave higher accuracy than APGD-CE L2 alone"),
+    ("pgd_l2", "square_l2", "gradient-free Square L2 gave lower accuracy than PGD-20 L2 (masked gradients)"),
 )
 # Attacks run one after another, each only on the examples every earlier one left standing (`--attacks` also
 # takes any such chain written with CHAIN, e.g. fgsm+pgd20+apgd_ce). AutoAttack's standard version (Croce & Hein,
-# ICML 2020) is the chain of its four components.
-COMPOSITES: dict[str, tuple[str, ...]] = {"autoattack": ("apgd_ce", "apgd_t", "fab_t", "square")}
+# ICML 2020) is the chain of its four components, in L∞ or in L2.
+COMPOSITES: dict[str, tuple[str, ...]] = {
+    "autoattack": ("apgd_ce", "apgd_t", "fab_t", "square"),
+    "autoattack_l2": ("apgd_ce_l2", "apgd_t_l2", "fab_t_l2", "square_l2"),
+}
+# The composite `autoattack` names under each --autoattack_norm: results carry the L2 one under its own key, so an
+# L2 AutoAttack is never read (or compared) as the L∞ one.
+AUTOATTACK = {"linf": "autoattack", "l2": "autoattack_l2"}
 CHAIN = "+"
+# Square's two versions: their steps are model queries (what --square_queries sets).
+SQUARE = ("square", "square_l2")
 # The attacks that see no gradient (for the masking checks).
-GRADIENT_FREE = ("square",)
+GRADIENT_FREE = SQUARE
 
 
 def components(name: str) -> tuple[str, ...] | None:
@@ -204,18 +261,23 @@ def components(name: str) -> tuple[str, ...] | None:
     return None
 
 
-def parse_attacks(names: Iterable[str]) -> list[str]:
+def parse_attacks(names: Iterable[str], autoattack_norm: str = "linf") -> list[str]:
     """Validates attack names ('all' = every single attack, 'none' or nothing = no attack, composites and a+b
-    chains kept as one name each); keeps order, drops repeats.
+    chains kept as one name each); keeps order, drops repeats. `autoattack` becomes the composite of
+    `autoattack_norm` (`AUTOATTACK`: autoattack or autoattack_l2).
 
     Raises:
-      UsageError: an unknown name (the message lists the valid ones).
+      UsageError: an unknown name (the message lists the valid ones) or norm.
     """
+    if autoattack_norm not in AUTOATTACK:
+        raise UsageError(f"unknown AutoAttack norm {autoattack_norm!r}; valid: {', '.join(AUTOATTACK)}")
     out: list[str] = []
     for raw in names:
         name = raw.strip().lower()
         if not name or name == "none":
             continue
+        if name == AUTOATTACK["linf"]:
+            name = AUTOATTACK[autoattack_norm]
         if name == "all":
             out.extend(n for n in ATTACKS if n not in out)
             continue
@@ -242,12 +304,16 @@ def check_epsilon(eps: float, norm: str) -> None:
 
 
 def configure(
-    names: Iterable[str], *, restarts: int = 1, epsilons: Mapping[str, float] | None = None
+    names: Iterable[str],
+    *,
+    restarts: int = 1,
+    epsilons: Mapping[str, float] | None = None,
+    autoattack_norm: str = "linf",
 ) -> list[AttackSpec]:
     """The specs for `names` with the given restarts and per-budget radii (`BUDGETS` → ε; missing: the default).
 
     Raises:
-      UsageError: unknown attack or budget, ε out of range, restarts < 1.
+      UsageError: unknown attack, budget or AutoAttack norm, ε out of range, restarts < 1.
     """
     if restarts < 1:
         raise UsageError(f"--restarts must be >= 1, got {restarts}")
@@ -257,7 +323,7 @@ def configure(
             raise UsageError(f"unknown attack budget {budget!r}; valid: {', '.join(BUDGETS)}")
         check_epsilon(eps, "l2" if budget == "l2" else "linf")
     specs = []
-    for name in parse_attacks(names):
+    for name in parse_attacks(names, autoattack_norm):
         spec = ATTACKS[name]
         specs.append(spec.with_budget(epsilons.get(spec.budget), restarts))
     return specs

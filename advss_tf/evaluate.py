@@ -2,8 +2,9 @@
 
 Takes any classifier SavedModel whose signature maps float32 images [N, 32, 32, 3] in [0, 1] to [N, 10] logits
 (ours, or a third party's such as a Keras `model.export`), runs the clean test set, the chosen attacks (AutoAttack
-with --attacks=autoattack) and optionally CIFAR-10-C, and writes <output_dir>/{results.json, report.md,
-per_example.npz, model_card.json, figures/, tensorboard/evaluate/} (default output_dir: runs/<model name>_eval).
+with --attacks=autoattack: L∞, or L2 with --autoattack_norm=l2) and optionally CIFAR-10-C, and writes
+<output_dir>/{results.json, report.md, per_example.npz, model_card.json, figures/, tensorboard/evaluate/} (default
+output_dir: runs/<model name>_eval).
 A stopped run continues where it stopped when the same command is run again. See docs/evaluate.md and `--helpfull`.
 """
 
@@ -15,7 +16,7 @@ from absl import flags
 
 import advss_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported)
 from advss_tf import common_flags
-from advss_tf.attacks.registry import ATTACKS, COMPOSITES, DEFAULT_ATTACKS, MAX_L2_EPS
+from advss_tf.attacks.registry import ATTACKS, AUTOATTACK, COMPOSITES, DEFAULT_ATTACKS, MAX_L2_EPS
 from advss_tf.corruptions.cifar10c import ALL_CORRUPTIONS, SEVERITIES
 from advss_tf.corruptions.sources import CIFAR10C_SOURCES
 from advss_tf.evaluation.evaluator import (
@@ -55,10 +56,21 @@ flags.DEFINE_enum(
 flags.DEFINE_integer("num_cpu_devices", 1, "Split the CPU into this many logical devices (data parallel on CPU).")
 flags.DEFINE_integer("restarts", 1, "Random restarts per attack; robust = survives every one (FGSM never restarts).")
 common_flags.define_fraction(
-    "linf_epsilon", "8/255", "L∞ radius of fgsm, pgd20, pgd100, cw_linf, apgd_* on the [0,1] pixel scale."
+    "linf_epsilon",
+    "8/255",
+    "L∞ radius of fgsm, pgd20, pgd100, cw_linf, apgd_*, fab_t and square on the [0,1] pixel scale.",
 )
 common_flags.define_fraction("linf_epsilon_large", "16/255", "L∞ radius of pgd20_eps16 on the [0,1] pixel scale.")
-common_flags.define_fraction("l2_epsilon", "0.5", "L2 radius of pgd_l2 on the [0,1] pixel scale.")
+common_flags.define_fraction(
+    "l2_epsilon", "0.5", "L2 radius of pgd_l2 and of the *_l2 AutoAttack components on the [0,1] pixel scale."
+)
+flags.DEFINE_enum(
+    "autoattack_norm",
+    "linf",
+    tuple(AUTOATTACK),
+    "The threat model --attacks=autoattack runs: linf (at --linf_epsilon) or l2 (at --l2_epsilon; results under "
+    "autoattack_l2).",
+)
 flags.DEFINE_integer("batch_size", 128, "Test images per attack call (independent of the model's training batch).")
 flags.DEFINE_integer("max_examples", 0, "Evaluate only the first this many test images (0: all): for quick looks.")
 flags.DEFINE_enum(
@@ -101,6 +113,7 @@ def config_from_flags():
         linf_epsilon=FLAGS.linf_epsilon,
         linf_epsilon_large=FLAGS.linf_epsilon_large,
         l2_epsilon=FLAGS.l2_epsilon,
+        autoattack_norm=FLAGS.autoattack_norm,
         batch_size=FLAGS.batch_size,
         max_examples=FLAGS.max_examples,
         cifar10c_source=FLAGS.cifar10c_source,

@@ -22,7 +22,7 @@ import tensorflow as tf
 from absl import logging
 
 from advss_tf import export, summaries, workspace
-from advss_tf.attacks.registry import DEFAULT_ATTACKS, AttackSpec, components, configure, parse_attacks
+from advss_tf.attacks.registry import DEFAULT_ATTACKS, SQUARE, AttackSpec, components, configure, parse_attacks
 from advss_tf.config import versions
 from advss_tf.corruptions.cifar10c import HEADLINE_CORRUPTIONS, SEVERITIES
 from advss_tf.corruptions.sources import CIFAR10C_SOURCES, load_cifar10c
@@ -63,6 +63,7 @@ class EvaluateConfig:
     linf_epsilon: float = 8 / 255
     linf_epsilon_large: float = 16 / 255
     l2_epsilon: float = 0.5
+    autoattack_norm: str = "linf"  # which AutoAttack `autoattack` names: linf (autoattack) or l2 (autoattack_l2)
     batch_size: int = 128
     max_examples: int = 0  # 0: the whole test set
     cifar10c_source: str = NO_CIFAR10C
@@ -98,7 +99,7 @@ class EvaluateConfig:
             raise UsageError(f"unknown CIFAR-10-C source {self.cifar10c_source!r}; valid: {valid}")
         self.attack_specs()  # validates names, radii and restarts
         # Normalised in place ('all' → names, "5" → 5): results.json records what actually ran.
-        object.__setattr__(self, "attacks", tuple(parse_attacks(self.attacks)))
+        object.__setattr__(self, "attacks", tuple(parse_attacks(self.attacks, self.autoattack_norm)))
         object.__setattr__(self, "corruptions", corruption.parse_corruptions(self.corruptions))
         object.__setattr__(self, "severities", corruption.parse_severities(self.severities))
 
@@ -110,16 +111,16 @@ class EvaluateConfig:
         """(name, specs) per `--attacks` entry: one spec for an attack, the stages in order for a composite."""
         epsilons = {"linf": self.linf_epsilon, "linf_large": self.linf_epsilon_large, "l2": self.l2_epsilon}
         plan = []
-        for name in parse_attacks(self.attacks):
+        for name in parse_attacks(self.attacks, self.autoattack_norm):
             names = components(name) or (name,)
-            specs = configure(names, restarts=self.restarts, epsilons=epsilons)
+            specs = configure(names, restarts=self.restarts, epsilons=epsilons, autoattack_norm=self.autoattack_norm)
             plan.append((name, [self._budget(spec) for spec in specs]))
         return plan
 
     def _budget(self, spec: AttackSpec) -> AttackSpec:
-        # Square's query budget is its number of iterations; a targeted attack (one with a target count) runs
-        # `--targets` target classes.
-        if spec.name == "square":
+        # Square's query budget (L∞ and L2) is its number of iterations; a targeted attack (one with a target
+        # count) runs `--targets` target classes.
+        if spec.name in SQUARE:
             spec = dataclasses.replace(spec, steps=self.square_queries)
         if getattr(spec, "targets", None) is not None:
             spec = dataclasses.replace(spec, targets=self.targets)
@@ -229,13 +230,16 @@ def run(
     for o in outcomes:
         if isinstance(o, worst_case.CompositeOutcome):
             gradient_free.update(o.gradient_free_breaks())
+    # PGD-20 (L∞) is held against the worst case over the L∞ attacks only: an L2 attack is another threat model.
+    linf_outcomes = [o for o in outcomes if worst_case.norm_of(o) == "linf"]
+    linf_worst = worst_case.worst_case(clean["correct"], linf_outcomes)[0]["accuracy"] if linf_outcomes else None
     flags = robustness.masking_flags(
         {_outcome_name(o): o.accuracy for o in outcomes},
         n,
         zero_fraction,
         nonfinite_fraction,
         standard_accuracy=standard_accuracy,
-        worst_case_accuracy=worst["accuracy"] if outcomes else None,
+        worst_case_accuracy=linf_worst,
         gradient_free_breaks=gradient_free,
     )
 

@@ -371,7 +371,8 @@ def masking_flags(
       accuracies: attack name → robust accuracy.
       num_examples: test examples (sets the tolerance).
       zero_gradient_fraction, nonfinite_gradient_fraction: from `clean_evaluation`.
-      standard_accuracy, worst_case_accuracy: clean accuracy and the worst case over every attack run.
+      standard_accuracy, worst_case_accuracy: clean accuracy and the worst case over every L∞ attack run (PGD-20's
+        threat model; the evaluator leaves the L2 attacks out).
       gradient_free_breaks: "composite/stage" → examples a gradient-free stage broke after the gradient stages.
 
     Returns:

@@ -2,8 +2,8 @@
 
 A composite runs its attacks one after another, each only on the examples every earlier one left standing
 (gathered across batches and re-batched, so later stages cost less): `--attacks=autoattack` is
-APGD-CE → APGD-T → FAB-T → Square (Croce & Hein, ICML 2020), `--attacks=a+b+c` any such chain. The worst case
-counts an example robust only if it is correct clean and survives every attack that ran.
+APGD-CE → APGD-T → FAB-T → Square (Croce & Hein, ICML 2020; `autoattack_l2` the same in L2), `--attacks=a+b+c` any
+such chain. The worst case counts an example robust only if it is correct clean and survives every attack that ran.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from advss_tf.attacks.registry import COMPOSITES, GRADIENT_FREE, AttackSpec, epsilon_label
+from advss_tf.attacks.registry import AUTOATTACK, COMPOSITES, GRADIENT_FREE, AttackSpec, epsilon_label
 from advss_tf.evaluation.robustness import AttackOutcome, ModelFn, run_attack
 
 PER_EXAMPLE = "per_example.npz"
@@ -49,6 +49,12 @@ class CompositeOutcome:
         return sum(s.seconds for s in self.stages)
 
     @property
+    def norm(self) -> str:
+        """The stages' norm, or "mixed" for a chain of L∞ and L2 attacks."""
+        norms = {s.spec.norm for s in self.stages}
+        return norms.pop() if len(norms) == 1 else "mixed"
+
+    @property
     def shown_adversarial(self) -> np.ndarray:
         return self.stages[0].shown_adversarial
 
@@ -75,7 +81,6 @@ class CompositeOutcome:
         """What results.json records: the composite's accuracy, and robust accuracy after each stage."""
         n = len(self.robust)
         first = self.stages[0].spec
-        norms = {s.spec.norm for s in self.stages}
         stages = []
         before = self.clean_correct
         for s in self.stages:
@@ -88,7 +93,7 @@ class CompositeOutcome:
             "name": self.name,
             "description": "AutoAttack (standard version)" if self.name in COMPOSITES else "attacks in sequence",
             "components": [s.spec.name for s in self.stages],
-            "norm": first.norm if len(norms) == 1 else "mixed",
+            "norm": self.norm,
             "epsilon": first.eps,
             "epsilon_label": epsilon_label(first.eps, first.norm),
             "restarts": first.restarts,
@@ -206,6 +211,11 @@ def _name(outcome: AttackOutcome | CompositeOutcome) -> str:
     return outcome.name if isinstance(outcome, CompositeOutcome) else outcome.spec.name
 
 
+def norm_of(outcome: AttackOutcome | CompositeOutcome) -> str:
+    """The norm an outcome's attack bounds ("linf", "l2", or "mixed" for a chain of both)."""
+    return outcome.norm if isinstance(outcome, CompositeOutcome) else outcome.spec.norm
+
+
 def write_per_example(path: str, labels: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
     """per_example.npz (atomically): labels, clean_correct, robust_<attack>, worst_case_robust, breaking_attack."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -223,8 +233,9 @@ def _percent(value: float | None) -> str | None:
 def model_card(results: dict[str, Any], export_info: dict[str, Any] | None) -> dict[str, Any]:
     """The RobustBench-style model_info of an evaluation (their JSON fields; percents as "51.56" strings).
 
-    `autoattack_acc` only when the standard AutoAttack ran; `corruptions_acc` only when all 15 × 5 CIFAR-10-C
-    sets were evaluated; `number_forward_passes` is the model's forward passes per prediction (its ensemble size).
+    `autoattack_acc` only when the standard AutoAttack ran (the L∞ one if both did; `threat_model` and `eps` are
+    its norm and radius); `corruptions_acc` only when all 15 × 5 CIFAR-10-C sets were evaluated;
+    `number_forward_passes` is the model's forward passes per prediction (its ensemble size).
     """
     info = export_info or {}
     members = info.get("ensemble") or []
@@ -232,7 +243,7 @@ def model_card(results: dict[str, Any], export_info: dict[str, Any] | None) -> d
     architecture = backbone.get("name") if isinstance(backbone, dict) else backbone
     if members:
         architecture = f"ensemble of {len(members)}"
-    aa = results["robust_accuracy"].get("autoattack")
+    aa = next((results["robust_accuracy"][n] for n in AUTOATTACK.values() if n in results["robust_accuracy"]), None)
     c10c = results.get("cifar10c") or {}
     complete = bool(c10c.get("headline_complete"))
     n = results["num_examples"]

@@ -38,8 +38,10 @@ from absl import app, flags
 
 PARTS = ("adv_step", "clean_step", "pgd20_eval")
 VARIANTS = ("advss_tf", "torch_eager", "torch_channels_last", "torch_compile")
-# Not run by default: advss_tf with Keras' own (unfused) BatchNormalization, the reference the fused layer replaced.
-EXTRA_VARIANTS = ("advss_tf_keras_bn",)
+# Not run by default: advss_tf with Keras' own (unfused) BatchNormalization, the reference the fused layer replaced;
+# advss_tf with one inter-op thread instead of TensorFlow's default (one per CPU), the threading experiment of
+# docs/benchmarks.md.
+EXTRA_VARIANTS = ("advss_tf_keras_bn", "advss_tf_interop1")
 _PROTOCOL = "@@bench "  # worker lines meant for the coordinator start with this; anything else is ignored
 
 flags.DEFINE_string("backbone", "resnet18", "Backbone (tiny | resnet18 | resnet50v2).")
@@ -51,6 +53,12 @@ flags.DEFINE_integer("threads", 0, "Threads for both frameworks (intra-op / torc
 flags.DEFINE_list("variants", list(VARIANTS), f"Which of {', '.join(VARIANTS + EXTRA_VARIANTS)}.")
 flags.DEFINE_list("parts", list(PARTS), f"Which of {', '.join(PARTS)}.")
 flags.DEFINE_string("json_out", "", "Also write the JSON line to this file.")
+flags.DEFINE_bool(
+    "profile",
+    False,
+    "After the rounds, profile one adversarial step per variant (tf.profiler / torch.profiler) and print the share "
+    "of op time in the convolutions and the largest op types.",
+)
 flags.DEFINE_string("worker", "", "Internal: run as the worker of this variant.")
 flags.DEFINE_string("workdir", "", "Internal: the coordinator's folder with the shared weights and batch.")
 FLAGS = flags.FLAGS
@@ -120,13 +128,76 @@ def prepare_inputs(workdir: str, backbone: str, batch_size: int) -> dict:
     return counts
 
 
+# -- profiles -----------------------------------------------------------------------------------------------------
+CONTAINER_OPS = ("StatefulPartitionedCall", "PartitionedCall", "While", "StatelessWhile", "If", "StatelessIf")
+
+
+def tf_op_seconds(fn) -> dict[str, float]:
+    """Seconds per TensorFlow op type while `fn()` runs, summed over the host's executor threads (tf.profiler).
+
+    The host plane's op events are named "<op name>:<op type>"; function calls and loops (`CONTAINER_OPS`)
+    contain other ops and are left out so that nothing is counted twice.
+    """
+    import glob
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    logdir = tempfile.mkdtemp(prefix="advss_profile_")
+    tf.profiler.experimental.start(logdir)
+    try:
+        fn()
+    finally:
+        tf.profiler.experimental.stop()
+    (path,) = glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb"))
+    space = xplane_pb2.XSpace()
+    with open(path, "rb") as f:
+        space.ParseFromString(f.read())
+    seconds: dict[str, float] = {}
+    for plane in space.planes:
+        if plane.name != "/host:CPU":
+            continue
+        for line in plane.lines:
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name.split("#")[0]
+                if ":" not in name or "::" in name:  # runtime events (ExecutorState::Process, ...)
+                    continue
+                op_type = name.rsplit(":", 1)[1].strip()
+                if not op_type or " " in op_type or op_type.startswith("__") or op_type in CONTAINER_OPS:
+                    continue
+                seconds[op_type] = seconds.get(op_type, 0.0) + event.duration_ps * 1e-12
+    return seconds
+
+
+def torch_op_seconds(fn) -> dict[str, float]:
+    """Self CPU seconds per PyTorch operator while `fn()` runs (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key: e.self_cpu_time_total * 1e-6 for e in prof.key_averages()}
+
+
+def op_profile(seconds: dict[str, float]) -> dict:
+    """The convolutions' share of op time and the ten largest op types."""
+    total = sum(seconds.values())
+    conv = sum(t for op, t in seconds.items() if "conv" in op.lower())
+    top = sorted(seconds.items(), key=lambda kv: -kv[1])[:10]
+    return {
+        "op_seconds": round(total, 3),
+        "conv_seconds": round(conv, 3),
+        "conv_share": conv / total if total else 0.0,
+        "top": [[op, round(t, 3)] for op, t in top],
+    }
+
+
 # -- workers ------------------------------------------------------------------------------------------------------
 def _reply(obj: dict) -> None:
     sys.stdout.write(_PROTOCOL + json.dumps(obj) + "\n")
     sys.stdout.flush()
 
 
-def _tf_worker(workdir: str, threads: int, batch_norm: str):
+def _tf_worker(workdir: str, threads: int, batch_norm: str, inter_op_threads: int = 0):
     """advss_tf: the real Trainer (adversarial and standard) and the real evaluation attack loop."""
     import dataclasses
 
@@ -134,6 +205,7 @@ def _tf_worker(workdir: str, threads: int, batch_norm: str):
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)  # 0: TensorFlow's default
     from pretrain_step import build_pretrain_step
 
     from advss_tf.attacks.registry import ATTACKS
@@ -266,7 +338,8 @@ def worker_main() -> None:
     start = time.perf_counter()
     if FLAGS.worker.startswith("advss_tf"):
         batch_norm = "keras" if FLAGS.worker == "advss_tf_keras_bn" else "fused"
-        parts, params, eval_params = _tf_worker(FLAGS.workdir, threads, batch_norm)
+        inter_op = 1 if FLAGS.worker == "advss_tf_interop1" else 0
+        parts, params, eval_params = _tf_worker(FLAGS.workdir, threads, batch_norm, inter_op)
     else:
         parts, params, eval_params = _torch_worker(FLAGS.workdir, threads, FLAGS.worker)
     for name in FLAGS.parts:
@@ -276,6 +349,11 @@ def worker_main() -> None:
     for line in sys.stdin:
         name = line.strip()
         if not name:
+            continue
+        if name.startswith("profile:"):
+            part = name.split(":", 1)[1]
+            profiler = tf_op_seconds if FLAGS.worker.startswith("advss_tf") else torch_op_seconds
+            _reply(op_profile(profiler(parts[part])))
             continue
         reset_peak_rss()
         t0 = time.perf_counter()
@@ -375,6 +453,16 @@ def coordinator_main() -> None:
                         print(f"round {r + 1} {part} {w.variant}: {seconds:.2f} s", flush=True)
                 if FLAGS.json_out:  # a run cut short still leaves the rounds it finished
                     _write_json(FLAGS.json_out, {"partial": True, "rounds_done": r + 1, "raw": raw, "params": counts})
+            profiles = {}
+            if FLAGS.profile:
+                for w in workers:
+                    profiles[w.variant] = w.time("profile:adv_step")
+                    p = profiles[w.variant]
+                    print(
+                        f"profile adv_step {w.variant}: {p['op_seconds']:.2f} s of op time, convolutions "
+                        f"{100 * p['conv_share']:.1f} %; largest: {p['top'][:5]}",
+                        flush=True,
+                    )
         finally:
             for w in workers:
                 w.close()
@@ -412,6 +500,7 @@ def coordinator_main() -> None:
         "warmup_sec": {v: round(r["warmup_sec"], 1) for v, r in ready.items()},
         "timings": timings,
         "ratios": ratios,
+        "profiles": profiles,
         "versions": {"tensorflow": __import__("tensorflow").__version__, "torch": torch.__version__},
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "cpus": os.cpu_count(),

@@ -26,7 +26,10 @@ def _load_benchmark_tool():
 benchmark_attacks = _load_benchmark_tool()
 
 N_IMAGES = 200  # real CIFAR-10 test images of the bundled sample
-EPS = 1 / 255  # small enough that robust accuracy is far from 0 on this undefended model, so agreeing means something
+# Small enough that robust accuracy stays far from 0 on this undefended model, so agreeing means something: at 1/255
+# torchattacks' APGD-CE takes it from ~30 % clean to 0 %; at 0.25/255 both frameworks leave 12.5 % (2026-12-01).
+EPS = 0.25 / 255
+EPS_LABEL = "0.25/255"
 TOLERANCE = 0.015  # 1.5 points (3 images of 200)
 SEED = 0
 STAGES = ("apgd_ce", "apgd_t", "fab_t", "square")
@@ -77,10 +80,6 @@ def twin_models(trained_classifier):
     return model, net
 
 
-@pytest.mark.skip(
-    reason="not informative yet: at 1/255 torchattacks' APGD-CE takes this undefended model to 0.0 % (clean 29.5 %, "
-    "2026-12-01 run); needs a smaller ε or a robust tiny model"
-)
 def test_robust_accuracy_agrees_with_torchattacks(twin_models, sample_arrays):
     model, net = twin_models
     _, _, xt, yt = sample_arrays
@@ -89,7 +88,7 @@ def test_robust_accuracy_agrees_with_torchattacks(twin_models, sample_arrays):
     with torch.no_grad():
         np.testing.assert_allclose(net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy(), model(x), atol=1e-3)
     results = measure(model, net, x, y, EPS)
-    print(json.dumps({"clean": clean, "eps": "1/255", "n": N_IMAGES, "budget": BUDGET, "robust": results}))
+    print(json.dumps({"clean": clean, "eps": EPS_LABEL, "n": N_IMAGES, "budget": BUDGET, "robust": results}))
     for name, (ours, theirs) in results.items():
         # Informative: neither attack trivially at 0 or at clean accuracy.
         assert 0.03 <= theirs <= clean - 0.03, (name, theirs, clean)

@@ -31,7 +31,7 @@ for run in standard adversarial rotation_ft; do
   export_name=best_ra; c10c=none
   if [ "$run" = standard ]; then export_name=best_sa; fi
   if [ "$run" = rotation_ft ]; then c10c=generate; fi
-  python -m advss_tf.evaluate "${EVAL[@]}" --attacks=fgsm,pgd20,pgd100,pgd20_eps16,cw_linf --cifar10c_source="$c10c" \
+  python -m advss_tf.evaluate "${EVAL[@]}" --attacks=fgsm,pgd20,pgd100,pgd20_eps16,cw_linf,autoattack --cifar10c_source="$c10c" \
       --model="$RUNS/$run/export/$export_name" --model_name="$run" --output_dir="$RUNS/${run}_eval"
 done
 python tools/report.py "$RUNS/standard_eval" "$RUNS/adversarial_eval" "$RUNS/rotation_ft_eval" \

@@ -42,7 +42,9 @@ setup(
     extras_require={
         # GPU users: ADVSS_TF_GPU=1 pip install -e ".[gpu]" (see the comment at the top).
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
-        "test": ["pytest>=8", "ruff>=0.6"],
+        # pytest-xdist: the suite runs in two processes (.ci/run: -n 2 --dist loadfile; most of its time is
+        # single-threaded tracing, so two processes on two cores take ~2/3 of the time of one).
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6"],
         # tools/benchmark_vs_torch.py and the peer tests (advss_tf.peer); nothing else of the torch ecosystem.
         "bench": ["torch==2.13.0"],
         # The peer check against the reference AutoAttack (tests marked `peer`, tools/benchmark_attacks.py): CPU

@@ -176,7 +176,7 @@ def test_end_to_end_on_a_keras_export_then_the_report_tool(keras_export, tmp_pat
     assert results["gradient_masking"]["suspected"] is False
     report = (out / "report.md").read_text()
     assert "| pgd20 | L∞ | 8/255 |" in report and "| fog |" in report and "| pgd20 |" in result.stdout
-    assert "Mean over 4 of the 75 headline sets" in report and "**worst case**" in report
+    assert "Mean over 4 of the 75 headline sets" in report and "**worst case, Linf 8/255** (fgsm, pgd20)" in report
     assert not (out / "partial").exists() and f"results: {out / 'results.json'}" in result.stdout
     for figure in results["figures"].values():
         assert (out / figure).stat().st_size > 1000

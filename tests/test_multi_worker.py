@@ -282,3 +282,27 @@ def test_replica_slices_split_a_global_batch_as_mirrored_strategy_does():
     np.testing.assert_array_equal(got[0]["inputs"], batch["inputs"][4:6])
     np.testing.assert_array_equal(got[1]["noise_seed"], batch["noise_seed"][6:8])
     np.testing.assert_array_equal(got[2]["inputs"], batch["inputs"][4:6])
+
+
+def test_a_timed_out_collective_names_the_peer_whose_port_is_closed(monkeypatch):
+    """A collective's timeout names no task; the chief then finds the killed peer by its closed port (loopback)."""
+    import socket
+
+    from advss_tf.training import cluster
+
+    alive = socket.socket()
+    alive.bind(("127.0.0.1", 0))
+    alive.listen()
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused as to a killed process
+    alive_at, dead_at = (f"127.0.0.1:{s.getsockname()[1]}" for s in (alive, dead))
+    try:
+        config = {"cluster": {"worker": ["127.0.0.1:1", alive_at, dead_at]}, "task": {"type": "worker", "index": 0}}
+        monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+        assert cluster._lost_worker_name("Collective has timed out during execution.") == f"worker 2 ({dead_at})"
+        assert cluster._lost_worker_name("from /job:worker/replica:0/task:1: x") == f"worker 1 ({alive_at})"
+        monkeypatch.delenv("TF_CONFIG")
+        assert cluster._lost_worker_name("Collective has timed out during execution.") == "a worker"
+    finally:
+        alive.close()
+        dead.close()

@@ -63,15 +63,20 @@ def markdown_report(results: dict[str, Any]) -> str:
         lines += _attack_rows(name, r)
     worst = results.get("worst_case")
     if worst and worst["attacks"]:
-        lines.append(
-            f"| **worst case** (every attack above) | – | – | – | – | – | – | **{_pct(worst['accuracy'])}** | – |"
-        )
-        only = ", ".join(f"{a} {k}" for a, k in worst["only_broken_by"].items())
+        sections = worst.get("by_threat_model") or {worst.get("threat_model") or "every attack": worst}
+        for label, w in sections.items():
+            lines.append(
+                f"| **worst case, {label}** ({', '.join(w['attacks'])}) | – | – | – | – | – | – | "
+                f"**{_pct(w['accuracy'])}** | – |"
+            )
         lines += [
             "",
-            f"Worst case: an example counts only if it is correct clean and survives every attack "
-            f"({worst['num_robust']}/{worst['num_examples']}). Examples only one attack broke: {only}.",
+            "Worst case: an example counts only if it is correct clean and survives every attack of one threat "
+            "model (norm and radius; a larger radius or another norm is another question, so its own row).",
         ]
+        for label, w in sections.items():
+            only = ", ".join(f"{a} {k}" for a, k in w["only_broken_by"].items())
+            lines.append(f"- {label}: {w['num_robust']}/{w['num_examples']}; examples only one attack broke: {only}.")
     masking = results["gradient_masking"]
     lines += ["", "## Gradient-masking check", ""]
     if masking["suspected"]:
@@ -139,6 +144,9 @@ def _attack_rows(name: str, r: dict[str, Any]) -> list[str]:
 def combined_table(all_results: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
     """One Markdown row per model: examples, clean, each attack, AutoAttack, the worst case, CIFAR-10-C mean (%).
 
+    The worst case is the headline threat model's (`worst_case.headline_threat_model`), named in the cell when it
+    is not L∞ 8/255.
+
     The CIFAR-10-C column is the headline mean when all 75 sets ran; otherwise the partial mean with the number
     of sets it averages, e.g. "71.20 (12/75)".
     """
@@ -152,6 +160,8 @@ def combined_table(all_results: Sequence[dict[str, Any]], labels: Sequence[str])
         aa = r["robust_accuracy"].get("autoattack")
         worst = r.get("worst_case")
         worst_cell = _pct(worst["accuracy"]) if worst and worst["attacks"] else "–"
+        if worst and worst["attacks"] and worst.get("threat_model") not in (None, "Linf 8/255"):
+            worst_cell += f" ({worst['threat_model']})"
         c10c = r.get("cifar10c") or {}
         c10c_cell = _pct(c10c.get("mean_accuracy"))
         if c10c and not c10c.get("headline_complete") and c10c.get("mean_accuracy") is not None:

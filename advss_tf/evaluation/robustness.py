@@ -371,8 +371,8 @@ def masking_flags(
       accuracies: attack name → robust accuracy.
       num_examples: test examples (sets the tolerance).
       zero_gradient_fraction, nonfinite_gradient_fraction: from `clean_evaluation`.
-      standard_accuracy, worst_case_accuracy: clean accuracy and the worst case over every L∞ attack run (PGD-20's
-        threat model; the evaluator leaves the L2 attacks out).
+      standard_accuracy, worst_case_accuracy: clean accuracy and the worst case over the attacks of PGD-20's
+        threat model (its norm and radius: the evaluator leaves L2 attacks and other radii out).
       gradient_free_breaks: "composite/stage" → examples a gradient-free stage broke after the gradient stages.
 
     Returns:
@@ -406,7 +406,7 @@ def masking_flags(
                 {
                     "check": "pgd20_near_clean_worst_case_far_below",
                     "message": f"PGD-20 {pgd:.4f} is near clean accuracy {standard_accuracy:.4f} while the worst "
-                    f"case over every attack is {worst_case_accuracy:.4f}",
+                    f"case over every attack of its threat model is {worst_case_accuracy:.4f}",
                 }
             )
     if zero_gradient_fraction > ZERO_GRADIENT_LIMIT:

@@ -161,15 +161,77 @@ def run_composite(
     return result
 
 
+MIXED = "mixed"  # the threat model of a chain whose stages bound different norms or radii
+
+
+def threat_model(outcome: AttackOutcome | CompositeOutcome) -> str:
+    """'Linf 8/255', 'L2 0.5': the norm and radius an attack bounds; MIXED for a chain over several."""
+    specs = [s.spec for s in outcome.stages] if isinstance(outcome, CompositeOutcome) else [outcome.spec]
+    labels = {f"{'Linf' if s.norm == 'linf' else 'L2'} {epsilon_label(s.eps, s.norm)}" for s in specs}
+    return labels.pop() if len(labels) == 1 else MIXED
+
+
+def headline_threat_model(outcomes: Sequence[AttackOutcome | CompositeOutcome]) -> str | None:
+    """The threat model the headline worst case is taken in: AutoAttack's (the L∞ one first) if it ran, else
+    PGD-20's, else the first attack's that bounds one norm and radius (MIXED only if nothing else ran)."""
+    by_name = {_name(o): o for o in outcomes}
+    for name in (*AUTOATTACK.values(), "pgd20"):
+        if name in by_name and threat_model(by_name[name]) != MIXED:
+            return threat_model(by_name[name])
+    models = [threat_model(o) for o in outcomes]
+    return next((m for m in models if m != MIXED), models[0] if models else None)
+
+
+def _slug(label: str) -> str:
+    """'linf_8_255' for 'Linf 8/255': a per_example.npz key suffix."""
+    return label.lower().replace(" ", "_").replace("/", "_")
+
+
 def worst_case(
     clean_correct: np.ndarray, outcomes: Sequence[AttackOutcome | CompositeOutcome]
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The worst case over every attack that ran, and the per-example arrays of per_example.npz.
+    """The worst case per threat model over the attacks that ran, and the per-example arrays of per_example.npz.
+
+    An attack at 16/255 answers another question than one at 8/255, and an L2 attack another than an L∞ one: the
+    worst case is taken over the attacks of one threat model (norm, radius) at a time. The headline one
+    (`headline_threat_model`) is the section's top level; every threat model's is under `by_threat_model`.
 
     Returns:
       (the `worst_case` section of results.json, {array name: array}). An example is robust only if it is correct
-      clean and survives every attack; `only_broken_by.<attack>` counts the examples that attack alone broke.
+      clean and survives every attack of the threat model; `only_broken_by.<attack>` counts the examples that attack
+      alone broke.
     """
+    groups: dict[str, list[AttackOutcome | CompositeOutcome]] = {}
+    for o in outcomes:
+        groups.setdefault(threat_model(o), []).append(o)
+    headline = headline_threat_model(outcomes)
+    by_model, arrays = {}, {"clean_correct": clean_correct}
+    for label, members in groups.items():
+        section, robust, breaking = _worst_case_of(clean_correct, members)
+        by_model[label] = {"threat_model": label, **section}
+        arrays[f"worst_case_robust_{_slug(label)}"] = robust
+        arrays[f"breaking_attack_{_slug(label)}"] = breaking
+        if label == headline:
+            arrays["worst_case_robust"], arrays["breaking_attack"] = robust, breaking
+    if headline is None:  # no attack ran: every correct example stands
+        top, robust, breaking = _worst_case_of(clean_correct, [])
+        arrays["worst_case_robust"], arrays["breaking_attack"] = robust, breaking
+    else:
+        top = {k: v for k, v in by_model[headline].items() if k != "threat_model"}
+    names = [_name(o) for o in outcomes]
+    arrays["attacks"] = np.array(names, dtype=str)
+    for o, name in zip(outcomes, names):
+        arrays[f"robust_{name}"] = o.robust
+        if isinstance(o, CompositeOutcome):
+            for s in o.stages:
+                arrays[f"robust_{name}_after_{s.spec.name}"] = s.robust
+    return {"threat_model": headline, **top, "by_threat_model": by_model}, arrays
+
+
+def _worst_case_of(
+    clean_correct: np.ndarray, outcomes: Sequence[AttackOutcome | CompositeOutcome]
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """(section, robust mask, breaking attack per example) over `outcomes` taken together."""
     n = len(clean_correct)
     names = [_name(o) for o in outcomes]
     masks = np.stack([o.robust for o in outcomes]) if outcomes else np.ones([0, n], bool)
@@ -197,23 +259,11 @@ def worst_case(
             k: int(v) for k, v in zip(*np.unique(breaking[breaking != NOT_BROKEN], return_counts=True))
         },
     }
-    arrays = {"clean_correct": clean_correct, "worst_case_robust": robust, "breaking_attack": breaking}
-    arrays["attacks"] = np.array(names, dtype=str)
-    for o, name in zip(outcomes, names):
-        arrays[f"robust_{name}"] = o.robust
-        if isinstance(o, CompositeOutcome):
-            for s in o.stages:
-                arrays[f"robust_{name}_after_{s.spec.name}"] = s.robust
-    return section, arrays
+    return section, robust, breaking
 
 
 def _name(outcome: AttackOutcome | CompositeOutcome) -> str:
     return outcome.name if isinstance(outcome, CompositeOutcome) else outcome.spec.name
-
-
-def norm_of(outcome: AttackOutcome | CompositeOutcome) -> str:
-    """The norm an outcome's attack bounds ("linf", "l2", or "mixed" for a chain of both)."""
-    return outcome.norm if isinstance(outcome, CompositeOutcome) else outcome.spec.norm
 
 
 def write_per_example(path: str, labels: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
@@ -251,7 +301,8 @@ def model_card(results: dict[str, Any], export_info: dict[str, Any] | None) -> d
     notes = [f"Evaluated with advss_tf on {n} CIFAR-10 test images"]
     if n < 10_000:
         notes.append("a subset: not comparable with the 10,000-image leaderboard")
-    notes.append(f"worst case over {', '.join(worst['attacks']) or 'no attack'}: {_percent(worst['accuracy'])}%")
+    where = f" ({worst['threat_model']})" if worst.get("threat_model") else ""
+    notes.append(f"worst case{where} over {', '.join(worst['attacks']) or 'no attack'}: {_percent(worst['accuracy'])}%")
     if results["gradient_masking"]["suspected"]:
         notes.append("possible gradient masking flagged")
     eps = aa["epsilon_label"] if aa else (next(iter(results["robust_accuracy"].values()), {}).get("epsilon_label"))

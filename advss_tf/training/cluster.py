@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -163,17 +164,47 @@ def chief_decides(strategy: tf.distribute.Strategy, answer: bool) -> bool:
     return bool(value.numpy() > 0.5)
 
 
+def _cluster_tasks() -> tuple[list[tuple[str, int, str]], tuple[str, int] | None]:
+    """([(job, index, 'host:port')] of every task in TF_CONFIG, (this task's job, index)); ([], None) without one."""
+    try:
+        config = json.loads(os.environ["TF_CONFIG"])
+        tasks = [
+            (job, i, address) for job, addresses in config["cluster"].items() for i, address in enumerate(addresses)
+        ]
+        me = (config["task"]["type"], int(config["task"]["index"]))
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return [], None
+    return tasks, me
+
+
+def _unreachable_peer(timeout: float = 2.0) -> str | None:
+    """'worker 1 (127.0.0.1:1234)': the first other task of TF_CONFIG whose gRPC port refuses a connection.
+
+    Used when TensorFlow's error names no task (a collective that timed out says only that): a killed peer's port
+    is closed, so connecting tells which one is gone. A peer that hangs with its port open is not found (None).
+    """
+    tasks, me = _cluster_tasks()
+    for job, index, address in tasks:
+        if (job, index) == me:
+            continue
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+                pass
+        except (OSError, ValueError):
+            return f"{job} {index} ({address})"
+    return None
+
+
 def _lost_worker_name(message: str) -> str:
-    """'worker 1 (127.0.0.1:1234)' from TensorFlow's error text and TF_CONFIG, as far as they tell."""
+    """'worker 1 (127.0.0.1:1234)' from TensorFlow's error text and TF_CONFIG, or from a probe of the peers' ports."""
     tasks = re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", message)
     if not tasks:
-        return "a worker"
+        return _unreachable_peer() or "a worker"
     job, index = tasks[-1]
-    try:
-        address = f" ({json.loads(os.environ['TF_CONFIG'])['cluster'][job][int(index)]})"
-    except (KeyError, ValueError, IndexError, TypeError):
-        address = ""
-    return f"{job} {index}{address}"
+    addresses = {(j, i): a for j, i, a in _cluster_tasks()[0]}
+    address = addresses.get((job, int(index)))
+    return f"{job} {index}" + (f" ({address})" if address else "")
 
 
 def _reason(message: str) -> str:

@@ -1,6 +1,7 @@
-"""Seconds per training step of any pretext task (adversarial by default), and peak memory.
+"""Seconds per training step of any pretext task or of fine-tuning (adversarial by default), and peak memory.
 
     python tools/benchmark_step.py --task=jigsaw --backbone=resnet18 --batch_size=128 --steps=3
+    python tools/benchmark_step.py --task=finetune --objective=trades --backbone=resnet18 --batch_size=128
 
 Builds the task's model and the real distributed train step (the same `Trainer` the binary uses) on real CIFAR-10
 images, runs one warm-up step (tracing), then times `--steps` steps one host call each. Prints one JSON line.
@@ -18,9 +19,16 @@ from absl import app, flags
 import advss_tf  # noqa: F401  (TF_ENABLE_ONEDNN_OPTS before TensorFlow)
 from advss_tf.config import MIXED_PRECISION
 from advss_tf.models.resnet import BACKBONES, BATCH_NORM_LAYERS
+from advss_tf.tasks.finetune import MODES, OBJECTIVES
 from advss_tf.tasks.table import TASKS
 
-flags.DEFINE_enum("task", "jigsaw", sorted(TASKS), "Pretext task.")
+FINETUNE = "finetune"
+
+flags.DEFINE_enum(
+    "task", "jigsaw", [*sorted(TASKS), FINETUNE], "Pretext task, or finetune (the fine-tune binary's step)."
+)
+flags.DEFINE_enum("objective", "adversarial", list(OBJECTIVES), "With --task=finetune: the fine-tuning objective.")
+flags.DEFINE_enum("mode", "full", list(MODES), "With --task=finetune: which parts train.")
 flags.DEFINE_enum("backbone", "resnet18", sorted(BACKBONES), "Backbone.")
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 flags.DEFINE_integer("steps", 3, "Timed steps (after one warm-up step).")
@@ -46,23 +54,30 @@ def main(argv):
     import os
 
     import tensorflow as tf
-    from pretrain_step import build_pretrain_step
+    from pretrain_step import build_finetune_step, build_pretrain_step
 
-    step = build_pretrain_step(
-        FLAGS.task,
-        FLAGS.backbone,
-        FLAGS.batch_size,
-        adversarial=FLAGS.adversarial,
+    common = dict(
         attack_steps=FLAGS.attack_steps,
         jit_compile=FLAGS.jit_compile,
         strategy=FLAGS.strategy,
         mixed_precision=FLAGS.mixed_precision,
         train_steps=FLAGS.steps + 1,
         batch_norm=FLAGS.batch_norm,
-        selfie_layers=FLAGS.selfie_layers,
-        selfie_heads=FLAGS.selfie_heads,
-        selfie_ff_dim=FLAGS.selfie_ff_dim,
     )
+    if FLAGS.task == FINETUNE:
+        # The objective decides whether the step is adversarial (standard: no attack), as in the binary.
+        step = build_finetune_step(FLAGS.objective, FLAGS.backbone, FLAGS.batch_size, mode=FLAGS.mode, **common)
+    else:
+        step = build_pretrain_step(
+            FLAGS.task,
+            FLAGS.backbone,
+            FLAGS.batch_size,
+            adversarial=FLAGS.adversarial,
+            selfie_layers=FLAGS.selfie_layers,
+            selfie_heads=FLAGS.selfie_heads,
+            selfie_ff_dim=FLAGS.selfie_ff_dim,
+            **common,
+        )
     trainer, it, model = step.trainer, step.iterator, step.model
     rss_before_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     t0 = time.perf_counter()
@@ -78,9 +93,10 @@ def main(argv):
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     result = {
         "task": FLAGS.task,
+        **({"objective": FLAGS.objective, "mode": FLAGS.mode} if FLAGS.task == FINETUNE else {}),
         "backbone": FLAGS.backbone,
         "batch_size": FLAGS.batch_size,
-        "adversarial": FLAGS.adversarial,
+        "adversarial": bool(step.config.adversarial),
         "attack_steps": FLAGS.attack_steps,
         "jit_compile": FLAGS.jit_compile,
         "mixed_precision": FLAGS.mixed_precision,

@@ -1,4 +1,5 @@
-"""The real pretraining step for the tools that time it: task, model, optimizer and `Trainer` on real CIFAR-10.
+"""The real pretraining (and fine-tuning) step for the tools that time it: task, model, optimizer and `Trainer` on
+real CIFAR-10.
 
 Shared by benchmark_step.py, benchmark_vs_torch.py and profile_step.py (not part of the library).
 """
@@ -82,3 +83,66 @@ def build_pretrain_step(
     )
     iterator = iter(dist.experimental_distribute_dataset(ds))
     return PretrainStep(trainer, iterator, model, pretext, cfg)
+
+
+def build_finetune_step(
+    objective: str,
+    backbone: str,
+    batch_size: int,
+    *,
+    mode: str = "full",
+    attack_steps: int = 10,
+    jit_compile: bool = False,
+    strategy: str = "auto",
+    mixed_precision: str = "none",
+    train_steps: int = 1000,
+    batch_norm: str = "fused",
+) -> PretrainStep:
+    """The fine-tune binary's training step (its classifier, FinetuneTask and `Trainer`; no checkpoint, no
+    validation) from random init — what one step costs does not depend on the weights."""
+    from advss_tf.config import AttackConfig
+    from advss_tf.data import cifar10, pipeline
+    from advss_tf.models.classifier import ImageClassifier
+    from advss_tf.models.resnet import BackboneConfig, batch_norm_layer
+    from advss_tf.tasks.finetune import FROZEN_PARTS, FinetuneTask, trainable_variables
+    from advss_tf.training import loop
+    from advss_tf.training.finetuning import FinetuneConfig
+    from advss_tf.training.runs import make_optimizer, set_precision
+    from advss_tf.training.strategy import make_strategy
+
+    cfg = FinetuneConfig(
+        model_dir="/tmp/unused",
+        backbone=BackboneConfig(backbone),
+        mode=mode,
+        objective=objective,
+        batch_size=batch_size,
+        train_steps=train_steps,
+        attack=AttackConfig(steps=attack_steps),
+    )
+    set_precision(mixed_precision)
+    dist = make_strategy(strategy)
+    images, labels = cifar10.load_arrays(cifar10.DataSource(), "train")
+    with dist.scope(), batch_norm_layer(batch_norm):
+        model = ImageClassifier(cfg.backbone, cifar10.NUM_CLASSES, name="classifier")
+        model.frozen_parts = frozenset(FROZEN_PARTS[mode])
+        task = FinetuneTask(objective, cfg.attack, trades_beta=cfg.trades_beta, feature_dim=cfg.backbone.feature_dim)
+        variables = trainable_variables(model, mode) + task.extra_variables()
+        optimizer, _ = make_optimizer(cfg, 10, cfg.train_steps, mixed_precision)
+        optimizer.build(variables)
+    trainer = loop.Trainer(
+        dist,
+        task,
+        model,
+        optimizer,
+        global_batch_size=cfg.batch_size,
+        weight_decay=cfg.optimizer.weight_decay,
+        adversarial=cfg.adversarial,
+        attack_bn_train=cfg.attack.bn == "train",
+        jit_compile=jit_compile,
+        trainable_variables=variables,
+    )
+    ds = pipeline.train_dataset(
+        images, labels, global_batch_size=cfg.batch_size, seed=0, transform=task.transform, pad=4, flip=True
+    )
+    iterator = iter(dist.experimental_distribute_dataset(ds))
+    return PretrainStep(trainer, iterator, model, task, cfg)

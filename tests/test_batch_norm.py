@@ -110,6 +110,28 @@ def test_unknown_batch_norm_layer_is_a_usage_error():
             pass
 
 
+def test_the_ensemble_builds_keras_layers_the_other_tasks_fused_ones_unless_a_caller_chooses():
+    """The ensemble's double backprop keeps more tensors through the fused kernel's gradient (17.7 vs 13.9 GiB,
+    docs/benchmarks.md), so it prefers Keras' layer; `batch_norm_layer` still forces either for every task."""
+
+    def layers(task, choice=resnet.AUTO):
+        cfg = PretrainConfig(
+            task=task, model_dir="/tmp/unused", backbone=resnet.BackboneConfig("tiny"), batch_size=8,
+            selfie_layers=1, selfie_heads=2, selfie_ff_dim=32,
+        )  # fmt: skip
+        with resnet.batch_norm_layer(choice):
+            model = build_task(cfg).build_model()
+        found = {type(m) for m in model._flatten_layers() if isinstance(m, keras.layers.BatchNormalization)}
+        assert found, task
+        return found
+
+    assert layers("rotation") == {FusedBatchNormalization}
+    assert layers("ensemble") == {keras.layers.BatchNormalization}
+    assert layers("ensemble", "fused") == {FusedBatchNormalization}
+    assert layers("rotation", "keras") == {keras.layers.BatchNormalization}
+    assert layers("rotation") == {FusedBatchNormalization}  # the contexts leave nothing behind
+
+
 def test_one_training_step_updates_weights_as_the_keras_layer(sample_arrays):
     """One adversarial step from the same weights on the same batch: every updated variable as with Keras' BN."""
     x, y, _, _ = sample_arrays

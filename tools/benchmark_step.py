@@ -18,7 +18,7 @@ from absl import app, flags
 
 import advss_tf  # noqa: F401  (TF_ENABLE_ONEDNN_OPTS before TensorFlow)
 from advss_tf.config import MIXED_PRECISION
-from advss_tf.models.resnet import BACKBONES, BATCH_NORM_LAYERS
+from advss_tf.models.resnet import AUTO, BACKBONES, BATCH_NORM_LAYERS
 from advss_tf.tasks.finetune import MODES, OBJECTIVES
 from advss_tf.tasks.table import TASKS
 
@@ -37,7 +37,12 @@ flags.DEFINE_bool("adversarial", True, "Adversarial step (PGD inside) or standar
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the replica step.")
 flags.DEFINE_string("strategy", "auto", "auto | mirrored | one_device.")
 flags.DEFINE_enum("mixed_precision", "none", MIXED_PRECISION, "As the binaries' --mixed_precision.")
-flags.DEFINE_enum("batch_norm", "fused", sorted(BATCH_NORM_LAYERS), "BatchNormalization layer (keras: the reference).")
+flags.DEFINE_enum(
+    "batch_norm",
+    AUTO,
+    [AUTO, *sorted(BATCH_NORM_LAYERS)],
+    "BatchNormalization layer: auto = the binary's (fused; Keras' for the ensemble), or force fused / keras.",
+)
 flags.DEFINE_integer("selfie_layers", 13, "Selfie transformer layers.")
 flags.DEFINE_integer("selfie_heads", 16, "Selfie attention heads.")
 flags.DEFINE_integer("selfie_ff_dim", 2048, "Selfie feed-forward width.")

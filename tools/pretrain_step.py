@@ -34,12 +34,13 @@ def build_pretrain_step(
     strategy: str = "auto",
     mixed_precision: str = "none",
     train_steps: int = 1000,
-    batch_norm: str = "fused",
+    batch_norm: str = "auto",
     **config_overrides,
 ) -> PretrainStep:
     """Builds the task's model and the same `Trainer` the pretrain binary uses, fed by its real input pipeline.
 
-    `batch_norm` picks the BatchNormalization layer (advss_tf.models.resnet.BATCH_NORM_LAYERS) to time either.
+    `batch_norm` forces a BatchNormalization layer (advss_tf.models.resnet.BATCH_NORM_LAYERS) to time either;
+    "auto" keeps the binary's choice.
     """
     from advss_tf.config import AttackConfig, PretrainConfig
     from advss_tf.data import cifar10, pipeline
@@ -96,7 +97,7 @@ def build_finetune_step(
     strategy: str = "auto",
     mixed_precision: str = "none",
     train_steps: int = 1000,
-    batch_norm: str = "fused",
+    batch_norm: str = "auto",
 ) -> PretrainStep:
     """The fine-tune binary's training step (its classifier, FinetuneTask and `Trainer`; no checkpoint, no
     validation) from random init — what one step costs does not depend on the weights."""

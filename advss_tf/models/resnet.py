@@ -88,26 +88,49 @@ class ImageNormalization(keras.layers.Layer):
 
 
 # Which BatchNormalization class the builders below use. Both have the same weights, numerics and checkpoint keys;
-# "keras" (Keras' own, unfused) is kept selectable as the reference the fused layer is tested and timed against.
+# "keras" (Keras' own, unfused) is kept selectable as the reference the fused layer is tested and timed against,
+# and is what a model that differentiates through its gradients prefers (the ensemble: `preferred_batch_norm_layer`).
 BATCH_NORM_LAYERS = {"fused": FusedBatchNormalization, "keras": keras.layers.BatchNormalization}
-_batch_norm_layer = "fused"
+AUTO = "auto"  # no override: each model's preferred layer
+_batch_norm_layer: str | None = None  # chosen by `batch_norm_layer` (tests, benchmarks); None: the preferred one
+_preferred_layer = "fused"
 
 
 @contextlib.contextmanager
 def batch_norm_layer(name: str) -> Iterator[None]:
-    """Models built inside the context use BATCH_NORM_LAYERS[name] (tests and benchmarks of the reference path)."""
+    """Models built inside the context use BATCH_NORM_LAYERS[name] (tests and benchmarks of either path); AUTO
+    leaves each model its preferred layer."""
     global _batch_norm_layer
-    if name not in BATCH_NORM_LAYERS:
-        raise UsageError(f"unknown batch-norm layer {name!r}; valid: {', '.join(BATCH_NORM_LAYERS)}")
-    previous, _batch_norm_layer = _batch_norm_layer, name
+    if name not in BATCH_NORM_LAYERS and name != AUTO:
+        raise UsageError(f"unknown batch-norm layer {name!r}; valid: {', '.join([*BATCH_NORM_LAYERS, AUTO])}")
+    previous, _batch_norm_layer = _batch_norm_layer, (None if name == AUTO else name)
     try:
         yield
     finally:
         _batch_norm_layer = previous
 
 
+@contextlib.contextmanager
+def preferred_batch_norm_layer(name: str) -> Iterator[None]:
+    """Models built inside use BATCH_NORM_LAYERS[name] unless a caller chose one with `batch_norm_layer`.
+
+    The ensemble prefers Keras' layer: its step differentiates through input gradients (the diversity term's
+    double backprop), and TensorFlow's gradient of the fused kernel's gradient keeps more tensors — measured,
+    ResNet-18 at batch 128: 17.7 GiB peak with the fused layer vs 13.9 GiB with Keras', at the same speed
+    (docs/benchmarks.md).
+    """
+    global _preferred_layer
+    if name not in BATCH_NORM_LAYERS:
+        raise UsageError(f"unknown batch-norm layer {name!r}; valid: {', '.join(BATCH_NORM_LAYERS)}")
+    previous, _preferred_layer = _preferred_layer, name
+    try:
+        yield
+    finally:
+        _preferred_layer = previous
+
+
 def _bn(sync: bool, name: str) -> keras.layers.BatchNormalization:
-    layer = BATCH_NORM_LAYERS[_batch_norm_layer]
+    layer = BATCH_NORM_LAYERS[_batch_norm_layer or _preferred_layer]
     return layer(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=sync, name=name)
 
 

@@ -15,6 +15,7 @@ from advss_tf.attacks import diversity
 from advss_tf.attacks.joint_pgd import joint_pgd_linf
 from advss_tf.attacks.pgd import cross_entropy
 from advss_tf.config import PretrainConfig
+from advss_tf.models import resnet
 from advss_tf.models.ensemble import EnsembleModel
 from advss_tf.pretext import jigsaw, rotation
 from advss_tf.pretext import selfie as selfie_lib
@@ -61,17 +62,19 @@ class EnsembleTask:
 
     def build_model(self) -> EnsembleModel:
         c = self.config
-        self._model = EnsembleModel(
-            c.backbone,
-            len(self.permutations),
-            c.selfie_layers,
-            c.selfie_heads,
-            c.selfie_ff_dim,
-            c.selfie_dropout,
-            selfie_logit_scale=c.selfie_scale,
-            rotation_classes=rotation.NUM_CLASSES,
-            name="ensemble_model",
-        )
+        # Keras' BatchNormalization: the same speed here, less memory under the diversity term's double backprop.
+        with resnet.preferred_batch_norm_layer("keras"):
+            self._model = EnsembleModel(
+                c.backbone,
+                len(self.permutations),
+                c.selfie_layers,
+                c.selfie_heads,
+                c.selfie_ff_dim,
+                c.selfie_dropout,
+                selfie_logit_scale=c.selfie_scale,
+                rotation_classes=rotation.NUM_CLASSES,
+                name="ensemble_model",
+            )
         return self._model
 
     def extra_checkpoint_items(self) -> dict[str, Any]:

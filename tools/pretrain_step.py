@@ -23,6 +23,41 @@ class PretrainStep:
     config: Any
 
 
+def _assemble(cfg, strategy, mixed_precision, batch_norm, jit_compile, build, *, attack_bn_train, augmentation):
+    """The part both builders share: precision, strategy, real images, the model built by `build()` in the scope
+    (→ task, model, trainable variables), its optimizer, the `Trainer` and an endless distributed batch iterator."""
+    from advss_tf.data import cifar10, pipeline
+    from advss_tf.models.resnet import batch_norm_layer
+    from advss_tf.training import loop
+    from advss_tf.training.runs import make_optimizer, set_precision
+    from advss_tf.training.strategy import make_strategy
+
+    set_precision(mixed_precision)
+    dist = make_strategy(strategy)
+    images, labels = cifar10.load_arrays(cifar10.DataSource(), "train")
+    with dist.scope(), batch_norm_layer(batch_norm):
+        task, model, variables = build()
+        optimizer, _ = make_optimizer(cfg, 10, cfg.train_steps, mixed_precision)
+        optimizer.build(variables)
+    trainer = loop.Trainer(
+        dist,
+        task,
+        model,
+        optimizer,
+        global_batch_size=cfg.batch_size,
+        weight_decay=cfg.optimizer.weight_decay,
+        adversarial=cfg.adversarial,
+        attack_bn_train=attack_bn_train,
+        jit_compile=jit_compile,
+        trainable_variables=variables,
+    )
+    ds = pipeline.train_dataset(
+        images, labels, global_batch_size=cfg.batch_size, seed=0, transform=task.transform, **augmentation
+    )
+    iterator = iter(dist.experimental_distribute_dataset(ds))
+    return PretrainStep(trainer, iterator, model, task, cfg)
+
+
 def build_pretrain_step(
     task: str,
     backbone: str,
@@ -43,12 +78,8 @@ def build_pretrain_step(
     "auto" keeps the binary's choice.
     """
     from advss_tf.config import AttackConfig, PretrainConfig
-    from advss_tf.data import cifar10, pipeline
-    from advss_tf.models.resnet import BackboneConfig, batch_norm_layer
+    from advss_tf.models.resnet import BackboneConfig
     from advss_tf.tasks.table import AUGMENTATION, build_task
-    from advss_tf.training import loop
-    from advss_tf.training.runs import make_optimizer, set_precision
-    from advss_tf.training.strategy import make_strategy
 
     cfg = PretrainConfig(
         task=task,
@@ -60,30 +91,16 @@ def build_pretrain_step(
         attack=AttackConfig(steps=attack_steps),
         **config_overrides,
     )
-    set_precision(mixed_precision)
-    dist = make_strategy(strategy)
-    images, labels = cifar10.load_arrays(cifar10.DataSource(), "train")
-    with dist.scope(), batch_norm_layer(batch_norm):
+
+    def build():
         pretext = build_task(cfg)
         model = pretext.build_model()
-        optimizer, _ = make_optimizer(cfg, 10, cfg.train_steps, mixed_precision)
-        optimizer.build(model.trainable_variables)
-    trainer = loop.Trainer(
-        dist,
-        pretext,
-        model,
-        optimizer,
-        global_batch_size=cfg.batch_size,
-        weight_decay=cfg.optimizer.weight_decay,
-        adversarial=cfg.adversarial,
-        attack_bn_train=True,
-        jit_compile=jit_compile,
-    )
-    ds = pipeline.train_dataset(
-        images, labels, global_batch_size=cfg.batch_size, seed=0, transform=pretext.transform, **AUGMENTATION[task]
-    )
-    iterator = iter(dist.experimental_distribute_dataset(ds))
-    return PretrainStep(trainer, iterator, model, pretext, cfg)
+        return pretext, model, model.trainable_variables
+
+    return _assemble(
+        cfg, strategy, mixed_precision, batch_norm, jit_compile, build,
+        attack_bn_train=True, augmentation=AUGMENTATION[task],
+    )  # fmt: skip
 
 
 def build_finetune_step(
@@ -102,14 +119,11 @@ def build_finetune_step(
     """The fine-tune binary's training step (its classifier, FinetuneTask and `Trainer`; no checkpoint, no
     validation) from random init — what one step costs does not depend on the weights."""
     from advss_tf.config import AttackConfig
-    from advss_tf.data import cifar10, pipeline
+    from advss_tf.data import cifar10
     from advss_tf.models.classifier import ImageClassifier
-    from advss_tf.models.resnet import BackboneConfig, batch_norm_layer
+    from advss_tf.models.resnet import BackboneConfig
     from advss_tf.tasks.finetune import FROZEN_PARTS, FinetuneTask, trainable_variables
-    from advss_tf.training import loop
     from advss_tf.training.finetuning import FinetuneConfig
-    from advss_tf.training.runs import make_optimizer, set_precision
-    from advss_tf.training.strategy import make_strategy
 
     cfg = FinetuneConfig(
         model_dir="/tmp/unused",
@@ -120,30 +134,14 @@ def build_finetune_step(
         train_steps=train_steps,
         attack=AttackConfig(steps=attack_steps),
     )
-    set_precision(mixed_precision)
-    dist = make_strategy(strategy)
-    images, labels = cifar10.load_arrays(cifar10.DataSource(), "train")
-    with dist.scope(), batch_norm_layer(batch_norm):
+
+    def build():
         model = ImageClassifier(cfg.backbone, cifar10.NUM_CLASSES, name="classifier")
         model.frozen_parts = frozenset(FROZEN_PARTS[mode])
         task = FinetuneTask(objective, cfg.attack, trades_beta=cfg.trades_beta, feature_dim=cfg.backbone.feature_dim)
-        variables = trainable_variables(model, mode) + task.extra_variables()
-        optimizer, _ = make_optimizer(cfg, 10, cfg.train_steps, mixed_precision)
-        optimizer.build(variables)
-    trainer = loop.Trainer(
-        dist,
-        task,
-        model,
-        optimizer,
-        global_batch_size=cfg.batch_size,
-        weight_decay=cfg.optimizer.weight_decay,
-        adversarial=cfg.adversarial,
-        attack_bn_train=cfg.attack.bn == "train",
-        jit_compile=jit_compile,
-        trainable_variables=variables,
-    )
-    ds = pipeline.train_dataset(
-        images, labels, global_batch_size=cfg.batch_size, seed=0, transform=task.transform, pad=4, flip=True
-    )
-    iterator = iter(dist.experimental_distribute_dataset(ds))
-    return PretrainStep(trainer, iterator, model, task, cfg)
+        return task, model, trainable_variables(model, mode) + task.extra_variables()
+
+    return _assemble(
+        cfg, strategy, mixed_precision, batch_norm, jit_compile, build,
+        attack_bn_train=cfg.attack.bn == "train", augmentation=dict(pad=4, flip=True),
+    )  # fmt: skip

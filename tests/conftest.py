@@ -1,5 +1,7 @@
 """Test set-up: two logical CPU devices (for MirroredStrategy tests) before TensorFlow initialises, no network."""
 
+import contextlib
+import fcntl
 import os
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
@@ -42,12 +44,35 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "peer: needs torch (installed by .ci/run)")
 
 
+@contextlib.contextmanager
+def _locked(path):
+    """An exclusive lock on `path` (flock), so that one pytest process builds a shared artefact and the others wait."""
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
-def trained_classifier(sample_arrays):
+def shared_dir(tmp_path_factory):
+    """A directory shared by every pytest process of this run (pytest-xdist workers included), for artefacts that
+    are built once per run: the first process to need one builds it under a lock, the others read it."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: workers' temps are siblings
+    path = root / "shared_artefacts"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(sample_arrays, shared_dir):
     """A tiny pre-activation ResNet fitted to 256 real training images (undefended), and those images.
 
     Returns (model, images float32 [256,32,32,3] in [0,1], labels int32 [256]); clean accuracy on them is high,
-    which is what attack-strength tests need (an attack must drive it to ~0%).
+    which is what attack-strength tests need (an attack must drive it to ~0%). Fitted once per test run: the
+    first process saves its weights and the others (pytest-xdist workers) load them, bit for bit.
     """
     import keras
     import numpy as np
@@ -60,10 +85,44 @@ def trained_classifier(sample_arrays):
     labels = y[:256].astype(np.int32)
     keras.utils.set_random_seed(0)
     model = ImageClassifier(BackboneConfig("tiny"), 10)
-    model.compile(
-        optimizer=keras.optimizers.Adam(2e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    model.fit(images, labels, batch_size=64, epochs=40, verbose=0)
+    model(images[:1], training=False)  # build, so that saved weights can be loaded
+    weights = shared_dir / "trained_classifier.weights.h5"
+    with _locked(shared_dir / "trained_classifier.lock"):
+        if weights.exists():
+            model.load_weights(weights)
+        else:
+            model.compile(
+                optimizer=keras.optimizers.Adam(2e-3),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"],
+            )
+            model.fit(images, labels, batch_size=64, epochs=40, verbose=0)
+            partial = shared_dir / "trained_classifier.partial.weights.h5"
+            model.save_weights(partial)
+            os.replace(partial, weights)  # whole or absent: a process killed mid-write leaves no weights
     return model, images, labels
+
+
+# The files that take longest, longest first (from `--durations` of CI runs): CI runs the suite in two processes,
+# each file in one of them (.ci/run: -n 2 --dist loadfile --no-loadscope-reorder), and files are handed out in
+# collection order, so starting the long ones first keeps one process from running a long file alone at the end.
+# Only the order changes; a file missing here runs after these, in its usual place.
+LONGEST_FIRST = (
+    "test_resume.py",
+    "test_multi_worker.py",
+    "test_selfie.py",
+    "test_ensemble.py",
+    "test_sigkill.py",
+    "test_finetune.py",
+    "test_worst_case.py",
+    "test_evaluate.py",
+    "test_autoattack_l2.py",
+    "test_autoattack_attacks.py",
+    "test_attacks.py",
+    "test_training.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))  # stable: in-file order kept

@@ -94,8 +94,17 @@ def test_each_attack_stays_in_its_budget_and_the_image_range(trained_classifier,
     x_adv = spec(_model_fn(model), x, y, SEED)
     norms = registry.perturbation_norm(x_adv, x, spec.norm).numpy()
     assert norms.max() <= spec.eps * (1 + 1e-5) + 1e-6
-    # It moved: a no-op attack would also pass the bound (FAB, a minimum-norm attack, stops at the boundary).
-    assert norms.max() > (0.05 if name == "fab_t" else 0.5) * spec.eps
+    if name.startswith("fab"):
+        # FAB is a minimum-norm attack: it returns the clean image where it failed and, where it succeeded, the
+        # closest misclassified point it found, however near the clean one (0.25·ε on one CPU's fixture model). So
+        # what it must show is that it moved and that every point it moved to is adversarial.
+        moved = norms > 0
+        assert moved.any()
+        wrong = np.argmax(model(x_adv, training=False), -1) != y
+        assert wrong[moved].all()
+    else:
+        # It moved: a no-op attack would also pass the bound.
+        assert norms.max() > 0.5 * spec.eps
     assert float(tf.reduce_min(x_adv)) >= 0.0 and float(tf.reduce_max(x_adv)) <= 1.0
 
 

@@ -34,24 +34,53 @@ def test_pgd20_breaks_an_undefended_model_and_beats_fgsm(trained_classifier):
     assert pgd_loss >= fgsm_loss >= clean_loss
 
 
-def test_pgd_is_deterministic_and_runs_in_tf_function_and_replica_step(trained_classifier, mirrored_strategy):
-    model, x, y = trained_classifier
-    x, y = x[:16], y[:16]
-    fn = lambda z: model(z, training=False)  # noqa: E731
-    eager = pgd_linf(fn, x, y, eps=EPS, step_size=STEP, steps=3, seed=SEED)
-    graph = tf.function(lambda a, b: pgd_linf(fn, a, b, eps=EPS, step_size=STEP, steps=3, seed=SEED))(x, y)
-    np.testing.assert_allclose(eager, graph, atol=1e-6)
+def _check_valid(adv, x):
+    adv = np.asarray(adv)
+    assert adv.shape == x.shape
+    assert np.abs(adv - x).max() <= EPS + 1e-6 and adv.min() >= 0.0 and adv.max() <= 1.0
 
+
+def test_pgd_is_deterministic_in_each_mode_and_runs_in_tf_function_and_replica_step(
+    trained_classifier, mirrored_strategy
+):
+    """What PGD promises: the same points for the same seed *in the same mode on the same machine*.
+
+    Eager and traced PGD run different kernels (grappler fuses and reorders ops), so the input gradient differs in
+    its last bits; where a component is near zero its sign flips and that pixel's path parts by whole step sizes
+    (seen on an AVX2 CPU: 157 of 49,152 values, up to 4 steps). So across modes only what holds on every CPU is
+    compared: both stay in the ball and the image range, and both break the model about equally often.
+    """
+    model, x, y = trained_classifier
+    x, y = x[:64], y[:64]
+    fn = lambda z: model(z, training=False)  # noqa: E731
+    eager = [pgd_linf(fn, x, y, eps=EPS, step_size=STEP, steps=3, seed=SEED).numpy() for _ in range(2)]
+    traced = tf.function(lambda a, b: pgd_linf(fn, a, b, eps=EPS, step_size=STEP, steps=3, seed=SEED))
+    graph = [traced(x, y).numpy() for _ in range(2)]
+    np.testing.assert_array_equal(eager[0], eager[1])  # bitwise within a mode
+    np.testing.assert_array_equal(graph[0], graph[1])
+    for adv in (eager[0], graph[0]):
+        _check_valid(adv, x)
+    # Same success up to the examples whose path parted. A flip changes one pixel by 2 step sizes (2/255 here), far
+    # less than the 8/255 budget, so it decides an example's outcome only if that example sits at the boundary
+    # after 3 steps: a few of 64 at most. 6/64 (~10 %) bounds that with room on any CPU; a broken mode (no
+    # gradient, wrong sign, a stale trace) would leave the clean accuracy (>= 90 %) and miss it by far.
+    clean = _acc(model, x, y)
+    eager_acc, graph_acc = _acc(model, eager[0], y), _acc(model, graph[0], y)
+    assert abs(eager_acc - graph_acc) <= 6 / 64
+    assert max(eager_acc, graph_acc) < clean - 0.25  # both really attacked
+
+    # In a replica step under MirroredStrategy (each replica attacks its half): valid, and bitwise repeatable.
     strategy = mirrored_strategy
-    ds = tf.data.Dataset.from_tensors((x, y))
+    ds = tf.data.Dataset.from_tensors((x[:16], y[:16]))
     batch = next(iter(strategy.experimental_distribute_dataset(ds)))
 
     @tf.function
     def run(b):
         return strategy.run(lambda a, c: pgd_linf(fn, a, c, eps=EPS, step_size=STEP, steps=3, seed=SEED), args=b)
 
-    out = tf.concat(strategy.experimental_local_results(run(batch)), 0)
-    assert out.shape == x.shape and float(tf.reduce_max(tf.abs(out - x))) <= EPS + 1e-6
+    replica = [tf.concat(strategy.experimental_local_results(run(batch)), 0).numpy() for _ in range(2)]
+    np.testing.assert_array_equal(replica[0], replica[1])
+    _check_valid(replica[0], x[:16])
 
 
 def test_a_model_without_input_gradients_is_attacked_with_zero_gradients(trained_classifier):

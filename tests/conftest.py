@@ -39,6 +39,19 @@ def mirrored_strategy():
     return strategy
 
 
+@pytest.fixture
+def deterministic_ops():
+    """What --deterministic does, for this test only."""
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    was = tf_config.is_op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    yield
+    if not was:
+        tf_config.disable_op_determinism()
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: longer end-to-end paths (CI still runs them once)")
     config.addinivalue_line("markers", "peer: needs torch (installed by .ci/run)")
@@ -113,6 +126,7 @@ LONGEST_FIRST = (
     "test_selfie.py",
     "test_ensemble.py",
     "test_sigkill.py",
+    "test_resume_finetune.py",
     "test_finetune.py",
     "test_worst_case.py",
     "test_evaluate.py",

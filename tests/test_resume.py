@@ -11,12 +11,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.python.framework import config as tf_config
 from test_training import _config as pretrain_config
 
-from advss_tf.config import AttackConfig, OptimizerConfig, RuntimeConfig
-from advss_tf.models.resnet import BackboneConfig
-from advss_tf.training import finetuning, loop, pretraining
+from advss_tf.training import loop, pretraining
 
 STEPS = 4
 FIRST_CHECKPOINT = 2
@@ -30,43 +27,12 @@ def _pretrain(task, model_dir, **runtime):
     return pretraining.run(dataclasses.replace(cfg, **tiny))
 
 
-def _finetune(objective, model_dir, aux=0.0, **runtime):
-    return finetuning.run(
-        finetuning.FinetuneConfig(
-            model_dir=str(model_dir),
-            backbone=BackboneConfig("tiny"),
-            objective=objective,
-            aux_rotation_weight=aux,
-            batch_size=8,
-            train_steps=STEPS,
-            attack=AttackConfig(steps=2),
-            val_attack_steps=2,
-            val_examples=8,
-            val_batch_size=8,
-            optimizer=OptimizerConfig(learning_rate=0.02, weight_decay=3e-4, warmup_steps=2, schedule="constant"),
-            runtime=RuntimeConfig(**{**RUNTIME, **runtime}),
-        )
-    )
-
-
-# Rotation is the loss-scaling test below, jigsaw the SIGKILL test of the binary (tests/test_sigkill.py).
+# Rotation is the loss-scaling test below, jigsaw the SIGKILL test of the binary (tests/test_sigkill.py), the
+# fine-tuning runs tests/test_resume_finetune.py (a file of their own, so the two test processes share the work).
 RUNS = {
     "selfie_mirrored": functools.partial(_pretrain, "selfie", strategy="mirrored", num_cpu_devices=2),
     "ensemble": functools.partial(_pretrain, "ensemble"),
-    "finetune_adversarial": functools.partial(_finetune, "adversarial"),
-    "finetune_trades": functools.partial(_finetune, "trades"),
-    "finetune_rotation_aux": functools.partial(_finetune, "adversarial", aux=0.5),
 }
-
-
-@pytest.fixture
-def deterministic_ops():
-    """What --deterministic does, for this test only."""
-    was = tf_config.is_op_determinism_enabled()
-    tf.config.experimental.enable_op_determinism()
-    yield
-    if not was:
-        tf_config.disable_op_determinism()
 
 
 def interrupt_after_first_checkpoint(monkeypatch):

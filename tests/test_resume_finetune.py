@@ -1,0 +1,53 @@
+"""Exact resume of fine-tuning runs (adversarial, TRADES, the rotation auxiliary): interrupted after the first
+checkpoint and resumed, every checkpointed variable ends bitwise equal to an uninterrupted run's (the method and
+the pretraining cases: tests/test_resume.py)."""
+
+import functools
+
+import pytest
+from test_resume import (
+    RUNTIME,
+    STEPS,
+    assert_same_checkpoints,
+    interrupted_then_resumed,
+)
+
+from advss_tf.config import AttackConfig, OptimizerConfig, RuntimeConfig
+from advss_tf.models.resnet import BackboneConfig
+from advss_tf.training import finetuning
+
+
+def _finetune(objective, model_dir, aux=0.0, **runtime):
+    return finetuning.run(
+        finetuning.FinetuneConfig(
+            model_dir=str(model_dir),
+            backbone=BackboneConfig("tiny"),
+            objective=objective,
+            aux_rotation_weight=aux,
+            batch_size=8,
+            train_steps=STEPS,
+            attack=AttackConfig(steps=2),
+            val_attack_steps=2,
+            val_examples=8,
+            val_batch_size=8,
+            optimizer=OptimizerConfig(learning_rate=0.02, weight_decay=3e-4, warmup_steps=2, schedule="constant"),
+            runtime=RuntimeConfig(**{**RUNTIME, **runtime}),
+        )
+    )
+
+
+RUNS = {
+    "finetune_adversarial": functools.partial(_finetune, "adversarial"),
+    "finetune_trades": functools.partial(_finetune, "trades"),
+    "finetune_rotation_aux": functools.partial(_finetune, "adversarial", aux=0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_interrupted_then_resumed_finetuning_ends_bitwise_equal(name, tmp_path, monkeypatch, deterministic_ops):
+    run = RUNS[name]
+    run(tmp_path / "straight")
+    interrupted_then_resumed(run, tmp_path / "resumed", monkeypatch)
+    values = assert_same_checkpoints(tmp_path / "straight", tmp_path / "resumed")
+    assert values["step/.ATTRIBUTES/VARIABLE_VALUE"] == STEPS
+    assert not [n for n in values if n.startswith("random_state/")]  # no dropout in a classifier

@@ -13,7 +13,15 @@ from test_tasks import tiny_config
 
 from advss_tf.models import wide_resnet
 from advss_tf.models.classifier import ImageClassifier
-from advss_tf.models.resnet import BACKBONES, BackboneConfig, build_stage4, build_trunk
+from advss_tf.models.resnet import (
+    BACKBONES,
+    MEAN,
+    STD,
+    BackboneConfig,
+    ImageNormalization,
+    build_stage4,
+    build_trunk,
+)
 from advss_tf.tasks import table
 from advss_tf.tasks.finetune import MODES, trainable_variables
 from advss_tf.training import finetuning
@@ -65,6 +73,8 @@ def test_trunk_is_stages_1_2_and_stage4_is_stage_3_with_the_final_bn_relu():
     assert features.shape == (2, 16, 16, cfg.trunk_channels)
     assert stage4(features).shape == (2, 8, 8, cfg.feature_dim)
     assert trunk(tf.zeros([5, 8, 8, 3])).shape == (5, 4, 4, cfg.trunk_channels)  # Selfie's 8x8 patches
+    normalize = trunk.layers[1]  # inside the model, as the ResNets: images stay in [0, 1]
+    assert isinstance(normalize, ImageNormalization) and (normalize.mean, normalize.std) == (MEAN, STD)
     names = [layer.name for layer in trunk.layers]
     assert "stem_conv" in names and not any(n.startswith("stem_bn") for n in names)  # no BN/ReLU after the stem
     assert {n.split("_")[0] for n in names if n.startswith("stage")} == {"stage1", "stage2"}
@@ -75,12 +85,6 @@ def test_trunk_is_stages_1_2_and_stage4_is_stage_3_with_the_final_bn_relu():
     pads = [layer for layer in [*trunk.layers, *stage4.layers] if isinstance(layer, keras.layers.ZeroPadding2D)]
     assert [p.name for p in pads] == ["stage2_block1_conv1_pad", "stage3_block1_conv1_pad"]
     assert all(p.padding == ((1, 1), (1, 1)) for p in pads)
-
-
-def test_normalisation_is_inside_the_model_as_the_resnets():
-    trunk = build_trunk(BackboneConfig(SMALL))
-    assert type(trunk.layers[1]).__name__ == "ImageNormalization"
-    assert type(build_trunk(BackboneConfig("tiny")).layers[1]) is type(trunk.layers[1])
 
 
 @pytest.mark.parametrize("task_name", sorted(table.TASKS))
@@ -94,7 +98,8 @@ def test_every_pretraining_task_builds_and_runs_on_a_wrn(task_name):
     shapes = {"rotation": (2, 4), "jigsaw": (2, 31), "selfie": (2, 4, 4)}
     for name, out in outputs.items():
         assert out.shape == shapes[name] and np.isfinite(out.numpy()).all(), name
-    assert model.features(images).shape[-1] == (cfg.trunk_channels if task_name in ("selfie", "ensemble") else 128)
+    pooled = cfg.trunk_channels if task_name in ("selfie", "ensemble") else cfg.feature_dim  # trunk / stage 4
+    assert model.features(images).shape[-1] == pooled
     assert set(task.export_parts(model)) >= {"trunk"}
 
 

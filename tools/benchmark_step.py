@@ -2,7 +2,6 @@
 
     python tools/benchmark_step.py --task=jigsaw --backbone=resnet18 --batch_size=128 --steps=3
     python tools/benchmark_step.py --task=finetune --objective=trades --backbone=resnet18 --batch_size=128
-    python tools/benchmark_step.py --task=jigsaw --backbone=wrn28_10 --batch_size=128   # any --backbone of the table
 
 Builds the task's model and the real distributed train step (the same `Trainer` the binary uses) on real CIFAR-10
 images, runs one warm-up step (tracing), then times `--steps` steps one host call each. Prints one JSON line.
@@ -30,7 +29,7 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_enum("objective", "adversarial", list(OBJECTIVES), "With --task=finetune: the fine-tuning objective.")
 flags.DEFINE_enum("mode", "full", list(MODES), "With --task=finetune: which parts train.")
-flags.DEFINE_enum("backbone", "resnet18", sorted(BACKBONES), "Backbone (ResNets, WideResNets: wrn28_10, ...).")
+flags.DEFINE_enum("backbone", "resnet18", sorted(BACKBONES), "Backbone.")
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 flags.DEFINE_integer("steps", 3, "Timed steps (after one warm-up step).")
 flags.DEFINE_integer("attack_steps", 10, "PGD steps inside each training step.")

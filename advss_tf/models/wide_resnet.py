@@ -27,7 +27,6 @@ import keras
 from advss_tf.models import resnet
 
 BLOCK = "wide"  # resnet.ArchSpec.block of the WideResNets in resnet.BACKBONES
-STEM_CHANNELS = 16
 STAGE_STRIDES = (1, 2, 2)
 
 

@@ -1,4 +1,5 @@
-"""The PyTorch twin of our pre-activation ResNets (advss_tf.peer.torch_resnet): same size, same logits."""
+"""The PyTorch twins of our pre-activation ResNets (advss_tf.peer.torch_resnet) and WideResNets
+(advss_tf.peer.torch_wide_resnet): same size, same logits."""
 
 import numpy as np
 import pytest
@@ -42,6 +43,11 @@ def test_logits_agree_after_copying(name, size):
     keras_model = _keras_classifier(name, 10)
     net = torch_resnet.build_torch_classifier(name, 10)
     torch_resnet.copy_keras_weights(keras_model, net)
+    assert_same_logits(keras_model, net, size)
+
+
+def assert_same_logits(keras_model, net, size: int) -> None:
+    """Both models' logits on the same random images, in eval and in train mode."""
     images = np.random.default_rng(1).uniform(0, 1, (4, size, size, 3)).astype(np.float32)
     nchw = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
     for training in (False, True):  # eval: moving statistics; train: batch statistics (what PGD crafting runs)
@@ -71,3 +77,36 @@ def test_copy_refuses_a_different_architecture():
         torch_resnet.copy_keras_weights(
             ImageClassifier(BackboneConfig("tiny"), 10), torch_resnet.build_torch_classifier("resnet18", 10)
         )
+
+
+# -- WideResNets (advss_tf.peer.torch_wide_resnet) -------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["wrn10_2", "wrn28_10"])
+def test_wide_resnet_twin_has_the_same_parameter_count(name):
+    from advss_tf.peer import torch_wide_resnet
+
+    keras_model = ImageClassifier(BackboneConfig(name), 10)
+    net = torch_wide_resnet.build_torch_classifier(name, 10)
+    assert torch_wide_resnet.parameter_count(net) == keras_model.count_params()
+
+
+@pytest.mark.parametrize("size", [32, 8])
+def test_wide_resnet_logits_agree_after_copying(size):
+    from advss_tf.peer import torch_wide_resnet
+
+    keras_model = _keras_classifier("wrn10_2", 10)
+    net = torch_wide_resnet.build_torch_classifier("wrn10_2", 10)
+    torch_wide_resnet.copy_keras_weights(keras_model, net)
+    assert_same_logits(keras_model, net, size)
+
+
+def test_each_twin_takes_only_its_own_family():
+    from advss_tf.peer import torch_resnet, torch_wide_resnet
+
+    with pytest.raises(ValueError, match="layers differ"):  # a ResNet's layers into a WRN twin
+        torch_wide_resnet.copy_keras_weights(
+            ImageClassifier(BackboneConfig("tiny"), 10), torch_wide_resnet.build_torch_classifier("wrn10_2", 10)
+        )
+    with pytest.raises(ValueError, match="torch_wide_resnet"):
+        torch_resnet.build_torch_classifier("wrn10_2", 10)
+    with pytest.raises(ValueError, match="not a WideResNet"):
+        torch_wide_resnet.build_torch_classifier("tiny", 10)

@@ -25,9 +25,9 @@ BN_EPSILON = 1e-5
 
 @dataclasses.dataclass(frozen=True)
 class ArchSpec:
-    block: str  # "basic" | "bottleneck"
-    blocks: tuple[int, int, int, int]
-    planes: tuple[int, int, int, int]
+    block: str  # "basic" | "bottleneck" | "wide" (models/wide_resnet.py)
+    blocks: tuple[int, ...]  # per stage: 4 stages here, 3 for the WideResNets
+    planes: tuple[int, ...]
     stem: int
 
 
@@ -36,6 +36,10 @@ BACKBONES: dict[str, ArchSpec] = {
     "resnet18": ArchSpec("basic", (2, 2, 2, 2), (64, 128, 256, 512), 64),
     # Width/depth-reduced for tests and CPU smoke runs: same code path, ~0.2M parameters.
     "tiny": ArchSpec("basic", (1, 1, 1, 1), (16, 32, 64, 128), 16),
+    # WideResNet-d-k (models/wide_resnet.py): (d - 4) / 6 blocks in each of 3 stages of widths 16k, 32k, 64k.
+    "wrn28_10": ArchSpec("wide", (4, 4, 4), (160, 320, 640), 16),
+    "wrn34_10": ArchSpec("wide", (5, 5, 5), (160, 320, 640), 16),
+    "wrn10_2": ArchSpec("wide", (1, 1, 1), (32, 64, 128), 16),  # tests and CPU smoke runs
 }
 STAGE_STRIDES = (1, 2, 2, 2)
 
@@ -56,17 +60,17 @@ class BackboneConfig:
         return BACKBONES[self.name]
 
     def stage_channels(self, stage: int) -> int:
-        """Output channels of stage 1..4."""
+        """Output channels of stage 1..4 (1..3 for a WideResNet)."""
         expansion = 4 if self.spec.block == "bottleneck" else 1
         return self.spec.planes[stage - 1] * expansion
 
     @property
     def trunk_channels(self) -> int:
-        return self.stage_channels(3)
+        return self.stage_channels(len(self.spec.blocks) - 1)  # the trunk: every stage but the last
 
     @property
     def feature_dim(self) -> int:
-        return self.stage_channels(4)
+        return self.stage_channels(len(self.spec.blocks))
 
 
 @keras.saving.register_keras_serializable(package="advss_tf")
@@ -174,6 +178,10 @@ def build_trunk(cfg: BackboneConfig, name: str = "trunk") -> keras.Model:
 
     Spatial size is left open so Selfie can encode 8x8 patches with the same weights.
     """
+    if cfg.spec.block == "wide":  # a WideResNet's own trunk (that module imports this one: import here)
+        from advss_tf.models import wide_resnet
+
+        return wide_resnet.build_trunk(cfg, name)
     images = keras.Input((None, None, 3), name="images")
     x = ImageNormalization(name="normalize")(images)
     x = _conv(cfg.spec.stem, 3, 1, "stem_conv")(x)
@@ -185,5 +193,9 @@ def build_trunk(cfg: BackboneConfig, name: str = "trunk") -> keras.Model:
 
 def build_stage4(cfg: BackboneConfig, name: str = "stage4") -> keras.Model:
     """Stage 4 alone: trunk feature map → [N, H/8, W/8, C4]. No BN/ReLU after it (as the reference)."""
+    if cfg.spec.block == "wide":
+        from advss_tf.models import wide_resnet
+
+        return wide_resnet.build_stage4(cfg, name)
     features = keras.Input((None, None, cfg.trunk_channels), name="trunk_features")
     return keras.Model(features, _stage(features, cfg, 4), name=name)

@@ -137,6 +137,8 @@ class TorchClassifier(nn.Module):
 def build_torch_classifier(backbone: resnet.BackboneConfig | str, num_classes: int) -> TorchClassifier:
     """The PyTorch twin of `ImageClassifier(backbone, num_classes)` (PyTorch's own initialisation)."""
     cfg = backbone if isinstance(backbone, resnet.BackboneConfig) else resnet.BackboneConfig(backbone)
+    if cfg.spec.block == "wide":
+        raise ValueError(f"{cfg.name} is a WideResNet: its twin is advss_tf.peer.torch_wide_resnet")
     return TorchClassifier(cfg, num_classes)
 
 
@@ -181,7 +183,17 @@ def copy_keras_weights(keras_model, model: TorchClassifier) -> None:
     Raises:
       ValueError: if the two models do not have the same layers with the same shapes.
     """
-    source, target = _keras_layers(keras_model), _torch_layers(model)
+    copy_weights_by_name(keras_model, _torch_layers(model))
+
+
+def copy_weights_by_name(keras_model, target: dict[str, nn.Module]) -> None:
+    """Copies each weighted layer of a Keras `ImageClassifier` (trunk, stage 4, Dense head) into the module `target`
+    maps its Keras name to (BatchNorm2d, Conv2d or Linear).
+
+    Raises:
+      ValueError: if the weighted Keras layers are not exactly `target`'s names, or a shape differs.
+    """
+    source = _keras_layers(keras_model)
     weighted = {name for name, layer in source.items() if layer.weights}
     if weighted != set(target):
         raise ValueError(
@@ -204,4 +216,4 @@ def copy_keras_weights(keras_model, model: TorchClassifier) -> None:
             _assign(module.bias, np.asarray(layer.bias.numpy()))
 
 
-__all__ = ["TorchClassifier", "build_torch_classifier", "copy_keras_weights", "parameter_count"]
+__all__ = ["TorchClassifier", "build_torch_classifier", "copy_keras_weights", "copy_weights_by_name", "parameter_count"]

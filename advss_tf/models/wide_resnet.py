@@ -1,0 +1,100 @@
+"""Pre-activation WideResNets for 32x32 images, as the robustness literature trains them (WRN-28-10, WRN-34-10).
+
+WRN-d-k (Zagoruyko & Komodakis; the layout of RobustBench's model zoo and the TRADES code): a 3x3 stem conv to 16
+channels with no BN/ReLU after it (the first block's pre-activation does that), three stages of n = (d - 4) / 6
+pre-activation basic blocks of 16k, 32k and 64k channels at strides 1, 2, 2, then BN + ReLU, global average pool and
+a Dense layer. A block is BN → ReLU → 3x3 conv (stride) → BN → ReLU → 3x3 conv, added to its shortcut: the identity,
+or — where the width or the stride changes — a 1x1 conv (stride) of the block's pre-activation, without BatchNorm
+(RobustBench's `convShortcut`). Dropout 0, so none is built. Strided 3x3 convs pad 1 on every side (PyTorch's
+`padding=1`; Keras' "same" would pad only bottom/right), and convolutions start from N(0, 2 / (k·k·out channels))
+as theirs. As the ResNets: no conv bias, PyTorch's BatchNorm momentum/epsilon, and the normalisation (ImageNet
+mean/std) inside the model, so images are in [0, 1].
+
+The trunk / stage-4 split (docs/architecture.md, "Backbones"): a WRN has three stages where the ResNets have four,
+and the split keeps its meaning — every stage but the last is the trunk that all heads share (θp), the last stage is
+what each head owns. The part is still called `stage4` (that is its role in every task, checkpoint and export):
+
+    trunk  = normalisation + stem + stages 1-2   [N, H, W, 3] → [N, H/2, W/2, 32k]
+    stage4 = stage 3 + the final BN + ReLU                    → [N, H/4, W/4, 64k]
+
+Layers keep the WRN's own stage numbers (`stage3_block1_conv1` lives in the part `stage4`).
+"""
+
+from __future__ import annotations
+
+import keras
+
+from advss_tf.models import resnet
+
+BLOCK = "wide"  # resnet.ArchSpec.block of the WideResNets in resnet.BACKBONES
+STAGE_STRIDES = (1, 2, 2)
+
+
+def _conv(filters: int, kernel: int, stride: int, name: str) -> keras.layers.Conv2D:
+    # Strided convs get "valid": the 3x3 ones are padded explicitly (`_conv3x3`), the 1x1 shortcut needs none.
+    return keras.layers.Conv2D(
+        filters,
+        kernel,
+        strides=stride,
+        padding="same" if stride == 1 else "valid",
+        use_bias=False,
+        kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal"),
+        name=name,
+    )
+
+
+def _conv3x3(x, filters: int, stride: int, name: str):
+    """3x3 conv padded by 1 on every side: "same" does that at stride 1; strided, pad explicitly then "valid"."""
+    if stride != 1:
+        x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
+    return _conv(filters, 3, stride, name)(x)
+
+
+def _block(x, channels: int, stride: int, sync: bool, name: str):
+    """One pre-activation basic block; the 1x1 shortcut (if any) starts from the pre-activation, as `convShortcut`."""
+    pre = keras.layers.ReLU(name=f"{name}_pre_relu")(resnet._bn(sync, f"{name}_pre_bn")(x))
+    if stride != 1 or x.shape[-1] != channels:
+        shortcut = _conv(channels, 1, stride, f"{name}_shortcut")(pre)
+    else:
+        shortcut = x
+    h = _conv3x3(pre, channels, stride, f"{name}_conv1")
+    h = keras.layers.ReLU(name=f"{name}_relu2")(resnet._bn(sync, f"{name}_bn2")(h))
+    h = _conv3x3(h, channels, 1, f"{name}_conv2")
+    return keras.layers.Add(name=f"{name}_add")([h, shortcut])
+
+
+def _stage(x, cfg: resnet.BackboneConfig, stage: int):
+    spec = _wide_spec(cfg)
+    for i in range(spec.blocks[stage - 1]):
+        stride = STAGE_STRIDES[stage - 1] if i == 0 else 1
+        x = _block(x, spec.planes[stage - 1], stride, cfg.sync_bn, name=f"stage{stage}_block{i + 1}")
+    return x
+
+
+def _wide_spec(cfg: resnet.BackboneConfig) -> resnet.ArchSpec:
+    if cfg.spec.block != BLOCK or len(cfg.spec.blocks) != len(STAGE_STRIDES):
+        raise ValueError(f"backbone {cfg.name!r} is not a WideResNet")
+    return cfg.spec
+
+
+def build_trunk(cfg: resnet.BackboneConfig, name: str = "trunk") -> keras.Model:
+    """Normalisation + stem conv + stages 1-2: images [N, H, W, 3] in [0, 1] → [N, H/2, W/2, 32k].
+
+    Spatial size is left open so Selfie can encode 8x8 patches with the same weights (→ 4x4 maps).
+    """
+    spec = _wide_spec(cfg)
+    images = keras.Input((None, None, 3), name="images")
+    x = resnet.ImageNormalization(name="normalize")(images)
+    x = _conv(spec.stem, 3, 1, "stem_conv")(x)  # no BN/ReLU here: stage 1's first pre-activation is that
+    for stage in range(1, len(STAGE_STRIDES)):
+        x = _stage(x, cfg, stage)
+    return keras.Model(images, x, name=name)
+
+
+def build_stage4(cfg: resnet.BackboneConfig, name: str = "stage4") -> keras.Model:
+    """The part each head owns: stage 3 + the final BN + ReLU, trunk features → [N, H/4, W/4, 64k]."""
+    _wide_spec(cfg)
+    features = keras.Input((None, None, cfg.trunk_channels), name="trunk_features")
+    x = _stage(features, cfg, len(STAGE_STRIDES))
+    x = keras.layers.ReLU(name="final_relu")(resnet._bn(cfg.sync_bn, "final_bn")(x))
+    return keras.Model(features, x, name=name)

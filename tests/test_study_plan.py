@@ -196,3 +196,53 @@ def test_report_tables_intervals_questions_and_figures_from_known_results(tmp_pa
     md = (folder / report.MARKDOWN).read_text()
     assert "| 29.00 ± " in md and "84.72" in md and "not available" in md
     assert json.loads((folder / report.JSON).read_text()) == json.loads(json.dumps(out))
+
+
+def test_the_runner_keeps_dependency_order_runs_k_at_once_skips_dependants_of_a_failure_and_resumes(
+    tmp_path, monkeypatch
+):
+    """The scheduler with stand-in commands (a line of Python each) in place of the binaries."""
+    import io
+
+    def stand_in(run):
+        directory = run.directory(str(tmp_path))
+        fail = (tmp_path / f"fail-{run.row}").exists()
+        return [
+            sys.executable,
+            "-c",
+            "import os, sys, time\ndeadline = time.time() + 60\n"
+            f"events = {str(tmp_path / 'events')!r}\n"
+            f"open(events, 'a').write('start {run.row}\\n')\n"
+            # a and d wait for each other: they finish only if the runner has them running at the same time
+            f"while {run.row in 'ad'} and not {{'start a', 'start d'}} <= set(open(events).read().splitlines())"
+            " and time.time() < deadline:\n"
+            "    time.sleep(0.05)\n"
+            f"open({str(tmp_path / 'events')!r}, 'a').write('end {run.row}\\n')\n"
+            f"if {fail}: print('error: boom'); sys.exit(3)\n"
+            f"os.makedirs({directory!r}, exist_ok=True); open(os.path.join({directory!r}, 'results.json'), 'w')",
+        ]
+
+    monkeypatch.setattr(plan.Run, "command", stand_in)
+    runs = [
+        plan.Run("seed0/pretrain/a", "pretrain", 0, "a", (), ()),
+        plan.Run("seed0/pretrain/d", "pretrain", 0, "d", (), ()),
+        plan.Run("seed0/finetune/b", "finetune", 0, "b", (), ("seed0/pretrain/a",)),
+        plan.Run("seed0/evaluate/c", "evaluate", 0, "c", (), ("seed0/finetune/b",)),
+    ]
+    (tmp_path / "fail-b").touch()
+    out = io.StringIO()
+    assert runner.Executor(str(tmp_path), runs, jobs=2, out=out).run() == 1
+    events = (tmp_path / "events").read_text().split()
+    assert events[:4:2] == ["start", "start"] and set(events[1:4:2]) == {"a", "d"}  # side by side (see stand_in)
+    assert events.index("b") > events.index("a", events.index("a") + 1)  # b started after a ended
+    assert "c" not in events
+    text = out.getvalue()
+    assert "FAILED seed0/finetune/b (exit status 3): error: boom" in text and "skip seed0/evaluate/c" in text
+    assert "seed0__finetune__b.log" in text
+
+    (tmp_path / "fail-b").unlink()
+    (tmp_path / "events").unlink()
+    out = io.StringIO()
+    assert runner.Executor(str(tmp_path), runs, jobs=2, out=out).run() == 0
+    assert "4 runs, 2 already finished, 2 to run" in out.getvalue()
+    assert (tmp_path / "events").read_text().split() == ["start", "b", "end", "b", "start", "c", "end", "c"]

@@ -1,7 +1,7 @@
 """A smoke-scale study end to end, as a user runs it: two rows (end-to-end adversarial training; adversarial
 Rotation pretraining → adversarial full fine-tuning) × 2 seeds, with the runner SIGKILLed inside the first run's
 checkpoint write (advss_tf/faults.py) and the same command re-run; its report's numbers equal an uninterrupted
-study's. Slow: every run is a real binary on the real sample (13 TensorFlow processes in all)."""
+study's. Slow: every run is a real binary on the real sample (about 15 TensorFlow processes in all)."""
 
 import json
 import os
@@ -15,6 +15,7 @@ from conftest import REPO
 from test_cli_defaults import ENV
 
 from advss_tf import faults
+from advss_tf.study import command as command_lib
 from advss_tf.study import report
 
 ROWS = "at_e2e,rotation_advpre_full_advft"
@@ -38,7 +39,7 @@ def _processes_in(workdir) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_killed_study_resumes_to_the_report_of_an_uninterrupted_one(tmp_path):
+def test_a_killed_study_resumes_to_the_report_of_an_uninterrupted_one(tmp_path, capsys):
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     marker = tmp_path / "paused"
     env = {**ENV, faults.ENV: "checkpoint@2", f"{faults.ENV}_FILE": str(marker)}
@@ -58,14 +59,14 @@ def test_a_killed_study_resumes_to_the_report_of_an_uninterrupted_one(tmp_path):
     assert not _processes_in(killed)
     assert not (killed / "runs" / "seed0" / "pretrain" / "rotation_adv" / "results.json").exists()
 
-    done = subprocess.run([*command, "--jobs=2"], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=3000)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "0 already finished, 10 to run" in done.stdout
-    lines = done.stdout.splitlines()
+    # The same study again, in this process this time (the runs are still the binaries, as subprocesses).
+    assert command_lib.run_study(str(killed), "smoke", seeds=2, rows=ROWS.split(","), jobs=2) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "study: 10 runs, 0 already finished, 10 to run" in lines, lines
     first_finetune = next(i for i, ln in enumerate(lines) if ln.startswith("study: start seed0/finetune/rotation"))
     assert any(ln.startswith("study: done seed0/pretrain/rotation_adv") for ln in lines[:first_finetune])
-    again = subprocess.run(command, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "10 already finished, 0 to run" in again.stdout, again.stdout[-2000:]
+    assert command_lib.run_study(str(killed), "smoke", seeds=2, rows=ROWS.split(",")) == 0
+    assert "study: 10 runs, 10 already finished, 0 to run" in capsys.readouterr().out
 
     out = json.loads((killed / "report" / report.JSON).read_text())
     rows = {r["id"]: r for r in out["rows"]}
@@ -81,15 +82,7 @@ def test_a_killed_study_resumes_to_the_report_of_an_uninterrupted_one(tmp_path):
         assert (killed / "report" / name).stat().st_size > 0
 
     # The uninterrupted reference: the same row and seed in a study of its own.
-    ref = subprocess.run(
-        _study(straight, "--seeds=1", "--rows=rotation_advpre_full_advft"),
-        env=ENV,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=3000,
-    )
-    assert ref.returncode == 0, ref.stdout[-3000:]
+    assert command_lib.run_study(str(straight), "smoke", seeds=1, rows=["rotation_advpre_full_advft"]) == 0
     reference = json.loads((straight / "report" / report.JSON).read_text())["rows"][0]
     resumed = rows["rotation_advpre_full_advft"]
     for m, values in reference["metrics"].items():

@@ -208,6 +208,7 @@ def emit_slurm(
     folder = os.path.join(workdir, SLURM)
     os.makedirs(folder, exist_ok=True)
     logs = os.path.join(os.path.abspath(workdir), LOGS)
+    os.makedirs(logs, exist_ok=True)  # SLURM opens --output there before the task starts
     submit = [
         "#!/usr/bin/env bash",
         "# Submits the study's SLURM array jobs, each level after the previous one.",

@@ -202,7 +202,6 @@ def test_the_runner_keeps_dependency_order_runs_k_at_once_skips_dependants_of_a_
     tmp_path, monkeypatch
 ):
     """The scheduler with stand-in commands (a line of Python each) in place of the binaries."""
-    import io
 
     def stand_in(run):
         directory = run.directory(str(tmp_path))
@@ -230,19 +229,19 @@ def test_the_runner_keeps_dependency_order_runs_k_at_once_skips_dependants_of_a_
         plan.Run("seed0/evaluate/c", "evaluate", 0, "c", (), ("seed0/finetune/b",)),
     ]
     (tmp_path / "fail-b").touch()
-    out = io.StringIO()
-    assert runner.Executor(str(tmp_path), runs, jobs=2, out=out).run() == 1
+    said = []
+    assert runner.Executor(str(tmp_path), runs, jobs=2, say=said.append).run() == 1
     events = (tmp_path / "events").read_text().split()
     assert events[:4:2] == ["start", "start"] and set(events[1:4:2]) == {"a", "d"}  # side by side (see stand_in)
     assert events.index("b") > events.index("a", events.index("a") + 1)  # b started after a ended
     assert "c" not in events
-    text = out.getvalue()
+    text = "\n".join(said)
     assert "FAILED seed0/finetune/b (exit status 3): error: boom" in text and "skip seed0/evaluate/c" in text
     assert "seed0__finetune__b.log" in text
 
     (tmp_path / "fail-b").unlink()
     (tmp_path / "events").unlink()
-    out = io.StringIO()
-    assert runner.Executor(str(tmp_path), runs, jobs=2, out=out).run() == 0
-    assert "4 runs, 2 already finished, 2 to run" in out.getvalue()
+    said = []
+    assert runner.Executor(str(tmp_path), runs, jobs=2, say=said.append).run() == 0
+    assert "study: 4 runs, 2 already finished, 2 to run" in said
     assert (tmp_path / "events").read_text().split() == ["start", "b", "end", "b", "start", "c", "end", "c"]

@@ -111,7 +111,7 @@ def run_study(
         base += ["--cifar10c"] if cifar10c else []
         runner.emit_slurm(workdir, runs, base, list(slurm_options), say)
         return 0
-    status = runner.Executor(workdir, runs, jobs).run()
+    status = runner.Executor(workdir, runs, jobs, say).run()
     if only is None and status < 128:
         try:
             write_report(workdir, say)

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any
 
 from advss_tf.errors import UsageError
 from advss_tf.study.plan import RUNS, Run, levels
@@ -106,13 +106,13 @@ class Executor:
     status: 0 all finished, 1 a run failed (or was busy elsewhere), 128+signal when stopped by a signal.
     """
 
-    def __init__(self, workdir: str, runs: list[Run], jobs: int = 1, out: TextIO = sys.stdout):
-        self.workdir, self.runs, self.jobs, self.out = workdir, runs, jobs, out
+    def __init__(self, workdir: str, runs: list[Run], jobs: int = 1, say: Callable[[str], None] = print):
+        self.workdir, self.runs, self.jobs, self.say = workdir, runs, jobs, say
         self.signum: int | None = None
 
     def _say(self, message: str) -> None:
-        self.out.write(f"study: {message}\n")
-        self.out.flush()
+        self.say(f"study: {message}")
+        sys.stdout.flush()
 
     def _lock(self, run: Run):
         folder = os.path.join(self.workdir, LOCKS)

@@ -229,8 +229,8 @@ class Scale:
     """Backbone, epochs, data and attacks of a study: the flags added after each run's paper flagfile.
 
     `backbone` None keeps the flagfiles' ResNet-50v2. `autoattack` says which rows get AutoAttack: all, the
-    headline rows, or none. `excluded` maps a row id (or `task:<task>` / `mode:<mode>` for whole groups) to why the
-    row does not run at this scale.
+    headline rows, or none. `excluded` maps a row id (or `task:<task>`, `task_mode:<task>:<mode>` for groups of
+    rows) to why the row does not run at this scale.
     """
 
     name: str
@@ -337,8 +337,13 @@ SCALES = {
         ),
         backbone="tiny",
         dataset="sample",
-        pretrain=("--batch_size=128", "--epochs=4", "--warmup_steps=36", "--steps_per_loop=6", "--checkpoint_every=36"),
-        pretrain_task=(("selfie", _TINY_SELFIE),),
+        pretrain=("--batch_size=128", "--epochs=4", "--steps_per_loop=6", "--checkpoint_every=36"),
+        # the epoch-0 warm-up of Rotation and Jigsaw shortened with their epochs; Selfie's recipe has none
+        pretrain_task=(
+            ("selfie", _TINY_SELFIE),
+            ("rotation", ("--warmup_steps=36",)),
+            ("jigsaw", ("--warmup_steps=36",)),
+        ),
         finetune=(
             "--batch_size=128",
             "--epochs=6",

@@ -103,8 +103,11 @@ def run_study(
             say(f"{r.id}  [{'finished' if r.finished(workdir) else 'to run'}]  {shlex.join(r.command())}")
         return 0
     runner.prepare(workdir, identity(study, scale, seeds, data, cifar10c, autoattack), overwrite)
-    for r, why in excluded:
-        say(f"study: row {r.id} does not run at scale {scale}: {why}")
+    reasons: dict[str, list[str]] = {}
+    for r, why in excluded if only is None else ():
+        reasons.setdefault(why, []).append(r.id)
+    for why, ids in reasons.items():
+        say(f"study: not at scale {scale} ({why}): {', '.join(ids)}")
     if emit == "slurm":
         base = [sys.executable, "-m", "advss_tf.study", f"--study={study}", f"--scale={scale}", f"--seeds={seeds}"]
         base += [f"--workdir={workdir}", *data.flags(), f"--autoattack={autoattack}"]

@@ -1,0 +1,397 @@
+"""What a study is: a declared table of rows (one model each), the scales they run at, and the questions they answer.
+
+A row is one model of the paper's grid: how its backbone is pretrained (or not), how it is fine-tuned, or which
+other rows' fine-tuned models it averages. Adding a row is one entry in a study's table; adding a study is one
+entry in `STUDIES`. Nothing here runs anything: `plan.py` turns rows × seeds × a scale into run directories and
+the binaries' command lines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from advss_tf.errors import UsageError
+
+TASKS = ("selfie", "rotation", "jigsaw")
+# The fine-tuning modes of the paper, in finetune's names: `linear` trains the head only ("partial: head only"),
+# `partial` stage 4 + head ("partial: last stage + head"), `full` everything.
+MODES = ("linear", "partial", "full")
+MODE_LABELS = {"linear": "head only", "partial": "last stage + head", "full": "full"}
+AUTOATTACK_POLICIES = ("all", "headline", "none")  # which rows an evaluation runs AutoAttack on
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretraining:
+    """A pretraining run one or more rows start from: `python -m advss_tf.pretrain --task=<task>`."""
+
+    task: str  # selfie, rotation, jigsaw or ensemble
+    adversarial: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}_{'adv' if self.adversarial else 'std'}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Finetuning:
+    """How a row's classifier is trained by `python -m advss_tf.finetune`."""
+
+    mode: str = "full"  # linear, partial or full
+    adversarial: bool = True  # --objective=adversarial, else standard
+    aux_rotation_weight: float = 0.0  # > 0: the rotation-auxiliary baseline
+
+    def flagfile(self, pretrained: bool) -> str:
+        """The paper flagfile whose recipe the run uses (the objective and the backbone are set by the plan)."""
+        if self.aux_rotation_weight:
+            return "finetune_rotation_aux.flags"
+        if not pretrained:
+            return "finetune_end_to_end.flags"
+        return f"finetune_{self.mode}_adversarial.flags"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One model of the study.
+
+    Exactly one of `finetuning` (optionally after `pretraining`) or `members` (an ensemble of other rows'
+    fine-tuned classifiers, `tools/ensemble_export.py`). `paper` holds the paper's numbers for this model, in %,
+    keyed by the report's metric names (`standard`, `pgd20`, `autoattack`).
+    """
+
+    id: str
+    label: str
+    pretraining: Pretraining | None = None
+    finetuning: Finetuning | None = None
+    members: tuple[str, ...] = ()
+    paper: tuple[tuple[str, float], ...] = ()
+    headline: bool = False  # evaluated with AutoAttack where a scale limits it to the headline rows
+
+    def __post_init__(self):
+        if (self.finetuning is None) == (not self.members):
+            raise ValueError(f"row {self.id}: give a finetuning or ensemble members, not both or neither")
+        if self.members and self.pretraining is not None:
+            raise ValueError(f"row {self.id}: an ensemble row has no pretraining of its own")
+
+    @property
+    def export(self) -> str:
+        """The fine-tuned export a row is judged by: best validation RA, or best SA for standard fine-tuning."""
+        return "best_ra" if self.finetuning is None or self.finetuning.adversarial else "best_sa"
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """One paired difference that answers a question: `a` − `b` on `metric`, seed by seed."""
+
+    question: str  # Q1 .. Q4
+    a: str
+    b: str
+    metric: str  # a metric of report.METRICS
+    claim: str  # what a positive difference means, for the verdict line
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    name: str
+    description: str
+    rows: tuple[Row, ...]
+    questions: tuple[tuple[str, str], ...]  # (Q1, the question)
+    comparisons: tuple[Comparison, ...]
+
+    def row(self, row_id: str) -> Row:
+        for r in self.rows:
+            if r.id == row_id:
+                return r
+        raise UsageError(f"study {self.name} has no row {row_id!r}; its rows: {', '.join(r.id for r in self.rows)}")
+
+
+def grid_row_id(task: str, pre_adversarial: bool, mode: str, ft_adversarial: bool) -> str:
+    return f"{task}_{'adv' if pre_adversarial else 'std'}pre_{mode}_{'adv' if ft_adversarial else 'std'}ft"
+
+
+# The paper's numbers we hold (README / SPEC §9: CIFAR-10, ResNet-50v2, adversarial full fine-tuning, PGD-20). The
+# paper's other tables (the partial fine-tunings, standard pretraining) are not in this project's sources; they
+# go here, as a row's `paper`, when someone copies them from the paper.
+_PAPER_ADV_FULL = {"selfie": (86.02, 51.05), "rotation": (85.66, 50.05), "jigsaw": (83.74, 48.84)}
+
+
+def _paper_rows() -> tuple[Row, ...]:
+    rows = [
+        Row(
+            "at_e2e",
+            "end-to-end adversarial training",
+            finetuning=Finetuning("full", True),
+            paper=(("standard", 84.72), ("pgd20", 47.22)),
+            headline=True,
+        ),
+        Row(
+            "rotation_aux",
+            "one-shot rotation-auxiliary baseline",
+            finetuning=Finetuning("full", True, aux_rotation_weight=0.5),
+        ),
+    ]
+    for task in TASKS:
+        for pre_adv in (False, True):
+            for mode in MODES:
+                for ft_adv in (False, True):
+                    # The rows the questions judge by the worst case (AutoAttack where a scale limits it).
+                    headline = mode == "full" and ft_adv and (pre_adv or task == "rotation")
+                    paper = ()
+                    if headline and pre_adv:
+                        sa, ra = _PAPER_ADV_FULL[task]
+                        paper = (("standard", sa), ("pgd20", ra))
+                    rows.append(
+                        Row(
+                            grid_row_id(task, pre_adv, mode, ft_adv),
+                            f"{'adversarial' if pre_adv else 'standard'} {task} → "
+                            f"{'adversarial' if ft_adv else 'standard'} {MODE_LABELS[mode]} fine-tuning",
+                            pretraining=Pretraining(task, pre_adv),
+                            finetuning=Finetuning(mode, ft_adv),
+                            paper=paper,
+                            headline=headline,
+                        )
+                    )
+    rows += [
+        Row(
+            "ensemble_advpre_full_advft",
+            "adversarial ensemble pretraining → adversarial full fine-tuning",
+            pretraining=Pretraining("ensemble", True),
+            finetuning=Finetuning("full", True),
+            paper=(("standard", 83.00), ("pgd20", 52.22)),
+            headline=True,
+        ),
+        Row(
+            "ensemble_of_three",
+            "ensemble of the three adversarially fine-tuned models (Selfie, Rotation, Jigsaw)",
+            members=tuple(grid_row_id(t, True, "full", True) for t in TASKS),
+            paper=(("standard", 86.04), ("pgd20", 54.64), ("autoattack", 51.56)),
+            headline=True,
+        ),
+    ]
+    return tuple(rows)
+
+
+def _paper_comparisons() -> tuple[Comparison, ...]:
+    full = {t: grid_row_id(t, True, "full", True) for t in TASKS}
+    return (
+        Comparison("Q1", full["rotation"], "at_e2e", "worst_case", "adversarial Rotation pretraining adds robustness"),
+        Comparison(
+            "Q1",
+            full["rotation"],
+            grid_row_id("rotation", False, "full", True),
+            "worst_case",
+            "adversarial pretraining beats standard pretraining before the same adversarial fine-tuning",
+        ),
+        Comparison(
+            "Q2",
+            grid_row_id("rotation", True, "partial", False),
+            grid_row_id("rotation", False, "partial", True),
+            "pgd20",
+            "adversarial pretraining buys more robustness than adversarial fine-tuning (last stage + head)",
+        ),
+        Comparison(
+            "Q2", "at_e2e", full["rotation"], "epochs_to_best", "pretraining saves fine-tuning epochs to the best RA"
+        ),
+        Comparison("Q3", full["selfie"], full["rotation"], "worst_case", "Selfie is the better pretext task"),
+        Comparison("Q3", full["rotation"], full["jigsaw"], "worst_case", "Rotation is the better pretext task"),
+        Comparison("Q3", full["selfie"], full["jigsaw"], "worst_case", "Selfie is the better pretext task"),
+        Comparison(
+            "Q4", "ensemble_of_three", full["selfie"], "worst_case", "the ensemble beats its best single member"
+        ),
+        Comparison(
+            "Q4",
+            "ensemble_advpre_full_advft",
+            full["selfie"],
+            "worst_case",
+            "ensemble pretraining beats the best single pretext task",
+        ),
+    )
+
+
+PAPER = Study(
+    name="paper",
+    description="Chen et al. (CVPR 2020): every row of the paper's grid on CIFAR-10",
+    rows=_paper_rows(),
+    questions=(
+        ("Q1", "Does adversarial pretraining improve robust fine-tuning?"),
+        ("Q2", "Is it pretraining or fine-tuning that buys robustness, and what does pretraining save in epochs?"),
+        ("Q3", "How does the pretext task matter?"),
+        ("Q4", "Does an ensemble of tasks help?"),
+    ),
+    comparisons=_paper_comparisons(),
+)
+
+STUDIES = {"paper": PAPER}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """Backbone, epochs, data and attacks of a study: the flags added after each run's paper flagfile.
+
+    `backbone` None keeps the flagfiles' ResNet-50v2. `autoattack` says which rows get AutoAttack: all, the
+    headline rows, or none. `excluded` maps a row id (or `task:<task>`, `task_mode:<task>:<mode>` for groups of
+    rows) to why the row does not run at this scale.
+    """
+
+    name: str
+    description: str
+    backbone: str | None
+    dataset: str
+    pretrain: tuple[str, ...]
+    pretrain_task: tuple[tuple[str, tuple[str, ...]], ...]
+    finetune: tuple[str, ...]
+    evaluate: tuple[str, ...]
+    attacks: tuple[str, ...]
+    autoattack: str  # all, headline, none
+    excluded: tuple[tuple[str, str], ...] = ()
+    cifar10c_source: str = "generate"  # what --cifar10c means at this scale
+
+    def exclusion(self, row: Row) -> str | None:
+        """Why `row` does not run at this scale, or None."""
+        reasons = dict(self.excluded)
+        keys = [row.id]
+        if row.pretraining is not None:
+            keys.append(f"task:{row.pretraining.task}")
+            if row.finetuning is not None:
+                keys.append(f"task_mode:{row.pretraining.task}:{row.finetuning.mode}")
+        for key in keys:
+            if key in reasons:
+                return reasons[key]
+        return None
+
+    def attacks_for(self, row: Row, autoattack: str | None = None) -> tuple[str, ...]:
+        """The attacks `row` is evaluated with; `autoattack` (all, headline, none) overrides the scale's choice."""
+        policy = autoattack or self.autoattack
+        if policy == "all" or (policy == "headline" and row.headline):
+            return (*self.attacks, "autoattack")
+        return self.attacks
+
+    def task_flags(self, task: str) -> tuple[str, ...]:
+        return dict(self.pretrain_task).get(task, ())
+
+
+def _gpu_scale(name: str, description: str, backbone: str | None) -> Scale:
+    """flags/paper's recipes unchanged but for the backbone; every test image, AutoAttack on every row."""
+    return Scale(
+        name=name,
+        description=description,
+        backbone=backbone,
+        dataset="tfds",
+        pretrain=(),
+        pretrain_task=(),
+        finetune=(),
+        evaluate=("--max_examples=0",),
+        attacks=("pgd20",),
+        autoattack="all",
+        cifar10c_source="tfds",
+    )
+
+
+_SMOKE_SELFIE = ("--selfie_layers=1", "--selfie_heads=4", "--selfie_ff_dim=32")
+_TINY_SELFIE = ("--selfie_layers=2", "--selfie_heads=4", "--selfie_ff_dim=256")
+
+SCALES = {
+    "smoke": Scale(
+        name="smoke",
+        description=(
+            "seconds per run, for tests: tiny backbone, 2 training steps of 8 images, validation on 8 images, "
+            "PGD-20 and FGSM on 16 test images (AutoAttack is not run at this scale: it would be most of the time)"
+        ),
+        backbone="tiny",
+        dataset="sample",
+        pretrain=(
+            "--batch_size=8",
+            "--train_steps=2",
+            "--warmup_steps=0",
+            "--attack_steps=1",
+            "--steps_per_loop=1",
+            "--checkpoint_every=1",
+            "--image_summary_every=1000",
+            "--deterministic",
+        ),
+        pretrain_task=(("selfie", _SMOKE_SELFIE), ("ensemble", (*_SMOKE_SELFIE, "--batch_size=4"))),
+        finetune=(
+            "--batch_size=8",
+            "--train_steps=2",
+            "--warmup_steps=0",
+            "--lr_boundaries=",
+            "--attack_steps=1",
+            "--val_attack_steps=2",
+            "--val_examples=8",
+            "--val_batch_size=8",
+            "--steps_per_loop=1",
+            "--checkpoint_every=1",
+            "--image_summary_every=1000",
+            "--deterministic",
+        ),
+        evaluate=("--max_examples=16", "--batch_size=16"),
+        attacks=("pgd20", "fgsm"),
+        autoattack="none",
+    ),
+    "tiny": Scale(
+        name="tiny",
+        description=(
+            "the tiny backbone (0.3 M parameters) on the 5k real CIFAR-10 subset (give --data_dir) on a 2-core CPU: "
+            "pretraining 4 epochs, fine-tuning 6 epochs (lr ×0.1 at 4 and 5; validation PGD-10), every test image; "
+            "AutoAttack on the headline rows (those the questions compare by the worst case)"
+        ),
+        backbone="tiny",
+        dataset="sample",
+        pretrain=("--batch_size=128", "--epochs=4", "--steps_per_loop=6", "--checkpoint_every=36"),
+        # the epoch-0 warm-up of Rotation and Jigsaw shortened with their epochs; Selfie's recipe has none
+        pretrain_task=(
+            ("selfie", _TINY_SELFIE),
+            ("rotation", ("--warmup_steps=36",)),
+            ("jigsaw", ("--warmup_steps=36",)),
+        ),
+        finetune=(
+            "--batch_size=128",
+            "--epochs=6",
+            "--lr_boundaries=4,5",
+            "--warmup_steps=36",
+            "--val_attack_steps=10",
+            "--steps_per_loop=6",
+            "--checkpoint_every=36",
+        ),
+        evaluate=("--max_examples=0", "--batch_size=128"),
+        attacks=("pgd20",),
+        autoattack="headline",
+        excluded=(
+            (
+                "task:ensemble",
+                "ensemble pretraining (joint PGD through three heads and the second-order diversity term) costs "
+                "several times a single task per step; with its fine-tuning it alone would exceed the CPU budget",
+            ),
+            *(
+                (
+                    f"task_mode:{task}:{mode}",
+                    f"the {MODE_LABELS[mode]} fine-tunings run for Rotation only at this scale (CPU budget)",
+                )
+                for task in ("selfie", "jigsaw")
+                for mode in ("linear", "partial")
+            ),
+        ),
+    ),
+    "resnet18": _gpu_scale(
+        "resnet18", "flags/paper recipes (epochs, batch, schedules) with ResNet-18: GPU settings", "resnet18"
+    ),
+    "paper": _gpu_scale(
+        "paper", "flags/paper as they are: ResNet-50v2, the paper's epochs, full CIFAR-10 (GPU-days per row)", None
+    ),
+}
+
+
+def flags_dir() -> str:
+    """The repository's flags/ folder (the paper's recipes every study run starts from)."""
+    import advss_tf
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(advss_tf.__file__))), "flags", "paper")
+    if not os.path.isdir(path):
+        raise UsageError(f"{path} not found: the study needs the repository's flags/paper (a source checkout)")
+    return path
+
+
+def tools_dir() -> str:
+    import advss_tf
+
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(advss_tf.__file__))), "tools")

@@ -1,0 +1,123 @@
+"""What `python -m advss_tf.study` does, as Python: `run_study(...)` and `write_report(workdir)` (the CLI maps its
+flags onto these; tests and notebooks call them directly). Bad input raises UsageError before anything is written."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Callable
+
+from advss_tf.errors import UsageError
+from advss_tf.study import catalogue, plan, runner
+from advss_tf.study import report as report_lib
+
+
+def data_source(scale: catalogue.Scale, dataset: str | None, data_dir: str | None, tfds_data_dir: str | None):
+    """The CIFAR-10 every run reads: the scale's default, or the given one (a data_dir implies binary files)."""
+    dataset = dataset or ("binary" if data_dir else scale.dataset)
+    if data_dir and dataset != "binary":
+        raise UsageError(f"--data_dir reads the official binary files; it does not go with --dataset={dataset}")
+    if data_dir and not os.path.exists(data_dir):
+        raise UsageError(f"--data_dir {data_dir} does not exist")
+    return plan.Data(
+        dataset,
+        os.path.abspath(data_dir) if data_dir else None,
+        os.path.abspath(tfds_data_dir) if tfds_data_dir else None,
+    )
+
+
+def identity(study: str, scale: str, seeds: int, data: plan.Data, cifar10c: bool, autoattack: str) -> dict:
+    """What makes a study folder this study: another identity in the same folder is refused."""
+    return {
+        "study": study,
+        "scale": scale,
+        "seeds": seeds,
+        "data": {"dataset": data.dataset, "data_dir": data.data_dir, "tfds_data_dir": data.tfds_data_dir},
+        "cifar10c": cifar10c,
+        "autoattack": autoattack,
+    }
+
+
+def write_report(workdir: str, say: Callable[[str], None] = print) -> dict:
+    """Writes <workdir>/report/ from what has finished; returns the report (report.json's content)."""
+    ident = runner.read_identity(workdir)
+    if ident.get("study") not in catalogue.STUDIES or ident.get("scale") not in catalogue.SCALES:
+        raise UsageError(f"{workdir}/{runner.STUDY_FILE} names an unknown study or scale: {ident}")
+    study, scale = catalogue.STUDIES[ident["study"]], catalogue.SCALES[ident["scale"]]
+    _, excluded = plan.select_rows(study, scale, None)
+    result = report_lib.write(workdir, study, ident, excluded, scale.description)
+    if not result["rows"]:
+        raise UsageError(f"no evaluation has finished in {workdir} yet: nothing to report")
+    path = os.path.join(workdir, report_lib.REPORT, report_lib.MARKDOWN)
+    with open(path, encoding="utf-8") as f:
+        say(f.read())
+    say(f"study: report in {path} (and {report_lib.JSON}, {report_lib.SCATTER}, {report_lib.DIFFERENCES})")
+    return result
+
+
+def run_study(
+    workdir: str,
+    scale: str,
+    study: str = "paper",
+    seeds: int = 3,
+    rows: list[str] | None = None,
+    jobs: int = 1,
+    only: str | None = None,
+    emit: str = "none",
+    slurm_options: list[str] | tuple[str, ...] = (),
+    dry_run: bool = False,
+    overwrite: bool = False,
+    cifar10c: bool = False,
+    autoattack: str | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    tfds_data_dir: str | None = None,
+    say: Callable[[str], None] = print,
+) -> int:
+    """Runs (or resumes, or emits as SLURM jobs) the study; returns the exit status (0, 1, or 128+signal)."""
+    if study not in catalogue.STUDIES:
+        raise UsageError(f"unknown study {study!r}; valid: {', '.join(catalogue.STUDIES)}")
+    if scale not in catalogue.SCALES:
+        raise UsageError(f"unknown or missing scale {scale!r}; valid: {', '.join(catalogue.SCALES)}")
+    if seeds < 1 or jobs < 1:
+        raise UsageError(f"--seeds and --jobs must be >= 1, got {seeds} and {jobs}")
+    if autoattack is not None and autoattack not in catalogue.AUTOATTACK_POLICIES:
+        raise UsageError(f"--autoattack must be one of {', '.join(catalogue.AUTOATTACK_POLICIES)}")
+    the_study, the_scale = catalogue.STUDIES[study], catalogue.SCALES[scale]
+    data = data_source(the_scale, dataset, data_dir, tfds_data_dir)
+    chosen_rows, excluded = plan.select_rows(the_study, the_scale, rows or None)
+    workdir = os.path.abspath(workdir)
+    autoattack = autoattack or the_scale.autoattack
+    runs = plan.build(the_study, the_scale, seeds, workdir, data, chosen_rows, cifar10c, autoattack)
+    if only is not None:
+        chosen = [r for r in runs if r.id == only]
+        if not chosen:
+            raise UsageError(f"--only={only} is not a run of this study (--dry_run lists them)")
+        missing = [d for d in chosen[0].deps if not next(r for r in runs if r.id == d).finished(workdir)]
+        if missing:
+            raise UsageError(f"{only} needs {', '.join(missing)} finished first")
+        runs = chosen
+    if dry_run:
+        for r in runs:
+            say(f"{r.id}  [{'finished' if r.finished(workdir) else 'to run'}]  {shlex.join(r.command())}")
+        return 0
+    runner.prepare(workdir, identity(study, scale, seeds, data, cifar10c, autoattack), overwrite)
+    reasons: dict[str, list[str]] = {}
+    for r, why in excluded if only is None else ():
+        reasons.setdefault(why, []).append(r.id)
+    for why, ids in reasons.items():
+        say(f"study: not at scale {scale} ({why}): {', '.join(ids)}")
+    if emit == "slurm":
+        base = [sys.executable, "-m", "advss_tf.study", f"--study={study}", f"--scale={scale}", f"--seeds={seeds}"]
+        base += [f"--workdir={workdir}", *data.flags(), f"--autoattack={autoattack}"]
+        base += ["--cifar10c"] if cifar10c else []
+        runner.emit_slurm(workdir, runs, base, list(slurm_options), say)
+        return 0
+    status = runner.Executor(workdir, runs, jobs, say).run()
+    if only is None and status < 128:
+        try:
+            write_report(workdir, say)
+        except UsageError as e:
+            say(f"study: no report: {e}")
+    return status

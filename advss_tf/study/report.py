@@ -1,0 +1,266 @@
+"""The study's answers: per row the metrics over seeds (mean ± 95 % t interval), the paper's numbers beside them, the
+paired differences that answer Q1-Q4 with a verdict each, and two figures; Markdown + JSON in <workdir>/report/.
+
+Reads only what the binaries wrote: each evaluation's results.json and each fine-tuning's results.json (the epoch
+of the best validation RA, which finetune took from its validation_history.json). The JSON holds no times and no
+absolute paths, so an interrupted-and-resumed study and an uninterrupted one give the same report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from advss_tf.errors import UsageError
+from advss_tf.study import statistics
+from advss_tf.study.catalogue import Study
+
+REPORT = "report"
+MARKDOWN = "report.md"
+JSON = "report.json"
+SCATTER = "sa_vs_ra.png"
+DIFFERENCES = "questions.png"
+
+# metric → (column title, unit); accuracies in % of the test images, epochs as finetune counts them.
+METRICS = {
+    "standard": ("SA", "points"),
+    "pgd20": ("PGD-20", "points"),
+    "autoattack": ("AutoAttack", "points"),
+    "worst_case": ("worst case", "points"),
+    "cifar10c": ("CIFAR-10-C", "points"),
+    "epochs_to_best": ("epochs to best RA", "epochs"),
+}
+
+
+def _read(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} is not readable JSON: {str(e).splitlines()[0]}") from None
+
+
+def record(evaluation: dict[str, Any], finetuning: dict[str, Any] | None) -> dict[str, Any]:
+    """One (row, seed): the metrics of an evaluate results.json (in %) and a finetune results.json's best-RA epoch."""
+    robust = evaluation.get("robust_accuracy", {})
+    c10c = evaluation.get("cifar10c") or {}
+    best = (finetuning or {}).get("best_robust_accuracy") or {}
+    worst = evaluation.get("worst_case") or {}
+
+    def pct(x):
+        return None if x is None else 100.0 * float(x)
+
+    return {
+        "metrics": {
+            "standard": pct(evaluation["standard_accuracy"]),
+            "pgd20": pct(robust.get("pgd20", {}).get("accuracy")),
+            "autoattack": pct(robust.get("autoattack", {}).get("accuracy")),
+            "worst_case": pct(worst.get("accuracy")),
+            "cifar10c": pct(c10c.get("mean_accuracy")),
+            "epochs_to_best": best.get("epoch"),
+        },
+        "attacks": sorted(robust),
+        "worst_case_threat_model": worst.get("threat_model"),
+        "num_examples": evaluation.get("num_examples"),
+        "cifar10c_complete": c10c.get("headline_complete") if c10c else None,
+    }
+
+
+def collect(workdir: str, study: Study, seeds: int) -> dict[str, dict[int, dict[str, Any]]]:
+    """row id → seed → record, for every evaluation that has finished."""
+    from advss_tf import workspace
+    from advss_tf.study import plan
+
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    runs = os.path.join(workdir, plan.RUNS)
+    for row in study.rows:
+        for seed in range(seeds):
+            ev = _read(os.path.join(runs, f"seed{seed}", "evaluate", row.id, workspace.RESULTS))
+            if ev is None:
+                continue
+            ft = _read(os.path.join(runs, f"seed{seed}", "finetune", row.id, workspace.RESULTS))
+            out.setdefault(row.id, {})[seed] = record(ev, ft)
+    return out
+
+
+def build(study: Study, identity: dict[str, Any], records: dict[str, dict[int, dict[str, Any]]], excluded) -> dict:
+    """The report as one JSON-able dict (see the module docstring)."""
+    rows = []
+    for row in study.rows:
+        per_seed = records.get(row.id)
+        if not per_seed:
+            continue
+        metrics = {}
+        for m in METRICS:
+            values = {s: r["metrics"][m] for s, r in per_seed.items() if r["metrics"][m] is not None}
+            metrics[m] = {
+                "per_seed": {str(s): v for s, v in values.items()},
+                "interval": statistics.t_interval(list(values.values())).to_dict() if values else None,
+            }
+        rows.append(
+            {
+                "id": row.id,
+                "label": row.label,
+                "seeds": sorted(per_seed),
+                "metrics": metrics,
+                "paper": dict(row.paper),
+                "attacks": sorted({a for r in per_seed.values() for a in r["attacks"]}),
+                "num_examples": sorted({r["num_examples"] for r in per_seed.values()}),
+            }
+        )
+    questions = []
+    for qid, text in study.questions:
+        comparisons = []
+        for c in (c for c in study.comparisons if c.question == qid):
+            unit = METRICS[c.metric][1]
+            entry = {"a": c.a, "b": c.b, "metric": c.metric, "unit": unit, "claim": c.claim}
+            a, b = records.get(c.a, {}), records.get(c.b, {})
+            va = {s: r["metrics"][c.metric] for s, r in a.items() if r["metrics"][c.metric] is not None}
+            vb = {s: r["metrics"][c.metric] for s, r in b.items() if r["metrics"][c.metric] is not None}
+            diffs = statistics.paired_differences(va, vb)
+            if not diffs:
+                missing = [x for x, v in ((c.a, va), (c.b, vb)) if not v]
+                entry.update(per_seed={}, interval=None, verdict=f"not available: no finished {' / '.join(missing)}")
+            else:
+                interval = statistics.t_interval(list(diffs.values()))
+                attacks_a = sorted({t for r in a.values() for t in r["attacks"]})
+                attacks_b = sorted({t for r in b.values() for t in r["attacks"]})
+                note = (
+                    ""
+                    if attacks_a == attacks_b or c.metric != "worst_case"
+                    else " (the two rows ran different attacks)"
+                )
+                entry.update(
+                    per_seed={str(s): d for s, d in diffs.items()},
+                    interval=interval.to_dict(),
+                    verdict=statistics.verdict(interval, c.claim, unit) + note,
+                )
+            comparisons.append(entry)
+        questions.append({"id": qid, "question": text, "comparisons": comparisons})
+    return {
+        "identity": identity,
+        "confidence": statistics.CONFIDENCE,
+        "rows": rows,
+        "excluded": [{"id": r.id, "reason": why} for r, why in excluded],
+        "questions": questions,
+    }
+
+
+def _cell(interval: dict | None, digits: int = 2) -> str:
+    if not interval:
+        return "–"
+    if interval["half_width"] is None:
+        return f"{interval['mean']:.{digits}f} (n=1)"
+    return f"{interval['mean']:.{digits}f} ± {interval['half_width']:.{digits}f}"
+
+
+def markdown(report: dict, scale_description: str) -> str:
+    ident = report["identity"]
+    lines = [
+        f"# Study `{ident['study']}` at scale `{ident['scale']}` ({ident['seeds']} seeds)",
+        "",
+        f"Scale: {scale_description}.",
+        "",
+        f"Each cell: mean ± half-width of the {100 * report['confidence']:.0f} % Student-t interval over the seeds "
+        "that finished (n per row in the second column). Accuracies in % of the test images; the worst case counts "
+        "an image only if it survives every attack run on that row (L∞ 8/255); epochs to best = the fine-tuning "
+        "epoch of the best validation robust accuracy (the exported best-RA model). Paper: Chen et al. 2020, "
+        "ResNet-50v2 on full CIFAR-10, PGD-20 (AutoAttack where given).",
+        "",
+        "| row | n | " + " | ".join(title for title, _ in METRICS.values()) + " | paper SA | paper PGD-20 (AA) |",
+        "|---|---:|" + "---:|" * len(METRICS) + "---:|---:|",
+    ]
+    for r in report["rows"]:
+        paper = r["paper"]
+        ra = f"{paper['pgd20']:.2f}" if "pgd20" in paper else "–"
+        if "autoattack" in paper:
+            ra += f" ({paper['autoattack']:.2f})"
+        sa = f"{paper['standard']:.2f}" if "standard" in paper else "–"
+        cells = [_cell(r["metrics"][m]["interval"]) for m in METRICS]
+        lines.append(f"| {r['label']} (`{r['id']}`) | {len(r['seeds'])} | " + " | ".join(cells) + f" | {sa} | {ra} |")
+    lines += ["", "## The questions (paired differences per seed: a − b)", ""]
+    for q in report["questions"]:
+        lines.append(f"**{q['id']}. {q['question']}**")
+        lines.append("")
+        for c in q["comparisons"]:
+            seeds = ", ".join(f"{d:+.2f}" for d in c["per_seed"].values()) or "–"
+            lines.append(f"- `{c['a']}` − `{c['b']}`, {METRICS[c['metric']][0]} (per seed: {seeds}): {c['verdict']}")
+        lines.append("")
+    if report["excluded"]:
+        lines += ["## Rows not run at this scale", ""]
+        lines += [f"- `{e['id']}`: {e['reason']}" for e in report["excluded"]]
+        lines.append("")
+    lines += [f"![SA vs RA]({SCATTER})", "", f"![differences]({DIFFERENCES})", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, folder: str) -> None:
+    """SA vs worst-case RA with interval bars, marker area ∝ epochs to best (the paper's Figure 1), and the
+    per-question differences with their intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def mean_hw(interval):
+        if not interval:
+            return None, 0.0
+        return interval["mean"], interval["half_width"] or 0.0
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in report["rows"]:
+        x, xe = mean_hw(r["metrics"]["worst_case"]["interval"])
+        y, ye = mean_hw(r["metrics"]["standard"]["interval"])
+        if x is None or y is None:
+            continue
+        epochs, _ = mean_hw(r["metrics"]["epochs_to_best"]["interval"])
+        size = 20.0 + 40.0 * (epochs if epochs is not None else 0.0)
+        ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="none", ecolor="0.6", lw=1)
+        ax.scatter([x], [y], s=size, alpha=0.7, marker="o" if epochs is not None else "D")
+        ax.annotate(r["id"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        if "standard" in r["paper"] and "pgd20" in r["paper"]:
+            ax.scatter([r["paper"]["pgd20"]], [r["paper"]["standard"]], s=25, marker="s", color="0.5")
+    ax.set_xlabel("robust accuracy, worst case at L∞ 8/255 (%)")
+    ax.set_ylabel("standard accuracy (%)")
+    ident = report["identity"]
+    ax.set_title(
+        f"{ident['study']} at {ident['scale']}: mean ± 95% interval; area ∝ epochs to best RA; grey squares: paper",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, SCATTER), dpi=120)
+    plt.close(fig)
+
+    comps = [(q["id"], c) for q in report["questions"] for c in q["comparisons"]]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(comps), 1) + 1.2))
+    for i, (_, c) in enumerate(comps):
+        if c["interval"]:
+            m, hw = mean_hw(c["interval"])
+            ax.errorbar([m], [i], xerr=[[hw], [hw]], fmt="o", color="C0" if c["unit"] == "points" else "C1")
+            ax.scatter(list(c["per_seed"].values()), [i] * len(c["per_seed"]), s=8, color="0.4", zorder=3)
+    ax.axvline(0.0, color="0.3", lw=0.8)
+    ax.set_yticks(range(len(comps)))
+    ax.set_yticklabels([f"{q}: {c['a']} − {c['b']} ({METRICS[c['metric']][0]})" for q, c in comps], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("a − b (points: blue; epochs: orange; grey dots: seeds)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, DIFFERENCES), dpi=120)
+    plt.close(fig)
+
+
+def write(workdir: str, study: Study, identity: dict[str, Any], excluded, scale_description: str) -> dict:
+    """Collects, writes report.json, report.md and the figures into <workdir>/report/, returns the report."""
+    from advss_tf import workspace
+
+    report = build(study, identity, collect(workdir, study, identity["seeds"]), excluded)
+    folder = os.path.join(workdir, REPORT)
+    os.makedirs(folder, exist_ok=True)
+    plot(report, folder)
+    text = markdown(report, scale_description)
+    with open(os.path.join(folder, MARKDOWN), "w", encoding="utf-8") as f:
+        f.write(text)
+    workspace.write_json(os.path.join(folder, JSON), report)
+    return report

@@ -1,0 +1,247 @@
+"""Runs a study's plan: the study folder's identity, K runs at once in dependency order, per-run locks and logs, and
+the SLURM array jobs that do the same on a cluster.
+
+Each run is its binary's own command (a subprocess), so what it leaves is an ordinary run directory and a second
+invocation resumes it. The children die with the runner (PR_SET_PDEATHSIG on Linux): a kill -9 of the runner
+kills them too, and a re-run never finds two processes on one run directory; SIGTERM/SIGINT are forwarded, so the
+children save a checkpoint first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from advss_tf.errors import UsageError
+from advss_tf.study.plan import RUNS, Run, levels
+
+STUDY_FILE = "study.json"
+LOGS = "logs"
+LOCKS = "locks"
+SLURM = "slurm"
+OWN = (STUDY_FILE, RUNS, LOGS, LOCKS, SLURM, "report")  # what --overwrite clears, and nothing else
+
+
+def prepare(workdir: str, identity: dict[str, Any], overwrite: bool) -> None:
+    """Makes or re-opens the study folder for `identity`; another study's folder is refused unless `overwrite`."""
+    path = os.path.join(workdir, STUDY_FILE)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UsageError(f"--workdir {workdir} exists and is not a directory")
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                old = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{path} is unreadable ({e}); pass --overwrite to start a new study there") from None
+        if old == identity:
+            return
+        if not overwrite:
+            diff = ", ".join(
+                f"{k}: {old.get(k)!r} here, {identity.get(k)!r} asked"
+                for k in sorted(identity)
+                if old.get(k) != identity.get(k)
+            )
+            raise UsageError(f"{workdir} holds another study ({diff}); use another --workdir or pass --overwrite")
+    elif os.path.isdir(os.path.join(workdir, RUNS)) and not overwrite:
+        raise UsageError(f"{workdir} has runs/ but no {STUDY_FILE}; use another --workdir or pass --overwrite")
+    if overwrite:
+        for name in OWN:
+            p = os.path.join(workdir, name)
+            if os.path.isdir(p):
+                shutil.rmtree(p)
+            elif os.path.exists(p):
+                os.remove(p)
+    from advss_tf import workspace
+
+    workspace.write_json(path, identity)
+
+
+def read_identity(workdir: str) -> dict[str, Any]:
+    path = os.path.join(workdir, STUDY_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"{path} not found: --workdir is not a study folder") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} is unreadable: {e}") from None
+
+
+def _file_name(run_id: str) -> str:
+    return run_id.replace("/", "__")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the runner dies (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: a killed runner leaves its children to finish on their own
+
+
+def _last_error(log_path: str) -> str:
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.startswith("error: ")]
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "no error line"
+
+
+class Executor:
+    """Runs `runs` (already in dependency order) with at most `jobs` at once; finished ones are skipped.
+
+    A run starts when every run it needs has finished; a failed run's dependants are skipped. Returns the exit
+    status: 0 all finished, 1 a run failed (or was busy elsewhere), 128+signal when stopped by a signal.
+    """
+
+    def __init__(self, workdir: str, runs: list[Run], jobs: int = 1, say: Callable[[str], None] = print):
+        self.workdir, self.runs, self.jobs, self.say = workdir, runs, jobs, say
+        self.signum: int | None = None
+
+    def _say(self, message: str) -> None:
+        self.say(f"study: {message}")
+        sys.stdout.flush()
+
+    def _lock(self, run: Run):
+        folder = os.path.join(self.workdir, LOCKS)
+        os.makedirs(folder, exist_ok=True)
+        f = open(os.path.join(folder, _file_name(run.id) + ".lock"), "w")  # noqa: SIM115 (held while the run runs)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            return None
+        return f
+
+    def _start(self, run: Run):
+        os.makedirs(os.path.join(self.workdir, LOGS), exist_ok=True)
+        log_path = os.path.join(self.workdir, LOGS, _file_name(run.id) + ".log")
+        log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed when the run ends)
+        log.write(f"$ {shlex.join(run.command())}\n")
+        log.flush()
+        proc = subprocess.Popen(
+            run.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+        )
+        log.close()
+        return proc, log_path
+
+    def run(self) -> int:
+        state = {r.id: "done" if r.finished(self.workdir) else "todo" for r in self.runs}
+        todo = sum(s == "todo" for s in state.values())
+        self._say(f"{len(self.runs)} runs, {len(self.runs) - todo} already finished, {todo} to run")
+        running: dict[str, tuple[subprocess.Popen, Any, str, float]] = {}
+
+        def forward(signum, frame):
+            del frame
+            self.signum = signum
+            for proc, _, _, _ in running.values():
+                if proc.poll() is None:
+                    proc.send_signal(signum)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while True:
+                for r in self.runs:
+                    if state[r.id] == "todo" and any(state.get(d) in ("failed", "skipped", "busy") for d in r.deps):
+                        state[r.id] = "skipped"
+                        self._say(f"skip {r.id}: a run it needs did not finish")
+                while self.signum is None and len(running) < self.jobs:
+                    ready = next(
+                        (
+                            r
+                            for r in self.runs
+                            if state[r.id] == "todo" and all(state.get(d, "done") == "done" for d in r.deps)
+                        ),
+                        None,
+                    )
+                    if ready is None:
+                        break
+                    lock = self._lock(ready)
+                    if lock is None:
+                        state[ready.id] = "busy"
+                        self._say(f"skip {ready.id}: another process is running it")
+                        continue
+                    proc, log_path = self._start(ready)
+                    state[ready.id] = "running"
+                    running[ready.id] = (proc, lock, log_path, time.monotonic())
+                    self._say(f"start {ready.id} (log: {log_path})")
+                if not running:
+                    break
+                time.sleep(0.2)
+                for rid, (proc, lock, log_path, t0) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    lock.close()
+                    del running[rid]
+                    run = next(r for r in self.runs if r.id == rid)
+                    if proc.returncode == 0 and run.finished(self.workdir):
+                        state[rid] = "done"
+                        self._say(f"done {rid} in {time.monotonic() - t0:.0f} s")
+                    else:
+                        state[rid] = "failed"
+                        self._say(f"FAILED {rid} (exit status {proc.returncode}): {_last_error(log_path)} ({log_path})")
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+        if self.signum is not None:
+            return 128 + self.signum
+        return 0 if all(s == "done" for s in state.values()) else 1
+
+
+def emit_slurm(
+    workdir: str, runs: list[Run], base_command: list[str], options: list[str], write: Callable[[str], None]
+) -> str:
+    """Writes one SLURM array job per dependency level (task i runs `base_command --only=<run i>`) and submit.sh,
+    which submits them in order, each `--dependency=afterok:` on the previous array. Returns submit.sh's path."""
+    folder = os.path.join(workdir, SLURM)
+    os.makedirs(folder, exist_ok=True)
+    logs = os.path.join(os.path.abspath(workdir), LOGS)
+    os.makedirs(logs, exist_ok=True)  # SLURM opens --output there before the task starts
+    submit = [
+        "#!/usr/bin/env bash",
+        "# Submits the study's SLURM array jobs, each level after the previous one.",
+        "set -euo pipefail",
+        'cd "$(dirname "$0")"',
+        "dep=()",
+    ]
+    for k, level in enumerate(levels(runs)):
+        if not level:
+            continue
+        ids = " ".join(shlex.quote(r.id) for r in level)
+        script = [
+            "#!/usr/bin/env bash",
+            f"#SBATCH --job-name=study-level{k}",
+            f"#SBATCH --array=0-{len(level) - 1}",
+            f"#SBATCH --output={logs}/slurm-level{k}-%a.log",
+            *(f"#SBATCH {o}" for o in options),
+            "set -euo pipefail",
+            f"RUNS=({ids})",
+            f'exec {shlex.join(base_command)} --only="${{RUNS[$SLURM_ARRAY_TASK_ID]}}"',
+            "",
+        ]
+        name = f"level{k}.sbatch"
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+            f.write("\n".join(script))
+        submit += [
+            f'jid=$(sbatch --parsable "${{dep[@]}}" {name})',
+            f'echo "level {k}: {len(level)} runs, job $jid"',
+            'dep=(--dependency=afterok:"${jid%%;*}")',
+        ]
+    path = os.path.join(folder, "submit.sh")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(submit) + "\n")
+    os.chmod(path, 0o755)
+    write(f"study: SLURM array jobs in {folder}; submit them with: bash {path}")
+    return path

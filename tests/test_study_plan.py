@@ -1,0 +1,247 @@
+"""The study's declared rows, its plan of runs, the study folder's identity, SLURM emission and the report, without
+training anything (the end-to-end study is tests/test_study_e2e.py)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from advss_tf.errors import UsageError
+from advss_tf.study import catalogue, plan, report, runner
+
+PAPER = catalogue.STUDIES["paper"]
+
+
+def _plan(scale="smoke", rows=None, seeds=2, workdir="/w"):
+    chosen, excluded = plan.select_rows(PAPER, catalogue.SCALES[scale], rows)
+    return plan.build(PAPER, catalogue.SCALES[scale], seeds, workdir, plan.Data("sample"), chosen), excluded
+
+
+def test_the_paper_study_has_the_papers_rows():
+    ids = [r.id for r in PAPER.rows]
+    assert len(ids) == len(set(ids)) == 2 + 3 * 2 * 3 * 2 + 2
+    assert {"at_e2e", "rotation_aux", "ensemble_advpre_full_advft", "ensemble_of_three"} <= set(ids)
+    for task in catalogue.TASKS:
+        for pre in (False, True):
+            for mode in ("linear", "partial", "full"):
+                for ft in (False, True):
+                    row = PAPER.row(catalogue.grid_row_id(task, pre, mode, ft))
+                    assert row.pretraining == catalogue.Pretraining(task, pre)
+                    assert row.finetuning.mode == mode and row.finetuning.adversarial == ft
+                    assert row.export == ("best_ra" if ft else "best_sa")
+    assert PAPER.row("ensemble_of_three").members == tuple(f"{t}_advpre_full_advft" for t in catalogue.TASKS)
+    assert PAPER.row("rotation_aux").finetuning.aux_rotation_weight == 0.5
+    assert dict(PAPER.row("ensemble_of_three").paper) == {"standard": 86.04, "pgd20": 54.64, "autoattack": 51.56}
+    for c in PAPER.comparisons:  # every question's rows exist and its metric is a report metric
+        PAPER.row(c.a), PAPER.row(c.b)
+        assert c.metric in report.METRICS and c.question in dict(PAPER.questions)
+    with pytest.raises(UsageError, match="no row 'nope'; its rows: at_e2e, rotation_aux"):
+        PAPER.row("nope")
+
+
+def test_the_plan_runs_pretraining_before_its_fine_tunings_and_evaluates_the_right_export():
+    runs, _ = _plan(rows=["rotation_advpre_partial_stdft", "at_e2e", "ensemble_of_three"])
+    position = {r.id: i for i, r in enumerate(runs)}
+    for r in runs:
+        assert all(position[d] < position[r.id] for d in r.deps), r.id
+    by_id = {r.id: r for r in runs}
+    ft = by_id["seed1/finetune/rotation_advpre_partial_stdft"]
+    assert ft.deps == ("seed1/pretrain/rotation_adv",)
+    assert "--pretrained=/w/runs/seed1/pretrain/rotation_adv/export/pretrain" in ft.args
+    assert "--objective=standard" in ft.args and "--seed=1" in ft.args
+    assert any(a.endswith("finetune_partial_adversarial.flags") for a in ft.args)  # the mode comes from the recipe
+    ev = by_id["seed1/evaluate/rotation_advpre_partial_stdft"]
+    assert "--model=/w/runs/seed1/finetune/rotation_advpre_partial_stdft/export/best_sa" in ev.args
+    e2e = by_id["seed0/finetune/at_e2e"]
+    assert e2e.deps == () and "--backbone=tiny" in e2e.args
+    assert any(a.endswith("finetune_end_to_end.flags") for a in e2e.args)
+    # the ensemble row brings its three members and waits for their fine-tunings
+    ens = by_id["seed0/ensemble/ensemble_of_three"]
+    assert set(ens.deps) == {f"seed0/finetune/{t}_advpre_full_advft" for t in catalogue.TASKS}
+    assert ens.command()[1].endswith(os.path.join("tools", "ensemble_export.py"))
+    assert by_id["seed0/evaluate/ensemble_of_three"].deps == ("seed0/ensemble/ensemble_of_three",)
+    # the three members' pretrainings, per seed: rotation_adv is shared with the Rotation row, not run twice
+    assert sorted(r.id for r in runs if r.kind == "pretrain" and r.seed == 0) == [
+        f"seed0/pretrain/{t}_adv" for t in ("jigsaw", "rotation", "selfie")
+    ]
+    levels = plan.levels(runs)
+    assert [r.kind for r in levels[0]] == ["pretrain"] * 6 + ["finetune"] * 2
+    assert {r.kind for r in levels[-1]} == {"evaluate"}
+
+
+def test_scales_set_the_attacks_and_tiny_says_which_rows_it_leaves_out_and_why():
+    runs, excluded = _plan(scale="tiny", seeds=1)
+    reasons = {r.id: why for r, why in excluded}
+    assert "ensemble_advpre_full_advft" in reasons and "CPU budget" in reasons["selfie_advpre_linear_advft"]
+    assert not any(r.row in reasons for r in runs)
+    attacks = {r.row: next(a for a in r.args if a.startswith("--attacks=")) for r in runs if r.kind == "evaluate"}
+    assert attacks["at_e2e"] == attacks["ensemble_of_three"] == "--attacks=pgd20,autoattack"
+    assert attacks["rotation_advpre_partial_stdft"] == "--attacks=pgd20"
+    smoke, _ = _plan(rows=["at_e2e"])
+    assert all("autoattack" not in a for r in smoke for a in r.args)
+    with pytest.raises(UsageError, match="no row of --rows runs at --scale=tiny"):
+        plan.select_rows(PAPER, catalogue.SCALES["tiny"], ["ensemble_advpre_full_advft"])
+
+
+def test_a_foreign_study_folder_is_refused_and_overwrite_replaces_only_the_study(tmp_path):
+    ident = {"study": "paper", "scale": "smoke", "seeds": 2}
+    runner.prepare(str(tmp_path), ident, overwrite=False)
+    runner.prepare(str(tmp_path), ident, overwrite=False)  # the same study re-opens
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "mine.txt").write_text("keep")
+    with pytest.raises(UsageError, match="holds another study .*seeds: 2 here, 3 asked"):
+        runner.prepare(str(tmp_path), {**ident, "seeds": 3}, overwrite=False)
+    runner.prepare(str(tmp_path), {**ident, "seeds": 3}, overwrite=True)
+    assert json.loads((tmp_path / "study.json").read_text())["seeds"] == 3
+    assert not (tmp_path / "runs").exists() and (tmp_path / "mine.txt").read_text() == "keep"
+
+
+def test_the_cli_refuses_another_studys_folder_with_one_line_and_exit_2(tmp_path):
+    runner.prepare(str(tmp_path), {"study": "paper", "scale": "tiny", "seeds": 3}, overwrite=False)
+    before = sorted(os.listdir(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "advss_tf.study", "--scale=smoke", "--seeds=2", f"--workdir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and "holds another study" in lines[0] and "--overwrite" in lines[0]
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_slurm_emission_is_one_array_per_dependency_level_chained_with_afterok(tmp_path):
+    runs, _ = _plan(rows=["rotation_advpre_full_advft"], workdir=str(tmp_path / "study"))
+    said = []
+    base = ["python", "-m", "advss_tf.study", "--scale=smoke"]
+    submit = runner.emit_slurm(str(tmp_path / "study"), runs, base, ["-p gpu"], said.append)
+    level0 = (tmp_path / "study" / "slurm" / "level0.sbatch").read_text()
+    assert "#SBATCH --array=0-1" in level0 and "#SBATCH -p gpu" in level0
+    assert "RUNS=(seed0/pretrain/rotation_adv seed1/pretrain/rotation_adv)" in level0
+    assert 'exec python -m advss_tf.study --scale=smoke --only="${RUNS[$SLURM_ARRAY_TASK_ID]}"' in level0
+    # submit.sh with a stand-in sbatch that records its arguments and answers job ids 101, 102, ...
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    fake = bin_dir / "sbatch"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\necho $((100 + $(wc -l < {calls})))\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", submit], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text().splitlines() == [
+        "--parsable level0.sbatch",
+        "--parsable --dependency=afterok:101 level1.sbatch",
+        "--parsable --dependency=afterok:102 level2.sbatch",
+    ]
+    assert "seed1/evaluate/rotation_advpre_full_advft" in (tmp_path / "study" / "slurm" / "level2.sbatch").read_text()
+    assert said and "submit" in said[0]
+
+
+def _evaluation(sa, pgd20, aa=None):
+    robust = {"pgd20": {"accuracy": pgd20}}
+    if aa is not None:
+        robust["autoattack"] = {"accuracy": aa}
+    return {
+        "standard_accuracy": sa,
+        "robust_accuracy": robust,
+        "worst_case": {"accuracy": min(pgd20, aa if aa is not None else 1.0), "threat_model": "Linf 8/255"},
+        "cifar10c": None,
+        "num_examples": 100,
+    }
+
+
+def test_report_tables_intervals_questions_and_figures_from_known_results(tmp_path):
+    """Three seeds of two rows with known accuracies: the report's numbers are the t intervals of those."""
+    rot, e2e = "rotation_advpre_full_advft", "at_e2e"
+    known = {
+        rot: [(0.60, 0.30, 0.28, 5.0), (0.62, 0.31, 0.29, 4.0), (0.61, 0.32, 0.30, 6.0)],
+        e2e: [(0.58, 0.25, 0.24, 9.0), (0.57, 0.26, 0.25, 8.0), (0.59, 0.25, 0.24, 9.0)],
+    }
+    for row, per_seed in known.items():
+        for seed, (sa, pgd, aa, epoch) in enumerate(per_seed):
+            for kind, obj in (
+                ("evaluate", _evaluation(sa, pgd, aa)),
+                ("finetune", {"best_robust_accuracy": {"epoch": epoch, "robust_accuracy": pgd}}),
+            ):
+                path = tmp_path / "runs" / f"seed{seed}" / kind / row / "results.json"
+                path.parent.mkdir(parents=True)
+                path.write_text(json.dumps(obj))
+    ident = {"study": "paper", "scale": "smoke", "seeds": 3}
+    out = report.write(str(tmp_path), PAPER, ident, [], "made-up numbers")
+    rows = {r["id"]: r for r in out["rows"]}
+    assert set(rows) == {rot, e2e} and rows[rot]["seeds"] == [0, 1, 2]
+    aa = rows[rot]["metrics"]["autoattack"]["interval"]
+    from advss_tf.study.statistics import t_interval
+
+    assert aa["mean"] == pytest.approx(29.0) and aa["half_width"] == pytest.approx(t_interval([28, 29, 30]).half_width)
+    assert rows[e2e]["metrics"]["epochs_to_best"]["interval"]["mean"] == pytest.approx(26 / 3)
+    assert rows[e2e]["paper"] == {"standard": 84.72, "pgd20": 47.22}
+    q1 = next(q for q in out["questions"] if q["id"] == "Q1")["comparisons"][0]
+    assert (q1["a"], q1["b"], q1["metric"]) == (rot, e2e, "worst_case")
+    assert q1["per_seed"] == {"0": pytest.approx(4.0), "1": pytest.approx(4.0), "2": pytest.approx(6.0)}
+    assert "supports the claim" in q1["verdict"]
+    q2_epochs = next(c for q in out["questions"] for c in q["comparisons"] if c["metric"] == "epochs_to_best")
+    assert q2_epochs["per_seed"] == {"0": 4.0, "1": 4.0, "2": 3.0} and q2_epochs["unit"] == "epochs"
+    missing = next(q for q in out["questions"] if q["id"] == "Q4")["comparisons"][0]
+    assert missing["verdict"].startswith("not available") and missing["interval"] is None
+    folder = tmp_path / "report"
+    for name in (report.MARKDOWN, report.JSON, report.SCATTER, report.DIFFERENCES):
+        assert (folder / name).stat().st_size > 0
+    md = (folder / report.MARKDOWN).read_text()
+    assert "| 29.00 ± " in md and "84.72" in md and "not available" in md
+    assert json.loads((folder / report.JSON).read_text()) == json.loads(json.dumps(out))
+
+
+def test_the_runner_keeps_dependency_order_runs_k_at_once_skips_dependants_of_a_failure_and_resumes(
+    tmp_path, monkeypatch
+):
+    """The scheduler with stand-in commands (a line of Python each) in place of the binaries."""
+
+    def stand_in(run):
+        directory = run.directory(str(tmp_path))
+        fail = (tmp_path / f"fail-{run.row}").exists()
+        return [
+            sys.executable,
+            "-c",
+            "import os, sys, time\ndeadline = time.time() + 60\n"
+            f"events = {str(tmp_path / 'events')!r}\n"
+            f"open(events, 'a').write('start {run.row}\\n')\n"
+            # a and d wait for each other: they finish only if the runner has them running at the same time
+            f"while {run.row in 'ad'} and not {{'start a', 'start d'}} <= set(open(events).read().splitlines())"
+            " and time.time() < deadline:\n"
+            "    time.sleep(0.05)\n"
+            f"open({str(tmp_path / 'events')!r}, 'a').write('end {run.row}\\n')\n"
+            f"if {fail}: print('error: boom'); sys.exit(3)\n"
+            f"os.makedirs({directory!r}, exist_ok=True); open(os.path.join({directory!r}, 'results.json'), 'w')",
+        ]
+
+    monkeypatch.setattr(plan.Run, "command", stand_in)
+    runs = [
+        plan.Run("seed0/pretrain/a", "pretrain", 0, "a", (), ()),
+        plan.Run("seed0/pretrain/d", "pretrain", 0, "d", (), ()),
+        plan.Run("seed0/finetune/b", "finetune", 0, "b", (), ("seed0/pretrain/a",)),
+        plan.Run("seed0/evaluate/c", "evaluate", 0, "c", (), ("seed0/finetune/b",)),
+    ]
+    (tmp_path / "fail-b").touch()
+    said = []
+    assert runner.Executor(str(tmp_path), runs, jobs=2, say=said.append).run() == 1
+    events = (tmp_path / "events").read_text().split()
+    assert events[:4:2] == ["start", "start"] and set(events[1:4:2]) == {"a", "d"}  # side by side (see stand_in)
+    assert events.index("b") > events.index("a", events.index("a") + 1)  # b started after a ended
+    assert "c" not in events
+    text = "\n".join(said)
+    assert "FAILED seed0/finetune/b (exit status 3): error: boom" in text and "skip seed0/evaluate/c" in text
+    assert "seed0__finetune__b.log" in text
+
+    (tmp_path / "fail-b").unlink()
+    (tmp_path / "events").unlink()
+    said = []
+    assert runner.Executor(str(tmp_path), runs, jobs=2, say=said.append).run() == 0
+    assert "study: 4 runs, 2 already finished, 2 to run" in said
+    assert (tmp_path / "events").read_text().split() == ["start", "b", "end", "b", "start", "c", "end", "c"]

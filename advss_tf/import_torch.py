@@ -28,10 +28,15 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_string("output", None, "The export directory to write (refused if it holds anything, unless --overwrite).")
 flags.DEFINE_string(
-    "permutations", None, "--format=jigsaw: the permutation.npy the training script saved (its 30 permutations)."
+    "permutations",
+    None,
+    "--format=jigsaw or ensemble_pretrain: the permutation.npy the training script saved (its 30 permutations).",
 )
 flags.DEFINE_integer(
-    "selfie_heads", None, "--format=selfie: attention heads; default trunk width / 64, as the reference.", lower_bound=1
+    "selfie_heads",
+    None,
+    "--format=selfie or ensemble_pretrain: attention heads; default trunk width / 64, as the reference.",
+    lower_bound=1,
 )
 flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output.")
 flags.mark_flags_as_required(["checkpoint", "format", "output"])

@@ -66,10 +66,12 @@ def prepare(model_dir: str, config, overwrite: bool) -> bool:
 
 
 def _with_arch_version(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A config.json written before architecture versions existed describes version 1 (models/resnet.py)."""
+    """A config.json written before architecture versions existed describes version 1 with the stem BN/ReLU
+    (models/resnet.py)."""
     backbone = cfg.get("backbone")
-    if isinstance(backbone, dict) and "arch_version" not in backbone:
-        return {**cfg, "backbone": {**backbone, "arch_version": LEGACY_ARCH_VERSION}}
+    if isinstance(backbone, dict):
+        defaults = {"arch_version": LEGACY_ARCH_VERSION, "stem_norm": True}
+        return {**cfg, "backbone": {**defaults, **backbone}}
     return cfg
 
 

@@ -32,6 +32,7 @@ def test_architecture_version_defaults_to_the_reference_and_old_entries_read_as_
     assert BackboneConfig("tiny").arch_version == 2
     assert BackboneConfig.from_dict({"name": "tiny", "sync_bn": False}).arch_version == 1
     assert BackboneConfig.from_dict({"name": "tiny", "arch_version": 2}) == BackboneConfig("tiny")
+    assert not BackboneConfig.from_dict({"name": "tiny", "arch_version": 2, "stem_norm": False}).stem_norm
     with pytest.raises(UsageError, match="architecture version 3"):
         BackboneConfig("tiny", arch_version=3)
 

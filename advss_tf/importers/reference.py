@@ -33,6 +33,7 @@ from advss_tf.models.resnet import BACKBONES, MEAN, STAGE_STRIDES, STD, Backbone
 from advss_tf.models.selfie import SelfieModel
 from advss_tf.patches import GRID, NUM_PATCHES
 from advss_tf.tasks.classification import jigsaw_task, rotation_task
+from advss_tf.tasks.ensemble import EnsembleTask
 from advss_tf.tasks.selfie import SelfieTask
 from advss_tf.training import pretraining, validation
 
@@ -43,6 +44,8 @@ FORMATS = {
     "jigsaw": "pretraining/train_{adv,std}_jigsaw.py: {'state_dict': normaliser + ResNet(31)} (+ --permutations) → "
     "pretraining export",
     "selfie": "pretraining/train_{adv,std}_selfie.py: {'P_state', 'selfie_state'} → pretraining export",
+    "ensemble_pretrain": "pretraining/ensemble_pretrain.py: {'state_dict', 'selfie_state'} (+ --permutations) → "
+    "ensemble pretraining export (its trunk has no stem BN/ReLU, as the reference's)",
     "finetune_ensemble": "finetune/model_ensemble.py: SelfEnsembleModel_all's state_dict (branch1-3, normalize), or "
     "three finetune checkpoints (comma-separated) → one classifier: mean of the three softmaxes",
     "robustbench": "RobustBench's Chen2020Adversarial (branch1-3, models.0-2, mu, sigma) → one classifier: mean of "
@@ -175,33 +178,52 @@ def _dense_slots(prefix: str, layer) -> dict[str, Slot]:
     }
 
 
+def stage_slots(cfg: BackboneConfig, part, stage: int, theirs: str) -> dict[str, Slot]:
+    """The reference's `layer<stage>` (its keys under `theirs`, e.g. `1.layer2` or `blocks.2`) → the blocks
+    `stage<stage>_block<i>_*` of our Keras model `part` (the trunk for stages 1-3, a stage 4)."""
+    spec = cfg.spec
+    in_channels = spec.stem if stage == 1 else cfg.stage_channels(stage - 1)
+    slots = {}
+    for i in range(spec.blocks[stage - 1]):
+        ours = f"stage{stage}_block{i + 1}"
+        names = {"bn0": "pre_bn", "conv1": "conv1", "bn1": "bn2", "conv2": "conv2"}
+        if spec.block == "bottleneck":
+            names.update(bn2="bn3", conv3="conv3")
+        stride = STAGE_STRIDES[stage - 1] if i == 0 else 1
+        if stride != 1 or in_channels != cfg.stage_channels(stage):
+            names.update({"shortcut.0": "shortcut", "shortcut.1": "shortcut_bn"})
+        for t_name, k_name in names.items():
+            layer = part.get_layer(f"{ours}_{k_name}")
+            if "bn" in k_name:
+                slots.update(_bn_slots(f"{theirs}.{i}.{t_name}", layer))
+            else:
+                slots[f"{theirs}.{i}.{t_name}.weight"] = _conv_slot(layer)
+        in_channels = cfg.stage_channels(stage)
+    return slots
+
+
 def resnet_slots(model: ImageClassifier, prefix: str = "", stages: int = 4, head: bool = True) -> dict[str, Slot]:
     """`resnetv2.ResNet`'s state_dict keys (under `prefix`) → our classifier's variables (`stages=3`, no head: `P`)."""
     cfg = model.backbone
-    spec = cfg.spec
-    trunk, stage4 = model.trunk, model.stage4
-    slots = {f"{prefix}conv1.weight": _conv_slot(trunk.get_layer("stem_conv"))}
-    slots.update(_bn_slots(f"{prefix}bn1", trunk.get_layer("stem_bn")))
-    in_channels = spec.stem
+    slots = {f"{prefix}conv1.weight": _conv_slot(model.trunk.get_layer("stem_conv"))}
+    slots.update(_bn_slots(f"{prefix}bn1", model.trunk.get_layer("stem_bn")))
     for s in range(1, stages + 1):
-        part = trunk if s <= 3 else stage4
-        for i in range(spec.blocks[s - 1]):
-            ours, theirs = f"stage{s}_block{i + 1}", f"{prefix}layer{s}.{i}"
-            names = {"bn0": "pre_bn", "conv1": "conv1", "bn1": "bn2", "conv2": "conv2"}
-            if spec.block == "bottleneck":
-                names.update(bn2="bn3", conv3="conv3")
-            stride = STAGE_STRIDES[s - 1] if i == 0 else 1
-            if stride != 1 or in_channels != cfg.stage_channels(s):
-                names.update({"shortcut.0": "shortcut", "shortcut.1": "shortcut_bn"})
-            for t_name, k_name in names.items():
-                layer = part.get_layer(f"{ours}_{k_name}")
-                if "bn" in k_name:
-                    slots.update(_bn_slots(f"{theirs}.{t_name}", layer))
-                else:
-                    slots[f"{theirs}.{t_name}.weight"] = _conv_slot(layer)
-            in_channels = cfg.stage_channels(s)
+        slots.update(stage_slots(cfg, model.trunk if s <= 3 else model.stage4, s, f"{prefix}layer{s}"))
     if head:
         slots.update(_dense_slots(f"{prefix}linear", model.head))
+    return slots
+
+
+def ensemble_trunk_slots(model) -> dict[str, Slot]:
+    """`PretrainEnsembleModel`'s keys → our ensemble model (a trunk without stem BN/ReLU, two stage 4s + heads)."""
+    cfg = model.backbone
+    slots = {"blocks.0.weight": _conv_slot(model.trunk.get_layer("stem_conv"))}
+    for s in (1, 2, 3):
+        slots.update(stage_slots(cfg, model.trunk, s, f"blocks.{s}"))
+    for name in ("rotation", "jigsaw"):
+        head = getattr(model, name)
+        slots.update(stage_slots(cfg, head.stage4, 4, f"layer4_{name}"))
+        slots.update(_dense_slots(f"fc_{name}", head.head))
     return slots
 
 
@@ -276,15 +298,22 @@ def apply_slots(state: dict[str, np.ndarray], slots: dict[str, Slot], where: str
 
 
 # -- which of our backbones a file holds -------------------------------------------------------------------------------
-def infer_backbone(state: dict[str, np.ndarray], prefix: str, where: str) -> BackboneConfig:
-    """The backbone (architecture version 2) whose reference ResNet has the stem and block shapes of `state`."""
-    stem = state.get(f"{prefix}conv1.weight")
+def infer_backbone(
+    state: dict[str, np.ndarray], prefix: str, where: str, stem_key: str | None = None, layers: list[str] | None = None
+) -> BackboneConfig:
+    """The backbone (architecture version 2) whose reference ResNet has the stem and block shapes of `state`.
+
+    Keys: `<prefix>conv1.weight` and `<prefix>layer<s>.<i>.…` (the ResNet's own), or `stem_key` and the four
+    `layers` prefixes (the ensemble's `blocks.0.weight`, `blocks.1` … `layer4_rotation`).
+    """
+    stem_key = stem_key or f"{prefix}conv1.weight"
+    layers = layers or [f"{prefix}layer{s}" for s in (1, 2, 3, 4)]
+    stem = state.get(stem_key)
     if stem is None:
-        raise UsageError(f"{where}: 1 missing: {prefix}conv1.weight (no reference ResNet stem)")
-    bottleneck = f"{prefix}layer1.0.conv3.weight" in state
+        raise UsageError(f"{where}: 1 missing: {stem_key} (no reference ResNet stem)")
+    bottleneck = f"{layers[0]}.0.conv3.weight" in state
     blocks = tuple(
-        len({k.split(".")[len(prefix.split(".")) :][0] for k in state if k.startswith(f"{prefix}layer{s}.")})
-        for s in (1, 2, 3, 4)
+        len({k[len(layer) + 1 :].split(".")[0] for k in state if k.startswith(f"{layer}.")}) for layer in layers
     )
     for name, spec in BACKBONES.items():
         if spec.stem == stem.shape[0] and (spec.block == "bottleneck") == bottleneck and blocks[:3] == spec.blocks[:3]:
@@ -387,14 +416,10 @@ def _import_classification_pretext(paths, fmt, options) -> Imported:
     apply_slots(state, {**normaliser_slots("0.mean", "0.std", (3,), normaliser), **resnet_slots(model, "1.")}, path)
     extra = {"imported": _provenance(paths, fmt, meta, normaliser)}
     if fmt == "jigsaw" and perms is None:
-        task._assets = {}  # no permutation set to export: the head's classes mean nothing known
+        task = _WithoutPermutations(task)  # no permutation set to export: the head's classes mean nothing known
         extra["jigsaw_head"] = "unusable: the permutation set (the script's permutation.npy) was not given"
     elif fmt == "jigsaw":
-        extra["imported"]["permutations"] = {
-            "file": os.path.basename(options["permutations"]),
-            "sha256": sha256(options["permutations"]),
-            "classes": "class 0 = identity, class k = row k-1 of the file (as the reference's jigsaw())",
-        }
+        extra["imported"]["permutations"] = _permutation_record(options["permutations"])
     return Imported(
         fmt, backbone, {"model": model}, extra, lambda out: pretraining.write_export(out, task, model, cfg, extra)
     )
@@ -425,20 +450,7 @@ def _import_selfie(paths, fmt, options) -> Imported:
     (path,) = paths
     (p_state, selfie_state), meta = _state_dicts(load_checkpoint(path), path, fmt, ("P_state", "selfie_state"))
     backbone = infer_backbone(p_state, "1.", f"{path} P_state")
-    width = backbone.trunk_channels
-    layers = len({k.split(".")[2] for k in selfie_state if k.startswith("at_pool.layer_stack.")})
-    w1 = selfie_state.get("at_pool.layer_stack.0.pos_ffn.w_1.weight")
-    if layers == 0 or w1 is None:
-        raise UsageError(f"{path} selfie_state: no encoder layers (at_pool.layer_stack.0.pos_ffn.w_1.weight missing)")
-    heads = int(options.get("selfie_heads") or max(width // _REFERENCE_D_K, 1))
-    cfg = _pretrain_config(
-        backbone,
-        "selfie",
-        selfie_layers=layers,
-        selfie_heads=heads,
-        selfie_ff_dim=int(w1.shape[0]),
-        selfie_logit_scale=1.0,  # the reference's raw query·patch dot products
-    )
+    cfg = _pretrain_config(backbone, "selfie", **_selfie_dims(selfie_state, backbone, path, options))
     task = SelfieTask(cfg)
     model = task.build_model()
     normaliser: dict = {}
@@ -453,6 +465,74 @@ def _import_selfie(paths, fmt, options) -> Imported:
     return Imported(
         fmt, backbone, {"model": model}, extra, lambda out: pretraining.write_export(out, task, model, cfg, extra)
     )
+
+
+def _import_ensemble_pretrain(paths, fmt, options) -> Imported:
+    (path,) = paths
+    (state, selfie_state), meta = _state_dicts(load_checkpoint(path), path, fmt, ("state_dict", "selfie_state"))
+    found = infer_backbone(state, "", path, "blocks.0.weight", ["blocks.1", "blocks.2", "blocks.3", "layer4_rotation"])
+    backbone = dataclasses.replace(found, stem_norm=False)  # the reference ensemble's trunk: conv1 into layer1
+    fc = state.get("fc_jigsaw.weight")
+    perms = _read_permutations(options.get("permutations"))
+    classes = int(fc.shape[0]) if fc is not None else 31
+    if perms is not None and classes != len(perms):
+        raise UsageError(f"{path} has a {classes}-way jigsaw head but --permutations gives {len(perms)} classes")
+    cfg = _pretrain_config(
+        backbone,
+        "ensemble",
+        jigsaw_permutations=max(classes - 1, 1),
+        **_selfie_dims(selfie_state, backbone, path, options),
+    )
+    task = EnsembleTask(cfg, perms if perms is not None else np.tile(np.arange(NUM_PATCHES), (classes, 1)))
+    model = task.build_model()
+    if perms is None:
+        task = _WithoutPermutations(task)
+    apply_slots(state, ensemble_trunk_slots(model), f"{path} state_dict")
+    apply_slots(selfie_state, selfie_slots(model.selfie), f"{path} selfie_state")
+    extra = {"imported": _provenance(paths, fmt, {}, {})}
+    extra["imported"]["checkpoint_metadata"] = meta
+    if perms is None:
+        extra["jigsaw_head"] = "unusable: the permutation set (the script's permutation.npy) was not given"
+    else:
+        extra["imported"]["permutations"] = _permutation_record(options["permutations"])
+    return Imported(
+        fmt, backbone, {"model": model}, extra, lambda out: pretraining.write_export(out, task, model, cfg, extra)
+    )
+
+
+def _selfie_dims(selfie_state: dict, backbone: BackboneConfig, path: str, options: dict) -> dict[str, Any]:
+    """The transformer's size as the file has it (layers, feed-forward width; heads from the flag or width / 64)."""
+    layers = len({k.split(".")[2] for k in selfie_state if k.startswith("at_pool.layer_stack.")})
+    w1 = selfie_state.get("at_pool.layer_stack.0.pos_ffn.w_1.weight")
+    if layers == 0 or w1 is None:
+        raise UsageError(f"{path} selfie_state: 1 missing: at_pool.layer_stack.0.pos_ffn.w_1.weight (no encoder layer)")
+    return dict(
+        selfie_layers=layers,
+        selfie_heads=int(options.get("selfie_heads") or max(backbone.trunk_channels // _REFERENCE_D_K, 1)),
+        selfie_ff_dim=int(w1.shape[0]),
+        selfie_logit_scale=1.0,  # the reference's raw query·patch dot products
+    )
+
+
+def _permutation_record(path: str) -> dict[str, str]:
+    return {
+        "file": os.path.basename(path),
+        "sha256": sha256(path),
+        "classes": "class 0 = identity, class k = row k-1 of the file (as the reference's jigsaw())",
+    }
+
+
+class _WithoutPermutations:
+    """A jigsaw-carrying task as the export sees it when the permutation set is unknown: no permutation asset."""
+
+    def __init__(self, task):
+        self._task = task
+
+    def __getattr__(self, name: str):
+        return getattr(self._task, name)
+
+    def export_assets(self) -> dict[str, str]:
+        return {}
 
 
 class _PatchEncoderView:
@@ -526,6 +606,7 @@ _IMPORTERS = {
     "rotation": _import_classification_pretext,
     "jigsaw": _import_classification_pretext,
     "selfie": _import_selfie,
+    "ensemble_pretrain": _import_ensemble_pretrain,
     "finetune_ensemble": _import_ensemble,
     "robustbench": _import_ensemble,
 }
@@ -560,9 +641,9 @@ def load(
     if fmt not in FORMATS:
         raise UsageError(f"unknown --format {fmt!r}; valid: {', '.join(FORMATS)}")
     paths = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
-    if permutations is not None and fmt != "jigsaw":
-        raise UsageError(f"--permutations is for --format=jigsaw, not {fmt}")
-    if selfie_heads is not None and fmt != "selfie":
+    if permutations is not None and fmt not in ("jigsaw", "ensemble_pretrain"):
+        raise UsageError(f"--permutations is for --format=jigsaw or ensemble_pretrain, not {fmt}")
+    if selfie_heads is not None and fmt not in ("selfie", "ensemble_pretrain"):
         raise UsageError(f"--selfie_heads is for --format=selfie, not {fmt}")
     return _IMPORTERS[fmt](paths, fmt, {"permutations": permutations, "selfie_heads": selfie_heads})
 

@@ -57,6 +57,9 @@ class BackboneConfig:
     name: str = "resnet18"
     sync_bn: bool = False
     arch_version: int = ARCH_VERSION
+    # BN + ReLU after the stem convolution. False only for the reference's *ensemble* trunk
+    # (pretraining/model_ensemble.py: conv1 straight into layer1), which `import_torch` brings in as it was.
+    stem_norm: bool = True
 
     def __post_init__(self):
         if self.name not in BACKBONES:
@@ -73,6 +76,7 @@ class BackboneConfig:
             d["name"],
             bool(d.get("sync_bn", False)) if sync_bn is None else sync_bn,
             int(d.get("arch_version", LEGACY_ARCH_VERSION)),
+            bool(d.get("stem_norm", True)),
         )
 
     @property
@@ -221,7 +225,8 @@ def build_trunk(cfg: BackboneConfig, name: str = "trunk") -> keras.Model:
     images = keras.Input((None, None, 3), name="images")
     x = ImageNormalization(name="normalize")(images)
     x = _conv(x, cfg.spec.stem, 3, 1, "stem_conv", cfg.arch_version)
-    x = keras.layers.ReLU(name="stem_relu")(_bn(cfg.sync_bn, "stem_bn")(x))
+    if cfg.stem_norm:
+        x = keras.layers.ReLU(name="stem_relu")(_bn(cfg.sync_bn, "stem_bn")(x))
     for stage in (1, 2, 3):
         x = _stage(x, cfg, stage)
     return keras.Model(images, x, name=name)

@@ -242,11 +242,11 @@ class PretrainEnsemble(nn.Module):
         self.layer4_jigsaw = ReferenceResNet(kind, blocks, planes, stem, num_classes=None).layer4
         self.fc_rotation = nn.Linear(trunk.out_planes, 4)
         self.fc_jigsaw = nn.Linear(trunk.out_planes, jigsaw_classes)
-        self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN)[None, :, None, None], persistent=False)
-        self.register_buffer("_std", torch.tensor(IMAGENET_STD)[None, :, None, None], persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN)[None, :, None, None], persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD)[None, :, None, None], persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks((x - self._mean) / self._std)
+        return self.blocks((x - self.mean) / self.std)
 
     def head_logits(self, x: torch.Tensor, head: str) -> torch.Tensor:
         out = getattr(self, f"layer4_{head}")(self(x))

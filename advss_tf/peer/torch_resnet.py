@@ -143,6 +143,10 @@ class TorchClassifier(nn.Module):
 def build_torch_classifier(backbone: resnet.BackboneConfig | str, num_classes: int) -> TorchClassifier:
     """The PyTorch twin of `ImageClassifier(backbone, num_classes)` (PyTorch's own initialisation)."""
     cfg = backbone if isinstance(backbone, resnet.BackboneConfig) else resnet.BackboneConfig(backbone)
+    if not cfg.stem_norm:
+        raise ValueError(
+            "the PyTorch twin has the stem BN/ReLU; stem_norm=False (an imported ensemble trunk) is not built"
+        )
     return TorchClassifier(cfg, num_classes)
 
 

@@ -15,6 +15,8 @@ from conftest import REPO
 
 from advss_tf import export
 from advss_tf.errors import UsageError
+from advss_tf.models.classifier import ImageClassifier
+from advss_tf.training import finetuning
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.peer
@@ -185,6 +187,17 @@ def test_finetune_ensemble_of_three_files_matches_the_mean_softmax(finetune_file
         theirs = np.mean([torch.softmax(n(nchw(images)), 1).numpy() for n in nets], axis=0)
     np.testing.assert_allclose(ours, theirs, atol=TOLERANCE, rtol=0)
 
+    # The same ensemble as model_ensemble.SelfEnsembleModel_all's own state_dict (branch1-3., normalize.).
+    whole = R.FinetuneEnsemble(num_classes=10, **TINY).eval()
+    for i, net in enumerate(nets):
+        getattr(whole, f"branch{i + 1}").load_state_dict({k[2:]: v for k, v in net.state_dict().items() if k[0] == "1"})
+    torch.save(whole.state_dict(), tmp_path / "ensemble.pt")
+    branches = reference.load(str(tmp_path / "ensemble.pt"), "finetune_ensemble").models
+    ours = np.mean([tf.nn.softmax(branches[f"branch{i + 1}"](images, training=False)) for i in range(3)], axis=0)
+    with torch.no_grad():
+        np.testing.assert_allclose(whole(nchw(images)).numpy(), theirs, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(ours, theirs, atol=TOLERANCE, rtol=0)
+
 
 @pytest.mark.slow
 def test_an_imported_jigsaw_export_fine_tunes(tmp_path):
@@ -206,6 +219,23 @@ def test_an_imported_jigsaw_export_fine_tunes(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "ft" / "export" / "best_ra" / "saved_model.pb").is_file()
+
+
+@pytest.mark.slow
+def test_an_imported_ensemble_pretraining_export_restores_its_trunk_for_finetuning(images, tmp_path):
+    ensemble = R.randomize(R.PretrainEnsemble(**TINY, jigsaw_classes=31), 11).eval()
+    selfie = R.randomize(R.ReferenceSelfie(n_layers=1, n_heads=4, d_k=16, d_model=64, d_ff=32), 12).eval()
+    path = str(tmp_path / "model.pt")
+    torch.save({"epoch": 2, "selfie_state": selfie.state_dict(), "state_dict": ensemble.state_dict()}, path)
+    out = str(tmp_path / "pretrain")
+    reference.import_checkpoint(path, "ensemble_pretrain", out, selfie_heads=4)
+    cfg, info = finetuning.resolve_backbone(finetuning.FinetuneConfig(model_dir=str(tmp_path / "ft"), pretrained=out))
+    assert not cfg.backbone.stem_norm and info["jigsaw_head"].startswith("unusable")
+    classifier = ImageClassifier(cfg.backbone, 10)
+    assert finetuning.restore_pretrained(out, info, classifier) == ["trunk"]
+    with torch.no_grad():
+        theirs = ensemble(nchw(images)).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(classifier.trunk(images, training=False), theirs, atol=TOLERANCE, rtol=0)
 
 
 # -- bad input: one UsageError naming the problem, nothing written -------------------------------------------------

@@ -261,6 +261,7 @@ def test_bad_inputs_are_refused_with_one_line_and_nothing_written(finetune_file,
     torch.save({"state_dict": Opaque()}, tmp_path / "opaque.pt")
     refused("needs full unpickling", str(tmp_path / "opaque.pt"))
     refused("missing P_state, selfie_state", finetune_file[1], fmt="selfie")
+    refused("takes one --checkpoint file, got 2", [finetune_file[1]] * 2)
     with pytest.raises(UsageError, match="unknown --format 'resnet'"):
         reference.load(finetune_file[1], "resnet")
 

@@ -346,6 +346,12 @@ class Imported:
     write: Callable[[str], None]
 
 
+def _one_file(paths: list[str], fmt: str) -> str:
+    if len(paths) != 1:
+        raise UsageError(f"--format={fmt} takes one --checkpoint file, got {len(paths)}")
+    return paths[0]
+
+
 def _provenance(paths: list[str], fmt: str, meta: dict, normaliser: dict) -> dict[str, Any]:
     return {
         "trained_by": REFERENCE,
@@ -370,7 +376,7 @@ def _classifier_from(state: dict[str, np.ndarray], where: str, normaliser: dict)
 
 
 def _import_finetune(paths, fmt, options) -> Imported:
-    (path,) = paths
+    path = _one_file(paths, fmt)
     (state,), meta = _state_dicts(load_checkpoint(path), path, fmt, ("state_dict",))
     normaliser: dict = {}
     model = _classifier_from(state, path, normaliser)
@@ -393,7 +399,7 @@ def _pretrain_config(backbone: BackboneConfig, task: str, **overrides) -> Pretra
 
 
 def _import_classification_pretext(paths, fmt, options) -> Imported:
-    (path,) = paths
+    path = _one_file(paths, fmt)
     (state,), meta = _state_dicts(load_checkpoint(path), path, fmt, ("state_dict",))
     backbone = infer_backbone(state, "1.", path)
     perms = _read_permutations(options.get("permutations")) if fmt == "jigsaw" else None
@@ -447,7 +453,7 @@ def _read_permutations(path: str | None) -> np.ndarray | None:
 
 
 def _import_selfie(paths, fmt, options) -> Imported:
-    (path,) = paths
+    path = _one_file(paths, fmt)
     (p_state, selfie_state), meta = _state_dicts(load_checkpoint(path), path, fmt, ("P_state", "selfie_state"))
     backbone = infer_backbone(p_state, "1.", f"{path} P_state")
     cfg = _pretrain_config(backbone, "selfie", **_selfie_dims(selfie_state, backbone, path, options))
@@ -468,7 +474,7 @@ def _import_selfie(paths, fmt, options) -> Imported:
 
 
 def _import_ensemble_pretrain(paths, fmt, options) -> Imported:
-    (path,) = paths
+    path = _one_file(paths, fmt)
     (state, selfie_state), meta = _state_dicts(load_checkpoint(path), path, fmt, ("state_dict", "selfie_state"))
     found = infer_backbone(state, "", path, "blocks.0.weight", ["blocks.1", "blocks.2", "blocks.3", "layer4_rotation"])
     backbone = dataclasses.replace(found, stem_norm=False)  # the reference ensemble's trunk: conv1 into layer1
@@ -552,7 +558,7 @@ def _import_ensemble(paths, fmt, options) -> Imported:
             branches.append(_classifier_from(state, path, normaliser))
             meta[os.path.basename(path)] = meta_i
     elif len(paths) == 1:
-        (path,) = paths
+        path = paths[0]
         (state,), meta = _state_dicts(load_checkpoint(path), path, fmt, ("state_dict",))
         if fmt == "robustbench":
             # The class registers its branches twice (branchN. and models.N-1.): the copies must be the same tensors.

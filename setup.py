@@ -58,6 +58,7 @@ setup(
             "advss-pretrain=advss_tf.pretrain:run",
             "advss-finetune=advss_tf.finetune:run",
             "advss-evaluate=advss_tf.evaluate:run",
+            "advss-import-torch=advss_tf.import_torch:run",
         ]
     },
 )

@@ -10,6 +10,7 @@ from typing import Any
 
 from advss_tf import config as config_lib
 from advss_tf.errors import UsageError
+from advss_tf.models.resnet import LEGACY_ARCH_VERSION
 
 CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"
@@ -38,6 +39,8 @@ def prepare(model_dir: str, config, overwrite: bool) -> bool:
                 old = json.load(f)
         except (OSError, ValueError) as e:
             raise UsageError(f"{cfg_path} is unreadable ({e}); pass --overwrite to start a new run there") from e
+        _check_architecture(model_dir, old, new, overwrite)
+        old = _with_arch_version(old)
         same = config_lib.identity(old) == config_lib.identity(new)
         if same and not overwrite:
             return os.path.isdir(path(model_dir, CHECKPOINTS))
@@ -60,6 +63,29 @@ def prepare(model_dir: str, config, overwrite: bool) -> bool:
     os.makedirs(model_dir, exist_ok=True)
     write_json(cfg_path, new)
     return False
+
+
+def _with_arch_version(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A config.json written before architecture versions existed describes version 1 with the stem BN/ReLU
+    (models/resnet.py)."""
+    backbone = cfg.get("backbone")
+    if isinstance(backbone, dict):
+        defaults = {"arch_version": LEGACY_ARCH_VERSION, "stem_norm": True}
+        return {**cfg, "backbone": {**defaults, **backbone}}
+    return cfg
+
+
+def _check_architecture(model_dir: str, old: dict[str, Any], new: dict[str, Any], overwrite: bool) -> None:
+    """A run is never resumed into another block definition: one line naming both versions instead."""
+    old_backbone, new_backbone = _with_arch_version(old).get("backbone"), new.get("backbone")
+    if overwrite or not isinstance(old_backbone, dict) or not isinstance(new_backbone, dict):
+        return
+    if old_backbone["arch_version"] != new_backbone.get("arch_version"):
+        raise UsageError(
+            f"{model_dir} holds a run of architecture version {old_backbone['arch_version']} and this one builds "
+            f"version {new_backbone.get('arch_version')} (WORKSPACE.md); it is not resumed into another "
+            "architecture: use another --model_dir or pass --overwrite"
+        )
 
 
 def write_json(file_path: str, obj: Any) -> None:

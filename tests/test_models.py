@@ -10,15 +10,31 @@ from advss_tf.models.classifier import ImageClassifier
 from advss_tf.models.resnet import BackboneConfig, ImageNormalization, build_stage4, build_trunk
 
 
+# Parameters + BatchNorm statistics of the reference's models (version 2) and of the pre-issue-18 ones (version 1,
+# without the shortcut BatchNorms: 4 vectors per projection shortcut fewer).
 @pytest.mark.parametrize(
-    "name, params, trunk_channels, features",
-    [("resnet18", 11_178_186, 256, 512), ("resnet50v2", 23_550_666, 1024, 2048), ("tiny", 308_922, 64, 128)],
+    "name, arch_version, params, trunk_channels, features",
+    [
+        ("resnet18", 2, 11_181_770, 256, 512),
+        ("resnet50v2", 2, 23_566_026, 1024, 2048),
+        ("tiny", 2, 309_818, 64, 128),
+        ("resnet18", 1, 11_178_186, 256, 512),
+    ],
 )
-def test_classifier_sizes(name, params, trunk_channels, features):
-    cfg = BackboneConfig(name)
+def test_classifier_sizes(name, arch_version, params, trunk_channels, features):
+    cfg = BackboneConfig(name, arch_version=arch_version)
     model = ImageClassifier(cfg, 10)
     assert model.count_params() == params
     assert cfg.trunk_channels == trunk_channels and cfg.feature_dim == features
+
+
+def test_architecture_version_defaults_to_the_reference_and_old_entries_read_as_1():
+    assert BackboneConfig("tiny").arch_version == 2
+    assert BackboneConfig.from_dict({"name": "tiny", "sync_bn": False}).arch_version == 1
+    assert BackboneConfig.from_dict({"name": "tiny", "arch_version": 2}) == BackboneConfig("tiny")
+    assert not BackboneConfig.from_dict({"name": "tiny", "arch_version": 2, "stem_norm": False}).stem_norm
+    with pytest.raises(UsageError, match="architecture version 3"):
+        BackboneConfig("tiny", arch_version=3)
 
 
 def test_trunk_is_8x8_at_stage3_and_takes_patches():

@@ -11,12 +11,12 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.peer
 
 
-def _keras_classifier(name: str, num_classes: int, seed: int = 0) -> ImageClassifier:
+def _keras_classifier(name: str, num_classes: int, seed: int = 0, arch_version: int = 2) -> ImageClassifier:
     """Our classifier with BatchNorm scales, shifts and statistics moved off their initial 1/0 values."""
     import keras
 
     keras.utils.set_random_seed(seed)
-    model = ImageClassifier(BackboneConfig(name), num_classes)
+    model = ImageClassifier(BackboneConfig(name, arch_version=arch_version), num_classes)
     rng = np.random.default_rng(seed)
     for layer in [*model.trunk.layers, *model.stage4.layers]:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -36,12 +36,15 @@ def test_same_parameter_count(name):
     assert torch_resnet.parameter_count(torch_resnet.build_torch_classifier(name, 10)) == keras_model.count_params()
 
 
-@pytest.mark.parametrize("name, size", [("tiny", 32), ("tiny", 8), ("resnet18", 32), ("resnet50v2", 32)])
-def test_logits_agree_after_copying(name, size):
+@pytest.mark.parametrize(
+    "name, size, arch_version",
+    [("tiny", 32, 2), ("tiny", 8, 2), ("resnet18", 32, 2), ("resnet50v2", 32, 2), ("tiny", 32, 1)],
+)
+def test_logits_agree_after_copying(name, size, arch_version):
     from advss_tf.peer import torch_resnet
 
-    keras_model = _keras_classifier(name, 10)
-    net = torch_resnet.build_torch_classifier(name, 10)
+    keras_model = _keras_classifier(name, 10, arch_version=arch_version)
+    net = torch_resnet.build_torch_classifier(BackboneConfig(name, arch_version=arch_version), 10)
     torch_resnet.copy_keras_weights(keras_model, net)
     assert_same_logits(keras_model, net, size)
 

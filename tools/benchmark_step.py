@@ -2,9 +2,12 @@
 
     python tools/benchmark_step.py --task=jigsaw --backbone=resnet18 --batch_size=128 --steps=3
     python tools/benchmark_step.py --task=finetune --objective=trades --backbone=resnet18 --batch_size=128
+    python tools/benchmark_step.py --task=finetune --backbone=resnet18 --arch_versions=1,2   # old vs new block
 
 Builds the task's model and the real distributed train step (the same `Trainer` the binary uses) on real CIFAR-10
-images, runs one warm-up step (tracing), then times `--steps` steps one host call each. Prints one JSON line.
+images, runs one warm-up step (tracing), then times `--steps` steps one host call each. Prints one JSON line per
+architecture version; with several (`--arch_versions=1,2`) the steps of the versions alternate, so a change of load
+on the machine falls on both alike.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ flags.DEFINE_enum(
     [AUTO, *sorted(BATCH_NORM_LAYERS)],
     "BatchNormalization layer: auto = the binary's (fused; Keras' for the ensemble), or force fused / keras.",
 )
+flags.DEFINE_list(
+    "arch_versions", ["2"], "Block definitions to time side by side (models/resnet.py: 2 the reference's, 1 the old)."
+)
 flags.DEFINE_integer("selfie_layers", 13, "Selfie transformer layers.")
 flags.DEFINE_integer("selfie_heads", 16, "Selfie attention heads.")
 flags.DEFINE_integer("selfie_ff_dim", 2048, "Selfie feed-forward width.")
@@ -61,6 +67,11 @@ def main(argv):
     import tensorflow as tf
     from pretrain_step import build_finetune_step, build_pretrain_step
 
+    from advss_tf.models.resnet import ARCH_VERSIONS
+
+    versions = [int(v) for v in FLAGS.arch_versions]
+    if not versions or any(v not in ARCH_VERSIONS for v in versions):
+        raise app.UsageError(f"--arch_versions: each of {', '.join(map(str, ARCH_VERSIONS))}")
     common = dict(
         attack_steps=FLAGS.attack_steps,
         jit_compile=FLAGS.jit_compile,
@@ -69,56 +80,64 @@ def main(argv):
         train_steps=FLAGS.steps + 1,
         batch_norm=FLAGS.batch_norm,
     )
-    if FLAGS.task == FINETUNE:
-        # The objective decides whether the step is adversarial (standard: no attack), as in the binary.
-        step = build_finetune_step(FLAGS.objective, FLAGS.backbone, FLAGS.batch_size, mode=FLAGS.mode, **common)
-    else:
-        step = build_pretrain_step(
-            FLAGS.task,
-            FLAGS.backbone,
-            FLAGS.batch_size,
-            adversarial=FLAGS.adversarial,
-            selfie_layers=FLAGS.selfie_layers,
-            selfie_heads=FLAGS.selfie_heads,
-            selfie_ff_dim=FLAGS.selfie_ff_dim,
-            **common,
-        )
-    trainer, it, model = step.trainer, step.iterator, step.model
+    steps = {}
+    for version in versions:
+        if FLAGS.task == FINETUNE:
+            # The objective decides whether the step is adversarial (standard: no attack), as in the binary.
+            steps[version] = build_finetune_step(
+                FLAGS.objective, FLAGS.backbone, FLAGS.batch_size, mode=FLAGS.mode, arch_version=version, **common
+            )
+        else:
+            steps[version] = build_pretrain_step(
+                FLAGS.task,
+                FLAGS.backbone,
+                FLAGS.batch_size,
+                adversarial=FLAGS.adversarial,
+                selfie_layers=FLAGS.selfie_layers,
+                selfie_heads=FLAGS.selfie_heads,
+                selfie_ff_dim=FLAGS.selfie_ff_dim,
+                arch_version=version,
+                **common,
+            )
     rss_before_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    t0 = time.perf_counter()
-    trainer.train(it, 1)
-    warmup = time.perf_counter() - t0
-    times = []
-    cpu0 = _cpu_seconds()
-    for _ in range(FLAGS.steps):
+    warmup, times, cpu = {}, {v: [] for v in versions}, dict.fromkeys(versions, 0.0)
+    for version, step in steps.items():
         t0 = time.perf_counter()
-        trainer.train(it, 1)
-        times.append(time.perf_counter() - t0)
-    cpu_percent = 100 * (_cpu_seconds() - cpu0) / sum(times)
+        step.trainer.train(step.iterator, 1)
+        warmup[version] = time.perf_counter() - t0
+    for _ in range(FLAGS.steps):
+        for version, step in steps.items():  # interleaved: the versions share whatever load the machine has
+            cpu0, t0 = _cpu_seconds(), time.perf_counter()
+            step.trainer.train(step.iterator, 1)
+            times[version].append(time.perf_counter() - t0)
+            cpu[version] += _cpu_seconds() - cpu0
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    result = {
-        "task": FLAGS.task,
-        **({"objective": FLAGS.objective, "mode": FLAGS.mode} if FLAGS.task == FINETUNE else {}),
-        "backbone": FLAGS.backbone,
-        "batch_size": FLAGS.batch_size,
-        "adversarial": bool(step.config.adversarial),
-        "attack_steps": FLAGS.attack_steps,
-        "jit_compile": FLAGS.jit_compile,
-        "mixed_precision": FLAGS.mixed_precision,
-        "batch_norm": FLAGS.batch_norm,
-        "params": int(model.count_params()),
-        "first_step_sec_incl_tracing": round(warmup, 2),
-        "step_sec": [round(t, 2) for t in times],
-        "mean_step_sec": round(sum(times) / len(times), 2),
-        "images_per_sec": round(FLAGS.batch_size * len(times) / sum(times), 1),
-        "cpu_percent_during_steps": round(cpu_percent),
-        "peak_rss_gib": round(peak_rss_gib, 2),
-        "peak_rss_before_first_step_gib": round(rss_before_gib, 2),
-        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
-        "tensorflow": tf.__version__,
-        "cpus": os.cpu_count(),
-    }
-    print(json.dumps(result))
+    for version, step in steps.items():
+        t = times[version]
+        result = {
+            "task": FLAGS.task,
+            **({"objective": FLAGS.objective, "mode": FLAGS.mode} if FLAGS.task == FINETUNE else {}),
+            "backbone": FLAGS.backbone,
+            "arch_version": version,
+            "batch_size": FLAGS.batch_size,
+            "adversarial": bool(step.config.adversarial),
+            "attack_steps": FLAGS.attack_steps,
+            "jit_compile": FLAGS.jit_compile,
+            "mixed_precision": FLAGS.mixed_precision,
+            "batch_norm": FLAGS.batch_norm,
+            "params": int(step.model.count_params()),
+            "first_step_sec_incl_tracing": round(warmup[version], 2),
+            "step_sec": [round(x, 2) for x in t],
+            "mean_step_sec": round(sum(t) / len(t), 2),
+            "images_per_sec": round(FLAGS.batch_size * len(t) / sum(t), 1),
+            "cpu_percent_during_steps": round(100 * cpu[version] / sum(t)),
+            "peak_rss_gib": round(peak_rss_gib, 2),
+            "peak_rss_before_first_step_gib": round(rss_before_gib, 2),
+            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+            "tensorflow": tf.__version__,
+            "cpus": os.cpu_count(),
+        }
+        print(json.dumps(result))
     sys.stdout.flush()
 
 

@@ -58,6 +58,13 @@ def _assemble(cfg, strategy, mixed_precision, batch_norm, jit_compile, build, *,
     return PretrainStep(trainer, iterator, model, task, cfg)
 
 
+def _backbone(name: str, arch_version: int | None):
+    """BackboneConfig(name) with the given block definition (None: the default, the reference's)."""
+    from advss_tf.models.resnet import BackboneConfig
+
+    return BackboneConfig(name) if arch_version is None else BackboneConfig(name, arch_version=arch_version)
+
+
 def build_pretrain_step(
     task: str,
     backbone: str,
@@ -70,21 +77,21 @@ def build_pretrain_step(
     mixed_precision: str = "none",
     train_steps: int = 1000,
     batch_norm: str = "auto",
+    arch_version: int | None = None,
     **config_overrides,
 ) -> PretrainStep:
     """Builds the task's model and the same `Trainer` the pretrain binary uses, fed by its real input pipeline.
 
     `batch_norm` forces a BatchNormalization layer (advss_tf.models.resnet.BATCH_NORM_LAYERS) to time either;
-    "auto" keeps the binary's choice.
+    "auto" keeps the binary's choice. `arch_version` chooses the block definition (models/resnet.py).
     """
     from advss_tf.config import AttackConfig, PretrainConfig
-    from advss_tf.models.resnet import BackboneConfig
     from advss_tf.tasks.table import AUGMENTATION, build_task
 
     cfg = PretrainConfig(
         task=task,
         model_dir="/tmp/unused",
-        backbone=BackboneConfig(backbone),
+        backbone=_backbone(backbone, arch_version),
         batch_size=batch_size,
         train_steps=train_steps,
         adversarial=adversarial,
@@ -115,19 +122,19 @@ def build_finetune_step(
     mixed_precision: str = "none",
     train_steps: int = 1000,
     batch_norm: str = "auto",
+    arch_version: int | None = None,
 ) -> PretrainStep:
     """The fine-tune binary's training step (its classifier, FinetuneTask and `Trainer`; no checkpoint, no
     validation) from random init — what one step costs does not depend on the weights."""
     from advss_tf.config import AttackConfig
     from advss_tf.data import cifar10
     from advss_tf.models.classifier import ImageClassifier
-    from advss_tf.models.resnet import BackboneConfig
     from advss_tf.tasks.finetune import FROZEN_PARTS, FinetuneTask, trainable_variables
     from advss_tf.training.finetuning import FinetuneConfig
 
     cfg = FinetuneConfig(
         model_dir="/tmp/unused",
-        backbone=BackboneConfig(backbone),
+        backbone=_backbone(backbone, arch_version),
         mode=mode,
         objective=objective,
         batch_size=batch_size,

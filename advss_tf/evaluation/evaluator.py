@@ -245,7 +245,7 @@ def run(
 
     results = {
         "schema_version": SCHEMA_VERSION,
-        "model": {"name": cfg.model_name or default_model_name(cfg.model), **classifier.describe()},
+        "model": {"name": cfg.model_name or default_model_name(cfg.model), **classifier.describe(), **_trained_by(cfg)},
         "data": {
             "dataset": cfg.data.source,
             "data_dir": cfg.data.data_dir,
@@ -352,6 +352,17 @@ def _export_info(cfg: EvaluateConfig) -> dict[str, Any] | None:
         return export.read_info(cfg.model)
     except (UsageError, OSError, ValueError):
         return None  # a third party's SavedModel: no advss_tf description
+
+
+def _trained_by(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Who trained an imported model (advss_tf.import_torch records it), for results.json and the report."""
+    imported = (_export_info(cfg) or {}).get("imported")
+    if not isinstance(imported, dict):
+        return {}
+    return {
+        "trained_by": imported.get("trained_by"),
+        "imported_from": [s.get("file") for s in imported.get("sources", [])],
+    }
 
 
 def _say(progress: bool, line: str) -> None:

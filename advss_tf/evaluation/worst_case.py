@@ -299,6 +299,10 @@ def model_card(results: dict[str, Any], export_info: dict[str, Any] | None) -> d
     n = results["num_examples"]
     worst = results["worst_case"]
     notes = [f"Evaluated with advss_tf on {n} CIFAR-10 test images"]
+    imported = info.get("imported")
+    if isinstance(imported, dict):  # advss_tf.import_torch: someone else's training, our evaluation
+        files = ", ".join(s.get("file", "?") for s in imported.get("sources", []))
+        notes.append(f"model trained by the reference code ({imported.get('trained_by')}), imported from {files}")
     if n < 10_000:
         notes.append("a subset: not comparable with the 10,000-image leaderboard")
     where = f" ({worst['threat_model']})" if worst.get("threat_model") else ""

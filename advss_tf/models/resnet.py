@@ -2,7 +2,13 @@
 
 The split is the paper's: the trunk is the part every pretext head and the classifier share (θp); each head that
 needs one owns its own stage 4. Convolutions have no bias and BatchNorm uses PyTorch's momentum/epsilon, as in the
-reference (Kuang Liu's PreActResNet).
+reference (`finetune/resnetv2.py`, `pretraining/resnetv2.py`).
+
+Architecture versions (`BackboneConfig.arch_version`): 2, the default, is the reference's block — the projection
+shortcut is a 1x1 convolution *and a BatchNorm* on the pre-activation, and a strided 3x3 convolution pads one pixel
+on every side (PyTorch's padding=1). Version 1 is this package's definition before issue 18 (no shortcut BatchNorm;
+Keras "same" padding, which on even sizes pads only bottom/right): exports and runs written before it carry no
+version and are rebuilt as version 1.
 """
 
 from __future__ import annotations
@@ -42,18 +48,40 @@ BACKBONES: dict[str, ArchSpec] = {
     "wrn10_2": ArchSpec("wide", (1, 1, 1), (32, 64, 128), 16),  # tests and CPU smoke runs
 }
 STAGE_STRIDES = (1, 2, 2, 2)
+ARCH_VERSION = 2  # what new models are built with: the reference's block
+LEGACY_ARCH_VERSION = 1  # what an export or config.json without a version was written with
+ARCH_VERSIONS = (LEGACY_ARCH_VERSION, ARCH_VERSION)
 
 
 @dataclasses.dataclass(frozen=True)
 class BackboneConfig:
-    """Which backbone, and whether BatchNorm statistics are synchronised across replicas."""
+    """Which backbone, whether BatchNorm statistics are synchronised across replicas, and the block definition
+    (`arch_version`: 2 the reference's, 1 the pre-issue-18 one; see the module docstring)."""
 
     name: str = "resnet18"
     sync_bn: bool = False
+    arch_version: int = ARCH_VERSION
+    # BN + ReLU after the stem convolution. False only for the reference's *ensemble* trunk
+    # (pretraining/model_ensemble.py: conv1 straight into layer1), which `import_torch` brings in as it was.
+    stem_norm: bool = True
 
     def __post_init__(self):
         if self.name not in BACKBONES:
             raise UsageError(f"unknown backbone {self.name!r}; valid: {', '.join(BACKBONES)}")
+        if self.arch_version not in ARCH_VERSIONS:
+            raise UsageError(
+                f"unknown architecture version {self.arch_version!r}; valid: {', '.join(map(str, ARCH_VERSIONS))}"
+            )
+
+    @classmethod
+    def from_dict(cls, d: dict, sync_bn: bool | None = None) -> BackboneConfig:
+        """The config an export's or config.json's `backbone` entry describes; no `arch_version` there means 1."""
+        return cls(
+            d["name"],
+            bool(d.get("sync_bn", False)) if sync_bn is None else sync_bn,
+            int(d.get("arch_version", LEGACY_ARCH_VERSION)),
+            bool(d.get("stem_norm", True)),
+        )
 
     @property
     def spec(self) -> ArchSpec:
@@ -138,30 +166,49 @@ def _bn(sync: bool, name: str) -> keras.layers.BatchNormalization:
     return layer(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=sync, name=name)
 
 
-def _conv(filters: int, kernel: int, stride: int, name: str) -> keras.layers.Conv2D:
+def _conv(x, filters: int, kernel: int, stride: int, name: str, arch_version: int = ARCH_VERSION):
+    """A bias-free convolution of `x` that keeps the size at stride 1 and halves it (rounding up) at stride 2.
+
+    Version 2 pads a strided 3x3 convolution by one pixel on every side, as PyTorch's padding=1 (an explicit
+    ZeroPadding2D, then "valid"); Keras' "same" would pad only bottom/right on even sizes and sample the grid
+    shifted by one pixel. At stride 1, and for 1x1 kernels, "same" already is the symmetric padding.
+    """
+    explicit = arch_version >= 2 and stride != 1 and kernel > 1
+    if explicit:
+        x = keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
     return keras.layers.Conv2D(
-        filters, kernel, strides=stride, padding="same", use_bias=False, kernel_initializer="he_normal", name=name
-    )
+        filters,
+        kernel,
+        strides=stride,
+        padding="valid" if explicit else "same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=name,
+    )(x)
 
 
-def _block(x, kind: str, planes: int, stride: int, sync: bool, name: str):
-    """One pre-activation block: pre = relu(bn(x)); the projection shortcut (if any) starts from `pre`."""
+def _block(x, kind: str, planes: int, stride: int, sync: bool, name: str, arch_version: int = ARCH_VERSION):
+    """One pre-activation block: pre = relu(bn(x)); the projection shortcut (if any) starts from `pre` and is a
+    1x1 convolution followed (version 2, as the reference) by a BatchNorm."""
     out_channels = planes * (4 if kind == "bottleneck" else 1)
+    v = arch_version
     pre = keras.layers.ReLU(name=f"{name}_pre_relu")(_bn(sync, f"{name}_pre_bn")(x))
     if stride != 1 or x.shape[-1] != out_channels:
-        shortcut = _conv(out_channels, 1, stride, f"{name}_shortcut")(pre)
+        shortcut = _conv(pre, out_channels, 1, stride, f"{name}_shortcut", v)
+        if v >= 2:
+            shortcut = _bn(sync, f"{name}_shortcut_bn")(shortcut)
     else:
         shortcut = x
     if kind == "basic":
-        h = _conv(planes, 3, stride, f"{name}_conv1")(pre)
+        h = _conv(pre, planes, 3, stride, f"{name}_conv1", v)
         h = keras.layers.ReLU(name=f"{name}_relu2")(_bn(sync, f"{name}_bn2")(h))
-        h = _conv(planes, 3, 1, f"{name}_conv2")(h)
+        h = _conv(h, planes, 3, 1, f"{name}_conv2", v)
     else:
-        h = _conv(planes, 1, 1, f"{name}_conv1")(pre)
+        h = _conv(pre, planes, 1, 1, f"{name}_conv1", v)
         h = keras.layers.ReLU(name=f"{name}_relu2")(_bn(sync, f"{name}_bn2")(h))
-        h = _conv(planes, 3, stride, f"{name}_conv2")(h)
+        h = _conv(h, planes, 3, stride, f"{name}_conv2", v)
         h = keras.layers.ReLU(name=f"{name}_relu3")(_bn(sync, f"{name}_bn3")(h))
-        h = _conv(out_channels, 1, 1, f"{name}_conv3")(h)
+        h = _conv(h, out_channels, 1, 1, f"{name}_conv3", v)
     return keras.layers.Add(name=f"{name}_add")([h, shortcut])
 
 
@@ -169,7 +216,8 @@ def _stage(x, cfg: BackboneConfig, stage: int):
     spec = cfg.spec
     for i in range(spec.blocks[stage - 1]):
         stride = STAGE_STRIDES[stage - 1] if i == 0 else 1
-        x = _block(x, spec.block, spec.planes[stage - 1], stride, cfg.sync_bn, name=f"stage{stage}_block{i + 1}")
+        name = f"stage{stage}_block{i + 1}"
+        x = _block(x, spec.block, spec.planes[stage - 1], stride, cfg.sync_bn, name, cfg.arch_version)
     return x
 
 
@@ -184,8 +232,9 @@ def build_trunk(cfg: BackboneConfig, name: str = "trunk") -> keras.Model:
         return wide_resnet.build_trunk(cfg, name)
     images = keras.Input((None, None, 3), name="images")
     x = ImageNormalization(name="normalize")(images)
-    x = _conv(cfg.spec.stem, 3, 1, "stem_conv")(x)
-    x = keras.layers.ReLU(name="stem_relu")(_bn(cfg.sync_bn, "stem_bn")(x))
+    x = _conv(x, cfg.spec.stem, 3, 1, "stem_conv", cfg.arch_version)
+    if cfg.stem_norm:
+        x = keras.layers.ReLU(name="stem_relu")(_bn(cfg.sync_bn, "stem_bn")(x))
     for stage in (1, 2, 3):
         x = _stage(x, cfg, stage)
     return keras.Model(images, x, name=name)

@@ -6,10 +6,11 @@
     torch_resnet.parameter_count(net) == keras_classifier.count_params()
 
 The PyTorch model takes NCHW float images in [0, 1] (what torchattacks expects) and normalises inside, as ours.
-Layer for layer it is ours: normalisation, stem conv + BN + ReLU, stages 1-3 (`trunk`), stage 4 (`stage4`), global
-average pool, Linear (`head`); convolutions without bias; BatchNorm with momentum 0.1 / epsilon 1e-5. Keras'
-"same" padding of a strided 3x3 convolution pads only the bottom/right on even sizes (PyTorch's padding=1 pads both
-sides and samples other pixels), so strided convolutions pad explicitly as TensorFlow does.
+Layer for layer it is ours, for either architecture version of the config: normalisation, stem conv + BN + ReLU,
+stages 1-3 (`trunk`), stage 4 (`stage4`), global average pool, Linear (`head`); convolutions without bias;
+BatchNorm with momentum 0.1 / epsilon 1e-5. Version 2 (the default, the reference's block) has the shortcut
+BatchNorm and pads every 3x3 convolution by 1 on each side (PyTorch's own padding=1); version 1 has no shortcut
+BatchNorm, and its strided convolutions pad as TensorFlow's "same" (only bottom/right on even sizes).
 
 One known difference that does not change logits: PyTorch's BatchNorm moves its running variance with the unbiased
 batch variance, Keras with the biased one (a factor n/(n-1) in the update, 1.008 at 128 images of 8x8 at stage 2).
@@ -38,10 +39,11 @@ def _tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 class SameConv2d(nn.Conv2d):
-    """Conv2d without bias and with TensorFlow's "same" padding (asymmetric when strided)."""
+    """Conv2d without bias; symmetric padding kernel // 2, or (`tf_same`) TensorFlow's "same" padding, which is
+    asymmetric when strided (architecture version 1)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int):
-        self._tf_pad = stride != 1 and kernel > 1
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, tf_same: bool = False):
+        self._tf_pad = tf_same and stride != 1 and kernel > 1
         super().__init__(
             in_channels, out_channels, kernel, stride=stride, padding=0 if self._tf_pad else kernel // 2, bias=False
         )
@@ -62,27 +64,31 @@ def _bn(channels: int) -> nn.BatchNorm2d:
 class PreActBlock(nn.Module):
     """One pre-activation block (basic or bottleneck), as `advss_tf.models.resnet._block`."""
 
-    def __init__(self, kind: str, in_channels: int, planes: int, stride: int):
+    def __init__(self, kind: str, in_channels: int, planes: int, stride: int, arch_version: int = resnet.ARCH_VERSION):
         super().__init__()
         self.kind = kind
+        tf_same = arch_version < 2
         out_channels = planes * (4 if kind == "bottleneck" else 1)
         self.pre_bn = _bn(in_channels)
         projection = stride != 1 or in_channels != out_channels
-        self.shortcut = SameConv2d(in_channels, out_channels, 1, stride) if projection else None
+        self.shortcut = SameConv2d(in_channels, out_channels, 1, stride, tf_same) if projection else None
+        self.shortcut_bn = _bn(out_channels) if projection and not tf_same else None
         if kind == "basic":
-            self.conv1 = SameConv2d(in_channels, planes, 3, stride)
+            self.conv1 = SameConv2d(in_channels, planes, 3, stride, tf_same)
             self.bn2 = _bn(planes)
-            self.conv2 = SameConv2d(planes, planes, 3, 1)
+            self.conv2 = SameConv2d(planes, planes, 3, 1, tf_same)
         else:
-            self.conv1 = SameConv2d(in_channels, planes, 1, 1)
+            self.conv1 = SameConv2d(in_channels, planes, 1, 1, tf_same)
             self.bn2 = _bn(planes)
-            self.conv2 = SameConv2d(planes, planes, 3, stride)
+            self.conv2 = SameConv2d(planes, planes, 3, stride, tf_same)
             self.bn3 = _bn(planes)
-            self.conv3 = SameConv2d(planes, out_channels, 1, 1)
+            self.conv3 = SameConv2d(planes, out_channels, 1, 1, tf_same)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = F.relu(self.pre_bn(x))
         shortcut = self.shortcut(pre) if self.shortcut is not None else x
+        if self.shortcut_bn is not None:
+            shortcut = self.shortcut_bn(shortcut)
         h = self.conv2(F.relu(self.bn2(self.conv1(pre))))
         if self.kind == "bottleneck":
             h = self.conv3(F.relu(self.bn3(h)))
@@ -106,7 +112,7 @@ def _stage(cfg: resnet.BackboneConfig, stage: int, in_channels: int) -> nn.Seque
     blocks = []
     for i in range(spec.blocks[stage - 1]):
         stride = resnet.STAGE_STRIDES[stage - 1] if i == 0 else 1
-        blocks.append(PreActBlock(spec.block, in_channels, spec.planes[stage - 1], stride))
+        blocks.append(PreActBlock(spec.block, in_channels, spec.planes[stage - 1], stride, cfg.arch_version))
         in_channels = cfg.stage_channels(stage)
     return nn.Sequential(*blocks)
 
@@ -120,7 +126,7 @@ class TorchClassifier(nn.Module):
         stem = cfg.spec.stem
         self.trunk = nn.Sequential(
             Normalize(),
-            SameConv2d(3, stem, 3, 1),
+            SameConv2d(3, stem, 3, 1, tf_same=cfg.arch_version < 2),
             _bn(stem),
             nn.ReLU(),
             _stage(cfg, 1, stem),
@@ -139,6 +145,10 @@ def build_torch_classifier(backbone: resnet.BackboneConfig | str, num_classes: i
     cfg = backbone if isinstance(backbone, resnet.BackboneConfig) else resnet.BackboneConfig(backbone)
     if cfg.spec.block == "wide":
         raise ValueError(f"{cfg.name} is a WideResNet: its twin is advss_tf.peer.torch_wide_resnet")
+    if not cfg.stem_norm:
+        raise ValueError(
+            "the PyTorch twin has the stem BN/ReLU; stem_norm=False (an imported ensemble trunk) is not built"
+        )
     return TorchClassifier(cfg, num_classes)
 
 
@@ -163,7 +173,7 @@ def _torch_layers(model: TorchClassifier) -> dict:
     stages = [*model.trunk[4:7], model.stage4]
     for s, stage in enumerate(stages, start=1):
         for i, block in enumerate(stage, start=1):
-            for attr in ("pre_bn", "shortcut", "conv1", "bn2", "conv2", "bn3", "conv3"):
+            for attr in ("pre_bn", "shortcut", "shortcut_bn", "conv1", "bn2", "conv2", "bn3", "conv3"):
                 module = getattr(block, attr, None)
                 if module is not None:
                     names[f"stage{s}_block{i}_{attr}"] = module

@@ -102,9 +102,15 @@ def rotation_task(config: PretrainConfig) -> ClassificationPretextTask:
     return ClassificationPretextTask(config, "rotation", rotation.NUM_CLASSES, rotation.rotation_transform)
 
 
-def jigsaw_task(config: PretrainConfig) -> ClassificationPretextTask:
-    """Jigsaw: predict which of the seed's permutations (identity included) shuffled the patches."""
-    perms = jigsaw.make_permutations(config.jigsaw_permutations, config.seed)
+def jigsaw_task(config: PretrainConfig, permutations: np.ndarray | None = None) -> ClassificationPretextTask:
+    """Jigsaw: predict which of the seed's permutations (identity included) shuffled the patches.
+
+    `permutations` (int [classes, 16], row 0 the identity) replaces the seed's set: an imported model's own.
+    """
+    if permutations is None:
+        perms = jigsaw.make_permutations(config.jigsaw_permutations, config.seed)
+    else:
+        perms = np.asarray(permutations, np.int32)
     perms_var = tf.Variable(perms, trainable=False, name="jigsaw_permutations")
     prob = config.jigsaw_identity_prob
 

@@ -35,9 +35,13 @@ class EnsembleTask:
 
     name = "ensemble"
 
-    def __init__(self, config: PretrainConfig):
+    def __init__(self, config: PretrainConfig, permutations: np.ndarray | None = None):
         self.config = config  # its selfie dimensions were checked against the trunk when it was made
-        self.permutations = jigsaw.make_permutations(config.jigsaw_permutations, config.seed)
+        # `permutations` (int [classes, 16], row 0 the identity): an imported model's own set instead of the seed's.
+        if permutations is None:
+            self.permutations = jigsaw.make_permutations(config.jigsaw_permutations, config.seed)
+        else:
+            self.permutations = np.asarray(permutations, np.int32)
         self.permutations_var = tf.Variable(self.permutations, trainable=False, name="jigsaw_permutations")
         self.weight = float(config.diversity_weight)
         self._model: EnsembleModel | None = None

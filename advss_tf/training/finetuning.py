@@ -132,14 +132,14 @@ def resolve_backbone(cfg: FinetuneConfig) -> tuple[FinetuneConfig, dict[str, Any
         return dataclasses.replace(cfg, backbone=BackboneConfig(DEFAULT_BACKBONE, cfg.sync_bn)), None
     info = read_pretrained_info(cfg.pretrained)
     name = info["backbone"].get("name")
-    if cfg.backbone is None:
-        return dataclasses.replace(cfg, backbone=BackboneConfig(name, cfg.sync_bn)), info
-    if cfg.backbone.name != name:
+    if cfg.backbone is not None and cfg.backbone.name != name:
         raise UsageError(
             f"--backbone={cfg.backbone.name} but {cfg.pretrained} was pretrained with {name}; "
             f"drop --backbone to use the export's"
         )
-    return cfg, info
+    # The export's block definition (an export without `arch_version` predates it: version 1), whatever the default.
+    sync_bn = cfg.backbone.sync_bn if cfg.backbone is not None else cfg.sync_bn
+    return dataclasses.replace(cfg, backbone=BackboneConfig.from_dict(info["backbone"], sync_bn=sync_bn)), info
 
 
 def restore_pretrained(path: str, info: dict[str, Any], model: ImageClassifier) -> list[str]:

@@ -127,6 +127,26 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
         manager.save(checkpoint_number=int(step_counter.numpy()), options=faults.checkpoint_options())
 
     export_dir = workspace.path(cfg.model_dir, workspace.EXPORT, PRETRAIN_EXPORT)
+    write_export(export_dir, task, model, cfg)
+    results = {
+        "task": cfg.task,
+        "steps": int(step_counter.numpy()),
+        "final_train_metrics": last,
+        "export": export_dir,
+        "wall_time_sec": time.time() - start_time,
+        "versions": versions(),
+    }
+    workspace.write_json(workspace.path(cfg.model_dir, workspace.RESULTS), results)
+    return results
+
+
+def write_export(
+    export_dir: str, task, model: keras.Model, cfg: PretrainConfig, extra_info: dict | None = None
+) -> None:
+    """The pretraining SavedModel of `task`'s `model` (what `finetune --pretrained` restores), atomically.
+
+    `extra_info` adds entries to assets/advss_export.json (an imported model records where it came from).
+    """
     export.save(
         export_dir,
         task.export_parts(model),
@@ -140,19 +160,10 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
             "trunk_channels": cfg.backbone.trunk_channels,
             "config": to_dict(cfg),
             "versions": versions(),
+            **(extra_info or {}),
         },
         assets=task.export_assets(),
     )
-    results = {
-        "task": cfg.task,
-        "steps": int(step_counter.numpy()),
-        "final_train_metrics": last,
-        "export": export_dir,
-        "wall_time_sec": time.time() - start_time,
-        "versions": versions(),
-    }
-    workspace.write_json(workspace.path(cfg.model_dir, workspace.RESULTS), results)
-    return results
 
 
 def _ckpt_step(manager: tf.train.CheckpointManager) -> int:

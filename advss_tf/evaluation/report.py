@@ -47,7 +47,8 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"- Model: `{model['path']}` (signature `{model['signature']}`, output `{model['output']}`: "
         f"{model['output_kind']}); saved_model.pb sha256 `{model['saved_model_pb_sha256'][:12]}`, "
         f"variables sha256 `{model['variables_sha256'][:12]}`",
-        f"- Test set: CIFAR-10 test from `{data['dataset']}`, {data['num_examples']} examples; seed {results['seed']}",
+        f"- Test set: {data.get('title', 'CIFAR-10')} test from `{data['dataset']}`, {data['num_examples']} examples; "
+        f"seed {results['seed']}",
         f"- Wall time: {results['wall_time_sec']:.1f} s; TensorFlow {results['versions'].get('tensorflow')}, "
         f"Keras {results['versions'].get('keras')}",
         "",

@@ -15,7 +15,7 @@ from advss_tf import export, faults, summaries, workspace
 from advss_tf.config import PretrainConfig, to_dict, versions
 from advss_tf.data import pipeline
 from advss_tf.errors import UsageError
-from advss_tf.tasks.table import AUGMENTATION, build_task
+from advss_tf.tasks.table import AUGMENTATION, build_task, check_image_shape
 from advss_tf.training import cluster, loop
 from advss_tf.training.runs import (
     load_training_images,
@@ -36,8 +36,10 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
     strategy = make_strategy(rt.strategy, rt.num_cpu_devices, rt.cluster_resolver, rt.worker_timeout)
     cfg = dataclasses.replace(cfg, model_dir=cluster.worker_model_dir(strategy, cfg.model_dir))
     per_replica_batch(cfg.batch_size, strategy)
-    x_train, y_train, x_val, _ = load_training_images(cfg)  # bad data fails before anything is written
-    workspace.prepare(cfg.model_dir, cfg, overwrite)
+    # Bad data fails before anything is written; labels are never read (an unlabelled source is fine).
+    x_train, y_train, x_val, _, data_info = load_training_images(cfg)
+    check_image_shape(cfg.task, data_info.image_shape)
+    workspace.prepare(cfg.model_dir, cfg, overwrite, data_info.to_dict())
     set_precision(rt.mixed_precision)
     steps_per_epoch = len(x_train) // cfg.batch_size
     if steps_per_epoch < 1:
@@ -138,10 +140,12 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
             "backbone": to_dict(cfg.backbone),
             "feature_dim": cfg.backbone.feature_dim,
             "trunk_channels": cfg.backbone.trunk_channels,
+            "data": data_info.to_dict(),
             "config": to_dict(cfg),
             "versions": versions(),
         },
         assets=task.export_assets(),
+        image_shape=data_info.image_shape,
     )
     results = {
         "task": cfg.task,

@@ -50,18 +50,37 @@ def define_run_flags() -> None:
     flags.DEFINE_integer("seed", 0, "The one seed every random choice is derived from.")
 
 
-def define_data_flags() -> None:
-    from advss_tf.data.cifar10 import SOURCES
+def define_data_flags(train_split: bool = True) -> None:
+    """--dataset and where it lives; `train_split`: also --train_split (the binaries that train)."""
+    from advss_tf.data.datasets import DATASETS, LABELS
 
-    flags.DEFINE_enum("dataset", "sample", SOURCES, "CIFAR-10 source: bundled sample, official binary files, or TFDS.")
+    flags.DEFINE_enum(
+        "dataset",
+        "sample",
+        DATASETS,
+        "Images: CIFAR-10 from the bundled sample, its official binary files (--data_dir) or TFDS; cifar100 (TFDS, "
+        "or the official binary files with --data_dir); svhn (TFDS svhn_cropped); stl10 (TFDS, 96x96); folder "
+        "(--data_dir: <class>/ subfolders of images, or any images for pretraining).",
+    )
     flags.DEFINE_string(
         "data_dir",
         None,
-        "cifar-10-batches-bin folder or cifar-10-binary.tar.gz (official binary format); implies --dataset=binary.",
+        "cifar-10-batches-bin folder or cifar-10-binary.tar.gz (official binary format; implies --dataset=binary); "
+        "with --dataset=cifar100 the cifar-100-binary folder or .tar.gz; with --dataset=folder the image folder.",
     )
-    flags.DEFINE_string(
-        "tfds_data_dir", None, "With --dataset=tfds: TFDS data directory (default ~/tensorflow_datasets)."
+    flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (default ~/tensorflow_datasets).")
+    flags.DEFINE_enum("label", "fine", LABELS, "CIFAR-100's labels: fine (100 classes) or coarse (20 superclasses).")
+    flags.DEFINE_integer(
+        "image_size", 0, "Resize every image to this many pixels square (0: keep the data's own size)."
     )
+    flags.register_validator("image_size", lambda v: v >= 0, "--image_size must be >= 0 (0: the data's own size)")
+    if train_split:
+        flags.DEFINE_string(
+            "train_split",
+            "train",
+            "The split training reads (a validation tenth is carved from it); STL-10 pretraining: unlabelled or "
+            "train+unlabelled.",
+        )
 
 
 def define_attack_flags(steps_default: int = 10) -> None:
@@ -145,18 +164,20 @@ def runtime_config():
 
 
 def data_source():
-    """The CIFAR-10 source; a given --data_dir is always used (it implies --dataset=binary), never ignored."""
-    from advss_tf.data.cifar10 import DataSource
+    """The data source; a given --data_dir is always used (alone it means --dataset=binary), never ignored."""
+    from advss_tf.data.datasets import DataSource
 
     dataset = FLAGS.dataset
     if FLAGS.data_dir:
-        if FLAGS["dataset"].present and dataset != "binary":
+        if FLAGS["dataset"].present and dataset not in ("binary", "cifar100", "folder"):
             raise UsageError(
-                f"--data_dir reads the official binary files; it does not go with --dataset={dataset} "
-                "(drop one of them, or use --tfds_data_dir for TFDS)"
+                f"--data_dir reads the official binary files or an image folder; it does not go with "
+                f"--dataset={dataset} (drop one of them, or use --tfds_data_dir for TFDS)"
             )
-        dataset = "binary"
-    return DataSource(dataset, FLAGS.data_dir, FLAGS.tfds_data_dir)
+        if not FLAGS["dataset"].present:
+            dataset = "binary"
+    train_split = FLAGS.train_split if "train_split" in FLAGS else "train"
+    return DataSource(dataset, FLAGS.data_dir, FLAGS.tfds_data_dir, FLAGS.label, FLAGS.image_size, train_split)
 
 
 def attack_config():

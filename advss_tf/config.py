@@ -12,7 +12,7 @@ import platform
 from typing import Any
 
 from advss_tf.attacks.pgd import check_budget
-from advss_tf.data.cifar10 import SOURCES, DataSource
+from advss_tf.data.datasets import LEGACY_DEFAULTS, DataSource
 from advss_tf.errors import UsageError
 from advss_tf.models.resnet import BackboneConfig
 
@@ -116,8 +116,6 @@ class PretrainConfig:
     def __post_init__(self):
         if self.batch_size < 1:
             raise UsageError(f"--batch_size must be >= 1, got {self.batch_size}")
-        if self.data.source not in SOURCES:
-            raise UsageError(f"unknown dataset {self.data.source!r}; valid: {', '.join(SOURCES)}")
         if not 0.0 < self.train_fraction <= 1.0:
             raise UsageError(f"--train_fraction must be in (0, 1], got {self.train_fraction}")
         if self.epochs <= 0 and self.train_steps <= 0:
@@ -173,10 +171,24 @@ def versions() -> dict[str, str]:
     }
 
 
+# What config.json holds besides the config that does not make a run what it is: where it runs, the versions, and
+# the facts read from the data (`data_info`: class count, image shape; the same source always gives the same).
+_NOT_IDENTITY = ("runtime", "model_dir", "versions", "data_info")
+
+
 def identity(config_dict: dict[str, Any]) -> dict[str, Any]:
-    """The part of a config that makes a run what it is (runtime and output location excluded)."""
-    return {k: v for k, v in config_dict.items() if k not in ("runtime", "model_dir", "versions")}
+    """The part of a config that makes a run what it is (runtime, output location and data facts excluded).
+
+    A config.json written before the data fields of `LEGACY_DEFAULTS` existed meant their defaults: they are filled
+    in, so such a run still resumes.
+    """
+    out = {k: v for k, v in config_dict.items() if k not in _NOT_IDENTITY}
+    if isinstance(out.get("data"), dict):
+        out["data"] = {**LEGACY_DEFAULTS, **out["data"]}
+    return out
 
 
-def dumps(config) -> str:
-    return json.dumps({**to_dict(config), "versions": versions()}, indent=2, sort_keys=True)
+def dumps(config, data_info: dict[str, Any] | None = None) -> str:
+    """config.json's text: the config, the versions, and (when given) what the data holds."""
+    extra = {"data_info": data_info} if data_info is not None else {}
+    return json.dumps({**to_dict(config), **extra, "versions": versions()}, indent=2, sort_keys=True)

@@ -1,7 +1,8 @@
 """How robust is a classifier? `python -m advss_tf.evaluate --model=<SavedModel> [--output_dir=<dir>] ...`.
 
-Takes any classifier SavedModel whose signature maps float32 images [N, 32, 32, 3] in [0, 1] to [N, 10] logits
-(ours, or a third party's such as a Keras `model.export`), runs the clean test set, the chosen attacks (AutoAttack
+Takes any classifier SavedModel whose signature maps float32 images [N, H, W, 3] in [0, 1] to [N, K] logits, H x W
+and K the test data's (32x32 and 10 on CIFAR-10; docs/data.md) — ours, or a third party's such as a Keras
+`model.export` — runs the clean test set, the chosen attacks (AutoAttack
 with --attacks=autoattack: L∞, or L2 with --autoattack_norm=l2) and optionally CIFAR-10-C, and writes
 <output_dir>/{results.json, report.md, per_example.npz, model_card.json, figures/, tensorboard/evaluate/} (default
 output_dir: runs/<model name>_eval).
@@ -28,7 +29,9 @@ from advss_tf.evaluation.evaluator import (
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("model", None, "Classifier SavedModel: float32 images [N,32,32,3] in [0,1] -> [N,10] logits.")
+flags.DEFINE_string(
+    "model", None, "Classifier SavedModel: float32 images [N,H,W,3] in [0,1] -> [N,K] logits (the test data's H, W, K)."
+)
 flags.mark_flag_as_required("model")
 flags.DEFINE_string(
     "output_dir",
@@ -39,7 +42,7 @@ flags.DEFINE_string(
 flags.DEFINE_string("model_name", None, "The model's label in reports and plots (default: its run or folder name).")
 flags.DEFINE_bool("overwrite", False, "Replace the results already in --output_dir instead of refusing.")
 flags.DEFINE_integer("seed", 0, "The one seed every attack's random start (and the CIFAR-10-C generator) derives from.")
-common_flags.define_data_flags()
+common_flags.define_data_flags(train_split=False)
 flags.DEFINE_list(
     "attacks",
     list(DEFAULT_ATTACKS),

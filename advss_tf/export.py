@@ -22,7 +22,13 @@ from advss_tf import faults
 from advss_tf.errors import UsageError
 
 EXPORT_INFO = "advss_export.json"
-IMAGE_SPEC = tf.TensorSpec([None, 32, 32, 3], tf.float32, name="images")
+DEFAULT_IMAGE_SHAPE = (32, 32, 3)  # CIFAR's; a run on other data passes its own
+IMAGE_SPEC = tf.TensorSpec([None, *DEFAULT_IMAGE_SHAPE], tf.float32, name="images")
+
+
+def image_spec(image_shape=DEFAULT_IMAGE_SHAPE, dtype: tf.DType = tf.float32) -> tf.TensorSpec:
+    """The `images` input of an exported signature: [None, H, W, C] of `dtype`."""
+    return tf.TensorSpec([None, *(int(d) for d in image_shape)], dtype, name="images")
 
 
 @contextlib.contextmanager
@@ -83,17 +89,19 @@ def save(
     info: dict[str, Any],
     assets: dict[str, str] | None = None,
     extra_functions: dict[str, tuple[Callable, tf.TensorSpec]] | None = None,
+    image_shape=DEFAULT_IMAGE_SHAPE,
 ) -> None:
     """Writes a SavedModel at `path` atomically.
 
     Args:
       parts: objects tracked by name (restorable with `restore_parts`).
-      functions: signature name → fn(images float32 [N,32,32,3] in [0,1]) → dict of tensors.
+      functions: signature name → fn(images float32 [N, H, W, 3] in [0,1]) → dict of tensors.
       info: JSON-able description written to assets/advss_export.json.
       assets: more asset files, name → text.
       extra_functions: signature name → (fn, input spec) for non-float inputs (e.g. uint8 images).
+      image_shape: (H, W, C) of the images the signatures take (the data's).
     """
-    module = ExportModule(parts, functions)
+    module = ExportModule(parts, functions, image_spec(image_shape))
     signatures = module.signatures()
     for name, (fn, spec) in (extra_functions or {}).items():
         f = tf.function(_float32_outputs(fn), input_signature=[spec], autograph=False)

@@ -1,4 +1,4 @@
-"""Fine-tuning a pretrained backbone into a CIFAR-10 classifier: `python -m advss_tf.finetune --pretrained=... ...`.
+"""Fine-tuning a pretrained backbone into a classifier of the data's classes: `python -m advss_tf.finetune --pretrained=... ...`.
 
     python -m advss_tf.finetune --flagfile=flags/paper/finetune_full_adversarial.flags \\
         --pretrained=runs/rotation/export/pretrain --model_dir=runs/rotation_ft

@@ -1,7 +1,8 @@
 """Classifier SavedModels (SPEC §10): the serving signatures, the atomic write, and opening one to attack through.
 
 Every classifier export — a fine-tuned model or an ensemble of them — has the same interface, which the evaluate
-binary relies on: `serving_default` maps float32 images [N, 32, 32, 3] in [0, 1] (input key `images`) to
+binary relies on: `serving_default` maps float32 images [N, H, W, 3] in [0, 1] (input key `images`; H x W the
+training data's, 32x32 on CIFAR) to
 `{"logits": [N, K], "probabilities": [N, K]}`, and `serving_uint8` does the same for uint8 images in [0, 255].
 Both are differentiable with respect to the images after `tf.saved_model.load`, so attacks run through them.
 """
@@ -18,7 +19,6 @@ from advss_tf import export
 from advss_tf.errors import UsageError
 
 CLASSIFIER_FORMAT = "advss_tf.classifier"
-UINT8_IMAGE_SPEC = tf.TensorSpec([None, 32, 32, 3], tf.uint8, name="images")
 
 
 def classifier_outputs(logits: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -32,6 +32,7 @@ def save_classifier(
     logits_fn: Callable[[tf.Tensor], tf.Tensor],
     parts: dict[str, Any],
     info: dict[str, Any],
+    image_shape=export.DEFAULT_IMAGE_SHAPE,
 ) -> None:
     """Writes a classifier SavedModel with `serving_default` and `serving_uint8`, atomically.
 
@@ -40,6 +41,7 @@ def save_classifier(
       logits_fn: float32 images [N, 32, 32, 3] in [0, 1] → logits [N, K], in inference mode.
       parts: objects whose variables the export holds, tracked by name.
       info: JSON-able description; `format` is set to "advss_tf.classifier".
+      image_shape: (H, W, C) of the images both signatures take.
     """
 
     def serve(images):
@@ -53,12 +55,13 @@ def save_classifier(
         parts,
         {"serving_default": serve},
         info={**info, "format": CLASSIFIER_FORMAT},
-        extra_functions={"serving_uint8": (serve_uint8, UINT8_IMAGE_SPEC)},
+        extra_functions={"serving_uint8": (serve_uint8, export.image_spec(image_shape, tf.uint8))},
+        image_shape=image_shape,
     )
 
 
 def logits_function(path: str) -> tuple[Any, Callable[[tf.Tensor], tf.Tensor]]:
-    """Loads any SavedModel whose `serving_default` maps one float32 [N, 32, 32, 3] input to `logits`.
+    """Loads any SavedModel whose `serving_default` maps one float32 [N, H, W, 3] input to `logits`.
 
     Returns:
       (the loaded object — keep it alive while the function is used, images → logits function).
@@ -76,9 +79,9 @@ def logits_function(path: str) -> tuple[Any, Callable[[tf.Tensor], tf.Tensor]]:
     if len(inputs) != 1:
         raise UsageError(f"{path}: serving_default takes {len(inputs)} inputs; an images → logits signature takes one")
     ((name, spec),) = inputs.items()
-    if spec.dtype != tf.float32 or not spec.shape.is_compatible_with([None, 32, 32, 3]):
+    if spec.dtype != tf.float32 or not spec.shape.is_compatible_with([None, None, None, 3]):
         raise UsageError(
-            f"{path}: serving_default input {name!r} is {spec.dtype.name} {spec.shape}, not float32 [N,32,32,3]"
+            f"{path}: serving_default input {name!r} is {spec.dtype.name} {spec.shape}, not float32 [N,H,W,3]"
         )
     if "logits" not in signature.structured_outputs:
         raise UsageError(f"{path}: serving_default has no 'logits' output ({', '.join(signature.structured_outputs)})")
@@ -106,8 +109,11 @@ class _Ensemble(tf.Module):
         super().__init__(name="ensemble")
         self.members = []
         self._logits_fns = []
+        self.image_shapes = []
         for path in paths:
             loaded, fn = logits_function(path)
+            _, inputs = loaded.signatures["serving_default"].structured_input_signature
+            self.image_shapes.append(tuple(next(iter(inputs.values())).shape[1:]))
             # A member's own asset files (its advss_export.json) would be saved again next to the ensemble's and
             # take that name first; the ensemble's info records what it needs of each member.
             if hasattr(loaded, "asset_files"):
@@ -137,7 +143,12 @@ def save_ensemble(member_paths: list[str], output: str) -> dict[str, Any]:
     if os.path.abspath(output) in {os.path.abspath(p) for p in member_paths}:
         raise UsageError(f"--output {output} is also a member; write the ensemble elsewhere")
     ensemble = _Ensemble(member_paths)
-    probe = tf.zeros([2, 32, 32, 3], tf.float32)
+    shapes = set(ensemble.image_shapes)
+    if len(shapes) != 1 or None in next(iter(shapes)):
+        listed = ", ".join(str(list(s)) for s in sorted(shapes, key=str))
+        raise UsageError(f"the members must take images of one fixed size; they take {listed}")
+    image_shape = shapes.pop()
+    probe = tf.zeros([2, *image_shape], tf.float32)
     classes = {int(fn(probe).shape[-1]) for fn in ensemble._logits_fns}
     if len(classes) != 1:
         raise UsageError(f"the members disagree on the number of classes: {sorted(classes)}")
@@ -160,7 +171,8 @@ def save_ensemble(member_paths: list[str], output: str) -> dict[str, Any]:
         "ensemble": members,
         "combination": "probabilities = mean of the members' softmax; logits = log(probabilities)",
         "num_classes": classes.pop(),
+        "image_shape": list(image_shape),
         "backbone": None,
     }
-    save_classifier(output, ensemble.logits, {"members": ensemble.members}, info)
+    save_classifier(output, ensemble.logits, {"members": ensemble.members}, info, image_shape=image_shape)
     return {**info, "format": CLASSIFIER_FORMAT}

@@ -23,13 +23,15 @@ def path(model_dir: str, *parts: str) -> str:
     return os.path.join(model_dir, *parts)
 
 
-def prepare(model_dir: str, config, overwrite: bool) -> bool:
+def prepare(model_dir: str, config, overwrite: bool, data_info: dict[str, Any] | None = None) -> bool:
     """Creates or re-opens a run directory for `config`; returns True when it resumes an existing run.
+
+    `data_info` (what the training data holds: name, class count, image shape) is recorded in config.json.
 
     A directory holding a different run's config is refused (exit 2) unless `overwrite`, which clears the run's
     own files (config, checkpoints, tensorboard, export, results) and nothing else.
     """
-    new = json.loads(config_lib.dumps(config))
+    new = json.loads(config_lib.dumps(config, data_info))
     cfg_path = path(model_dir, CONFIG)
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise UsageError(f"--model_dir {model_dir} exists and is not a directory")
@@ -45,9 +47,8 @@ def prepare(model_dir: str, config, overwrite: bool) -> bool:
         if same and not overwrite:
             return os.path.isdir(path(model_dir, CHECKPOINTS))
         if not overwrite:
-            diff = sorted(
-                k for k in set(config_lib.identity(old)) | set(config_lib.identity(new)) if old.get(k) != new.get(k)
-            )
+            old_id, new_id = config_lib.identity(old), config_lib.identity(new)
+            diff = sorted(k for k in set(old_id) | set(new_id) if old_id.get(k) != new_id.get(k))
             raise UsageError(
                 f"{model_dir} holds a different run (differs in: {', '.join(diff)}); "
                 "use another --model_dir or pass --overwrite"

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from conftest import SHARED_DATA
 
-from advss_tf.data import cifar10, pipeline
+from advss_tf.data import cifar10, pipeline, tfds_reader
 from advss_tf.errors import UsageError
 
 SUBSET = os.path.join(SHARED_DATA, "cifar10-subset")
@@ -58,7 +58,7 @@ def test_missing_or_truncated_data_is_a_one_line_error(tmp_path, make, message):
 
 
 def test_offline_tfds_fails_fast_with_advice(tmp_path, monkeypatch):
-    monkeypatch.setattr(cifar10, "_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(tfds_reader, "_reachable", lambda *a, **k: False)
     with pytest.raises(UsageError, match="--dataset=binary"):
         cifar10.load_arrays(cifar10.DataSource("tfds", tfds_data_dir=str(tmp_path)), "train")
 

@@ -120,5 +120,5 @@ def test_cli_refuses_a_signature_that_is_not_images_to_logits(members, tmp_path)
     )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "not float32 [N,32,32,3]" in lines[0], proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "not float32 [N,H,W,3]" in lines[0], proc.stderr
     assert not os.path.exists(tmp_path / "ens")

@@ -1,8 +1,9 @@
-"""Writes CIFAR-10-C in the official layout from any CIFAR-10 split, with the built-in generator (SPEC §7).
+"""Writes CIFAR-10-C in the official layout from any 32x32 split, with the built-in generator (SPEC §7).
 
     python tools/write_cifar10c.py --output_dir=data/CIFAR-10-C                     # bundled sample, test split
     python tools/write_cifar10c.py --dataset=binary --data_dir=cifar-10-batches-bin \\
         --split=train --corruptions=fog,snow --output_dir=data/CIFAR-10-C-train
+    python tools/write_cifar10c.py --dataset=cifar100 --data_dir=cifar-100-binary --output_dir=data/CIFAR-100-C
 
 For each corruption, ``<name>.npy`` holds uint8 [5 * N, 32, 32, 3]: the N images at severity 1, then 2, ... 5;
 ``labels.npy`` holds the N labels repeated 5 times (uint8, as published). ``load_cifar10c("npy", ...)`` reads it
@@ -122,10 +123,9 @@ def _write_atomically(path: str, write: Callable[[str], None]) -> None:
 
 def define_flags() -> None:
     from advss_tf import common_flags
-    from advss_tf.data.cifar10 import SPLITS
 
-    common_flags.define_data_flags()
-    flags.DEFINE_enum("split", "test", SPLITS, "CIFAR-10 split to corrupt (train: the official 50,000 images).")
+    common_flags.define_data_flags(train_split=False)
+    flags.DEFINE_enum("split", "test", ("train", "test"), "The split to corrupt (train: CIFAR's official 50,000).")
     flags.DEFINE_list("corruptions", list(ALL_CORRUPTIONS), "Comma-separated corruptions (default: all 19).")
     flags.DEFINE_integer("seed", 0, "Seed of the generator (a non-negative integer).")
     flags.DEFINE_integer("max_examples", None, "Corrupt only the first this many images of the split (default: all).")
@@ -147,12 +147,14 @@ def _valid_corruptions(names: list[str]) -> bool:
 
 
 def main() -> None:
-    from advss_tf.data import cifar10
+    from advss_tf import common_flags
+    from advss_tf.data import datasets
 
     _check_output_dir(FLAGS.output_dir, FLAGS.overwrite)  # before a long load
-    images, labels = cifar10.load_arrays(
-        cifar10.DataSource(FLAGS.dataset, FLAGS.data_dir, FLAGS.tfds_data_dir), FLAGS.split
-    )
+    src = common_flags.data_source()
+    split = datasets.load(src, FLAGS.split)
+    datasets.require_labelled(split, src, "a corrupted test set")
+    images, labels = split.images, split.labels
     images, labels = images[: FLAGS.max_examples], labels[: FLAGS.max_examples]
     paths = write_cifar10c(
         images, labels, FLAGS.output_dir, FLAGS.corruptions, seed=FLAGS.seed, overwrite=FLAGS.overwrite

@@ -4,6 +4,10 @@ Sources: ``generate`` corrupts clean CIFAR-10 arrays with the built-in generator
 official layout (``<corruption>.npy`` holding the 5 severities one after the other, severity 1 first, and
 ``labels.npy``), as published on Zenodo or written by ``tools/write_cifar10c.py``; ``tfds`` reads a prepared TFDS
 ``cifar10_corrupted`` and never downloads it. All return ``(images uint8 [N, 32, 32, 3], labels int64 [N])``.
+
+CIFAR-100-C: ``npy`` reads the official CIFAR-100-C folder (the same layout, labels 0..99), and ``generate`` makes
+it from the CIFAR-100 test images: the authors' repository has one CIFAR generator (``make_cifar_c.py``) whose
+per-severity constants depend on neither the dataset nor its labels (docs/data.md).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from advss_tf.corruptions.cifar10c import (
 from advss_tf.errors import UsageError
 
 CIFAR10C_SOURCES = ("generate", "npy", "tfds")
-NUM_CLASSES = 10
+NUM_CLASSES = 10  # CIFAR-10-C's; CIFAR-100-C passes num_classes=100
 # TFDS names two corruptions otherwise than the .npy files do.
 _TFDS_NAMES = {"glass_blur": "frosted_glass_blur", "elastic_transform": "elastic"}
 
@@ -40,6 +44,7 @@ def load_cifar10c(
     clean_labels: np.ndarray | None = None,
     seed: int = 0,
     max_examples: int | None = None,
+    num_classes: int = NUM_CLASSES,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reads (or makes) one CIFAR-10-C set: one corruption at one severity.
 
@@ -53,6 +58,7 @@ def load_cifar10c(
       clean_labels: ``generate``: their labels ``[N]``.
       seed: ``generate``: the generator's seed.
       max_examples: keep the first this many examples (None: all).
+      num_classes: ``npy``: the labels must be below it (100 for CIFAR-100-C).
 
     Returns:
       ``(images uint8 [N, 32, 32, 3], labels int64 [N])``.
@@ -68,7 +74,7 @@ def load_cifar10c(
     if source == "generate":
         return _generate(name, severity, clean_images, clean_labels, seed, max_examples)
     if source == "npy":
-        return _load_npy(data_dir, name, severity, max_examples)
+        return _load_npy(data_dir, name, severity, max_examples, num_classes)
     return _load_tfds(tfds_data_dir, name, severity, max_examples)
 
 
@@ -125,14 +131,14 @@ def _generate(
 
 
 def _load_npy(
-    data_dir: str | None, name: str, severity: int, max_examples: int | None
+    data_dir: str | None, name: str, severity: int, max_examples: int | None, num_classes: int = NUM_CLASSES
 ) -> tuple[np.ndarray, np.ndarray]:
     if not data_dir:
         raise UsageError("CIFAR-10-C source 'npy' needs data_dir: the CIFAR-10-C folder of <corruption>.npy files")
     folder = data_dir
-    nested = os.path.join(data_dir, "CIFAR-10-C")
-    if not os.path.exists(os.path.join(folder, f"{name}.npy")) and os.path.isdir(nested):
-        folder = nested
+    for nested in (os.path.join(data_dir, "CIFAR-10-C"), os.path.join(data_dir, "CIFAR-100-C")):
+        if not os.path.exists(os.path.join(folder, f"{name}.npy")) and os.path.isdir(nested):
+            folder = nested
     images_path, labels_path = os.path.join(folder, f"{name}.npy"), os.path.join(folder, "labels.npy")
     for path in (images_path, labels_path):
         if not os.path.isfile(path):
@@ -164,8 +170,11 @@ def _load_npy(
     # The official labels.npy repeats the N labels once per severity; a plain [N] file is accepted too.
     label_offset = offset if len(labels) == len(images) else 0
     labels = np.asarray(labels[label_offset : label_offset + count], np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise UsageError(f"{labels_path} holds labels outside 0..{NUM_CLASSES - 1}: not CIFAR-10 labels")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UsageError(
+            f"{labels_path} holds labels outside 0..{num_classes - 1}: not labels of the test data's {num_classes} "
+            "classes"
+        )
     return np.array(images[offset : offset + count]), labels
 
 
@@ -183,7 +192,7 @@ def _load_tfds(
 ) -> tuple[np.ndarray, np.ndarray]:
     import tensorflow_datasets as tfds
 
-    from advss_tf.data.cifar10 import tfds_prepared
+    from advss_tf.data.tfds_reader import tfds_prepared
 
     config = f"{_TFDS_NAMES.get(name, name)}_{severity}"
     builder = tfds.builder(f"cifar10_corrupted/{config}", data_dir=tfds_data_dir)

@@ -78,8 +78,8 @@ def train_dataset(
     row i is (step-derived seed, i), so each replica's slice carries a distinct seed for its attack's random start.
 
     Args:
-      images: uint8 [N, 32, 32, 3]; labels: int [N].
-      transform: pure TF (float images [B,32,32,3], labels [B], seed [2]) → dict of batch tensors.
+      images: uint8 [N, H, W, 3]; labels: int [N].
+      transform: pure TF (float images [B,H,W,3], labels [B], seed [2]) → dict of batch tensors.
     """
     n = len(images)
     if global_batch_size > n:

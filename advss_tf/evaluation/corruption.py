@@ -85,6 +85,7 @@ def evaluate_cifar10c(
     fixed_batch: int | None = None,
     progress: bool = False,
     store: PartialStore | None = None,
+    num_classes: int = 10,
 ) -> dict[str, Any]:
     """Accuracy on every (corruption, severity) set, with the means.
 
@@ -99,6 +100,7 @@ def evaluate_cifar10c(
       batch_size, fixed_batch: images per call; the signature's fixed batch size or None.
       progress: show a progress bar over the sets.
       store: records each finished set (resume) and takes finished ones from there.
+      num_classes: the test data's class count (npy labels are checked against it; 100 for CIFAR-100-C).
 
     Returns:
       The "cifar10c" section of results.json (see docs/evaluate.md).
@@ -125,6 +127,7 @@ def evaluate_cifar10c(
             clean_labels=clean_labels,
             seed=seed,
             max_examples=max_examples,
+            num_classes=num_classes,
         )
         if not len(images):
             raise UsageError(f"CIFAR-10-C {name} severity {severity} from source {source} is empty")

@@ -26,10 +26,10 @@ from advss_tf.attacks.registry import DEFAULT_ATTACKS, SQUARE, AttackSpec, compo
 from advss_tf.config import versions
 from advss_tf.corruptions.cifar10c import HEADLINE_CORRUPTIONS, SEVERITIES
 from advss_tf.corruptions.sources import CIFAR10C_SOURCES, load_cifar10c
-from advss_tf.data import cifar10
+from advss_tf.data import datasets
 from advss_tf.errors import UsageError
 from advss_tf.evaluation import corruption, report, robustness, worst_case
-from advss_tf.evaluation.model import NUM_CLASSES, default_model_name, load_classifier, model_hashes
+from advss_tf.evaluation.model import default_model_name, load_classifier, model_hashes
 from advss_tf.evaluation.records import PartialStore, write_text
 from advss_tf.training.loop import SignalGuard
 from advss_tf.training.strategy import make_strategy
@@ -57,7 +57,7 @@ class EvaluateConfig:
     model: str
     output_dir: str | None = None  # None: default_output_dir(model, model_name)
     model_name: str | None = None
-    data: cifar10.DataSource = cifar10.DataSource()
+    data: datasets.DataSource = datasets.DataSource()
     attacks: tuple[str, ...] = DEFAULT_ATTACKS
     restarts: int = 1
     linf_epsilon: float = 8 / 255
@@ -81,11 +81,8 @@ class EvaluateConfig:
     def __post_init__(self):
         if self.output_dir is None:
             object.__setattr__(self, "output_dir", default_output_dir(self.model, self.model_name))
-        if not 1 <= self.targets <= NUM_CLASSES - 1:
-            raise UsageError(
-                f"--targets must be in [1, {NUM_CLASSES - 1}] (the model's {NUM_CLASSES} classes minus the true "
-                f"one), got {self.targets}"
-            )
+        if self.targets < 1:  # the upper bound is the data's class count - 1: `check_class_count`
+            raise UsageError(f"--targets must be >= 1 (and below the model's class count), got {self.targets}")
         if self.square_queries < 1:
             raise UsageError(f"--square_queries must be >= 1, got {self.square_queries}")
         if self.strategy not in EVAL_STRATEGIES:
@@ -154,17 +151,56 @@ def check_output_dir(output_dir: str, overwrite: bool) -> None:
         raise UsageError(f"{existing} already exists; use another --output_dir or pass --overwrite")
 
 
-def load_test_set(cfg: EvaluateConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The CIFAR-10 test images (uint8) and labels, cut to `max_examples`; an empty source is a UsageError."""
-    images, labels = cifar10.load_arrays(cfg.data, "test")
+def load_test_set(cfg: EvaluateConfig) -> tuple[np.ndarray, np.ndarray, datasets.DatasetInfo]:
+    """The test images (uint8), labels and what they hold, cut to `max_examples`; an empty or unlabelled source is a
+    UsageError."""
+    split = datasets.load(cfg.data, "test")
+    datasets.require_labelled(split, cfg.data, "evaluation")
+    images, labels = split.images, split.labels
     if cfg.max_examples:
         images, labels = images[: cfg.max_examples], labels[: cfg.max_examples]
     if not len(images):
-        raise UsageError(f"the CIFAR-10 test set from --dataset={cfg.data.source} is empty")
-    return images, labels
+        raise UsageError(f"the test set of {datasets.describe(cfg.data)} is empty")
+    return images, labels, split.info
 
 
-def _check_cifar10c_source(cfg: EvaluateConfig, images: np.ndarray, labels: np.ndarray) -> None:
+# Attack losses that rank the logits: DLR reads the 3rd largest, its targeted form the 4th (Croce & Hein 2020).
+_LOSS_MIN_CLASSES = {"dlr": 3, "dlr_targeted": 4}
+
+
+def check_class_count(plan: list[tuple[str, list[AttackSpec]]], num_classes: int, targets: int) -> None:
+    """UsageError unless every attack of `plan` is defined for `num_classes` classes and --targets fits them."""
+    for name, specs in plan:
+        for spec in specs:
+            need = _LOSS_MIN_CLASSES.get(spec.loss, 2)
+            if num_classes < need:
+                raise UsageError(
+                    f"{spec.name} ({name}) needs at least {need} classes (its {spec.loss} loss ranks the logits); "
+                    f"the data has {num_classes}"
+                )
+            if spec.targets is not None and targets > num_classes - 1:
+                raise UsageError(
+                    f"--targets={targets} but {spec.name} can target at most {num_classes - 1} classes (the data's "
+                    f"{num_classes} minus the true one); pass --targets={num_classes - 1}"
+                )
+
+
+def check_corruption_data(cfg: EvaluateConfig, info: datasets.DatasetInfo) -> None:
+    """UsageError unless the CIFAR-10-C source fits the test data: 32x32 images (the generator's constants are
+    CIFAR's), and TFDS's cifar10_corrupted only for CIFAR-10."""
+    if tuple(info.image_shape[:2]) != (32, 32):
+        raise UsageError(
+            f"--cifar10c_source={cfg.cifar10c_source}: the CIFAR-10-C corruptions are defined for 32x32 images; "
+            f"{info.title} images are {info.image_shape[0]}x{info.image_shape[1]}"
+        )
+    if cfg.cifar10c_source == "tfds" and info.name != "cifar10":
+        raise UsageError(
+            f"--cifar10c_source=tfds reads TFDS cifar10_corrupted, CIFAR-10's; for {info.title} use "
+            "--cifar10c_source=generate or npy (e.g. the official CIFAR-100-C folder)"
+        )
+
+
+def _check_cifar10c_source(cfg: EvaluateConfig, images: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
     # One example of the first set: a missing folder or an unprepared TFDS fails now, not after hours of attacks.
     load_cifar10c(
         cfg.cifar10c_source,
@@ -176,6 +212,7 @@ def _check_cifar10c_source(cfg: EvaluateConfig, images: np.ndarray, labels: np.n
         clean_labels=labels[:1],
         seed=cfg.seed,
         max_examples=1,
+        num_classes=num_classes,
     )
 
 
@@ -198,8 +235,11 @@ def run(
     if strategy is None:  # first: splitting the CPU into devices must precede TensorFlow's first op
         strategy = make_strategy(cfg.strategy, cfg.num_cpu_devices)
     check_output_dir(cfg.output_dir, cfg.overwrite)
-    images, labels = load_test_set(cfg)
-    classifier = load_classifier(cfg.model, robustness.to_float(images[:_PROBE_IMAGES]))
+    images, labels, data_info = load_test_set(cfg)
+    check_class_count(plan, data_info.num_classes, cfg.targets)
+    if cfg.cifar10c_source != NO_CIFAR10C:
+        check_corruption_data(cfg, data_info)
+    classifier = load_classifier(cfg.model, robustness.to_float(images[:_PROBE_IMAGES]), data_info.num_classes)
     batch_size = cfg.batch_size
     if classifier.batch_size is not None and classifier.batch_size != batch_size:
         logging.info(
@@ -207,7 +247,7 @@ def run(
         )
         batch_size = classifier.batch_size
     if cfg.cifar10c_source != NO_CIFAR10C:
-        _check_cifar10c_source(cfg, images, labels)
+        _check_cifar10c_source(cfg, images, labels, data_info.num_classes)
     store = PartialStore(cfg.output_dir, cfg.identity(model_hashes(cfg.model), batch_size))
     resuming = store.check(cfg.overwrite)
     progress = not cfg.quiet
@@ -218,7 +258,9 @@ def run(
     with SignalGuard() as guard:
         robustness.watch_signals(guard)
         try:
-            clean, outcomes, cifar10c = _evaluate(cfg, plan, classifier, images, labels, store, strategy, common)
+            clean, outcomes, cifar10c = _evaluate(
+                cfg, plan, classifier, images, labels, store, strategy, common, data_info.num_classes
+            )
         finally:
             robustness.watch_signals(None)
     n = len(images)
@@ -247,6 +289,10 @@ def run(
         "schema_version": SCHEMA_VERSION,
         "model": {"name": cfg.model_name or default_model_name(cfg.model), **classifier.describe(), **_trained_by(cfg)},
         "data": {
+            "name": data_info.name,
+            "title": data_info.title,
+            "num_classes": data_info.num_classes,
+            "image_shape": list(data_info.image_shape),
             "dataset": cfg.data.source,
             "data_dir": cfg.data.data_dir,
             "tfds_data_dir": cfg.data.tfds_data_dir,
@@ -274,7 +320,7 @@ def run(
         "wall_time_sec": 0.0,
     }
     out = cfg.output_dir
-    figures = _write_figures(out, results, classifier, images, labels, outcomes)
+    figures = _write_figures(out, results, classifier, images, labels, outcomes, data_info.class_names)
     results["figures"] = figures
     results["per_example"] = worst_case.PER_EXAMPLE
     results["model_card"] = worst_case.MODEL_CARD
@@ -294,7 +340,7 @@ def run(
     return results
 
 
-def _evaluate(cfg, plan, classifier, images, labels, store, strategy, common):
+def _evaluate(cfg, plan, classifier, images, labels, store, strategy, common, num_classes=10):
     """Clean accuracy, every attack and CIFAR-10-C, each unit taken from `store` when an earlier run finished it."""
     progress = not cfg.quiet
     clean = store.load("clean")
@@ -338,6 +384,7 @@ def _evaluate(cfg, plan, classifier, images, labels, store, strategy, common):
             max_examples=cfg.max_examples or None,
             progress=progress,
             store=store,
+            num_classes=num_classes,
             **common,
         )
     return clean, outcomes, cifar10c
@@ -378,7 +425,7 @@ def _shown_outcome(outcomes: list) -> robustness.AttackOutcome | None:
     return by_name.get("pgd20") or (singles[0] if singles else None)
 
 
-def _write_figures(output_dir, results, classifier, images, labels, outcomes) -> dict[str, str]:
+def _write_figures(output_dir, results, classifier, images, labels, outcomes, class_names) -> dict[str, str]:
     """The adversarial-examples grid and the CIFAR-10-C heat map; returns {figure: path relative to output_dir}."""
     written = {}
     folder = os.path.join(output_dir, FIGURES)
@@ -386,7 +433,7 @@ def _write_figures(output_dir, results, classifier, images, labels, outcomes) ->
     if shown is not None and len(shown.shown_adversarial):
         k = len(shown.shown_adversarial)
         clean = robustness.to_float(images[:k])
-        names = cifar10.class_names()
+        names = list(class_names)
 
         def predicted(x):
             return [names[i] for i in np.argmax(classifier(tf.constant(x)).numpy(), -1)]

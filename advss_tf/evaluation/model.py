@@ -1,7 +1,7 @@
 """Opening a classifier SavedModel to attack through: ours or a third party's (SPEC §9, §13).
 
-Any SavedModel with a signature that maps one float image input [N, 32, 32, 3] in [0, 1] to [N, 10] class scores
-works: our exports (`serving_default` → {"logits", "probabilities"}), a Keras `model.export` (`serving_default` /
+Any SavedModel with a signature that maps one float image input [N, H, W, 3] in [0, 1] to [N, K] class scores works,
+H x W the test images' size and K their dataset's class count (32x32 and 10 on CIFAR-10): our exports (`serving_default` → {"logits", "probabilities"}), a Keras `model.export` (`serving_default` /
 `serve` → one output) or a `tf.saved_model.save` with signatures. A model whose only output is probabilities is
 attacked through log-probabilities (same argmax, same cross-entropy). Every problem is a one-line UsageError.
 """
@@ -18,15 +18,14 @@ import tensorflow as tf
 
 from advss_tf.errors import UsageError
 
-NUM_CLASSES = 10
-IMAGE_SHAPE = (32, 32, 3)
+DEFAULT_NUM_CLASSES = 10  # CIFAR-10's, when a caller names no dataset
 _PROBABILITY_WORDS = ("prob", "softmax")
 _LOG_FLOOR = 1e-30  # log(0) would give -inf logits and NaN gradients
 
 
 @dataclasses.dataclass
 class Classifier:
-    """A loaded classifier: call it on float32 images [N, 32, 32, 3] in [0, 1] to get logits [N, 10].
+    """A loaded classifier: call it on float32 images [N, H, W, 3] in [0, 1] to get logits [N, K].
 
     Attributes:
       path: the SavedModel directory.
@@ -89,7 +88,7 @@ def default_model_name(path: str) -> str:
     return parts[-1] or "model"
 
 
-def _image_input(signature) -> tuple[str, tf.TensorSpec] | None:
+def _image_input(signature, image_shape) -> tuple[str, tf.TensorSpec] | None:
     args, kwargs = signature.structured_input_signature
     specs = {**kwargs, **{str(i): s for i, s in enumerate(args)}}
     if len(specs) != 1:
@@ -97,20 +96,20 @@ def _image_input(signature) -> tuple[str, tf.TensorSpec] | None:
     ((name, spec),) = specs.items()
     if not isinstance(spec, tf.TensorSpec) or not spec.dtype.is_floating:
         return None
-    if not spec.shape.is_compatible_with([None, *IMAGE_SHAPE]):
+    if not spec.shape.is_compatible_with([None, *image_shape]):
         return None
     return name, spec
 
 
-def _score_output(signature) -> tuple[str, str] | None:
-    """(output key, "logits" | "probabilities" | "unknown") of the [N, 10] output, or None."""
+def _score_output(signature, num_classes: int | None) -> tuple[str, str] | None:
+    """(output key, "logits" | "probabilities" | "unknown") of the [N, num_classes] output (any K: None), or None."""
     outputs = signature.structured_outputs
     if not isinstance(outputs, dict):
         return None
     candidates = [
         k
         for k, s in outputs.items()
-        if isinstance(s, tf.TensorSpec) and s.shape.is_compatible_with([None, NUM_CLASSES])
+        if isinstance(s, tf.TensorSpec) and s.shape.is_compatible_with([None, num_classes])
     ]
     if "logits" in candidates:
         return "logits", "logits"
@@ -138,18 +137,19 @@ def _looks_like_probabilities(scores: np.ndarray) -> bool:
     return bool(np.all(scores >= 0.0) and np.all(scores <= 1.0) and np.allclose(scores.sum(-1), 1.0, atol=1e-3))
 
 
-def load_classifier(path: str, probe_images: np.ndarray) -> Classifier:
+def load_classifier(path: str, probe_images: np.ndarray, num_classes: int = DEFAULT_NUM_CLASSES) -> Classifier:
     """Loads a classifier SavedModel and checks it on a probe batch.
 
     Args:
       path: the SavedModel directory.
-      probe_images: a few float32 images [n, 32, 32, 3] in [0, 1] (n ≥ 2) to check the output shape with.
+      probe_images: a few float32 test images [n, H, W, 3] in [0, 1] (n ≥ 2) to check the output shape with.
+      num_classes: the test data's class count: the model must output that many scores.
 
     Returns:
       The classifier. A signature named "serving_default" is preferred; then the others in name order.
 
     Raises:
-      UsageError: not a SavedModel, unreadable, or no signature that maps [N, 32, 32, 3] images to [N, 10] scores.
+      UsageError: not a SavedModel, unreadable, or no signature that maps [N, H, W, 3] images to [N, K] scores.
     """
     if not os.path.exists(path):
         raise UsageError(f"--model {path} does not exist")
@@ -162,9 +162,10 @@ def load_classifier(path: str, probe_images: np.ndarray) -> Classifier:
         raise UsageError(f"cannot load SavedModel {path}: {first[:200]}") from e
     signatures = dict(getattr(loaded, "signatures", {}) or {})
     order = sorted(signatures, key=lambda n: (n != "serving_default", n))
+    image_shape = tuple(probe_images.shape[1:])
     for name in order:
         sig = signatures[name]
-        image_input, output = _image_input(sig), _score_output(sig)
+        image_input, output = _image_input(sig, image_shape), _score_output(sig, num_classes)
         if image_input is None or output is None:
             continue
         input_name, spec = image_input
@@ -176,18 +177,34 @@ def load_classifier(path: str, probe_images: np.ndarray) -> Classifier:
         except Exception as e:  # wrong shapes inside the graph, missing kernels, ...
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UsageError(f"{path}: signature {name!r} failed on a probe batch: {first[:200]}") from e
-        if scores.shape != (len(probe), NUM_CLASSES):
+        if scores.ndim == 2 and len(scores) == len(probe) and scores.shape[1] != num_classes:
+            raise UsageError(
+                f"{path} outputs {scores.shape[1]} classes but the test data has {num_classes}; evaluate it on its "
+                "own dataset (--dataset, --label)"
+            )
+        if scores.shape != (len(probe), num_classes):
             raise UsageError(
                 f"{path}: signature {name!r} output {output_name!r} has shape {list(scores.shape)} for "
-                f"{len(probe)} images, not [N, {NUM_CLASSES}] logits"
+                f"{len(probe)} images, not [N, {num_classes}] logits"
             )
         if not np.all(np.isfinite(scores)):
             raise UsageError(f"{path}: signature {name!r} gives non-finite outputs on clean test images")
         if kind == "unknown":
             kind = "probabilities" if _looks_like_probabilities(scores) else "logits"
         return Classifier(path, name, input_name, output_name, kind, batch, sig, loaded)
+    shape = "x".join(str(d) for d in image_shape[:2])
+    for name in order:  # a classifier of another class count: say so rather than list signatures
+        sig = signatures[name]
+        output = _score_output(sig, None)
+        if _image_input(sig, image_shape) is not None and output is not None:
+            classes = sig.structured_outputs[output[0]].shape[-1]
+            if classes is not None and classes != num_classes:
+                raise UsageError(
+                    f"{path} outputs {classes} classes but the test data has {num_classes}; evaluate it on its own "
+                    "dataset (--dataset, --label)"
+                )
     raise UsageError(
-        f"{path} has no signature mapping float32 [N,32,32,3] images in [0,1] to [N,10] logits "
+        f"{path} has no signature mapping float32 [N,{shape},3] images in [0,1] to [N,{num_classes}] logits "
         f"(signatures: {_describe_signatures(signatures)})"
     )
 

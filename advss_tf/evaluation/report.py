@@ -52,7 +52,8 @@ def markdown_report(results: dict[str, Any]) -> str:
             if model.get("trained_by")
             else []
         ),
-        f"- Test set: CIFAR-10 test from `{data['dataset']}`, {data['num_examples']} examples; seed {results['seed']}",
+        f"- Test set: {data.get('title', 'CIFAR-10')} test from `{data['dataset']}`, {data['num_examples']} examples; "
+        f"seed {results['seed']}",
         f"- Wall time: {results['wall_time_sec']:.1f} s; TensorFlow {results['versions'].get('tensorflow')}, "
         f"Keras {results['versions'].get('keras')}",
         "",

@@ -25,7 +25,6 @@ from advss_tf.evaluation.records import PartialStore
 from advss_tf.training.loop import Interrupted, SignalGuard
 
 ModelFn = Callable[[tf.Tensor], tf.Tensor]
-IMAGE_SIGNATURE = tf.TensorSpec([None, 32, 32, 3], tf.float32)
 # Accuracy differences within this much are noise (random starts), not a masking signal: half a point, or two
 # examples on small test sets.
 MASKING_TOLERANCE = 0.005
@@ -121,9 +120,10 @@ def attack_seed(seed: int, name: str, batch: int, restart: int) -> np.ndarray:
     return np.array([seed, zlib.crc32(f"{name}/{batch}/{restart}".encode())], np.int64)
 
 
-def _signature(fixed_batch: int | None) -> list[tf.TensorSpec]:
+def _signature(fixed_batch: int | None, image_shape) -> list[tf.TensorSpec]:
+    """(images [B, H, W, C], labels [B]) of the traced steps; the test images' own H, W, C."""
     return [
-        tf.TensorSpec([fixed_batch, 32, 32, 3], tf.float32),
+        tf.TensorSpec([fixed_batch, *(int(d) for d in image_shape)], tf.float32),
         tf.TensorSpec([fixed_batch], tf.int64),
     ]
 
@@ -140,8 +140,8 @@ def clean_evaluation(
     """Clean predictions plus the gradient health of every test image.
 
     Args:
-      model_fn: float32 images [N, 32, 32, 3] in [0, 1] → logits [N, 10].
-      images: uint8 [N, 32, 32, 3]; labels: int [N].
+      model_fn: float32 images [N, H, W, 3] in [0, 1] → logits [N, K].
+      images: uint8 [N, H, W, 3]; labels: int [N].
       batch_size: images per call (the signature's fixed size, if it has one).
       fixed_batch: the signature's fixed batch size (batches are padded to it), or None.
       progress: show a progress bar.
@@ -151,7 +151,7 @@ def clean_evaluation(
       gradient is all zero / has a NaN or Inf.
     """
 
-    @tf.function(input_signature=_signature(fixed_batch), reduce_retracing=True)
+    @tf.function(input_signature=_signature(fixed_batch, images.shape[1:]), reduce_retracing=True)
     def step(x, y):
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -184,22 +184,32 @@ class Predictor:
 
     def __init__(self, model_fn: ModelFn, fixed_batch: int | None = None):
         self.fixed_batch = fixed_batch
-        self._step = tf.function(
-            lambda x, y: tf.argmax(model_fn(x), -1) == y, input_signature=_signature(fixed_batch), reduce_retracing=True
-        )
+        self._model_fn = model_fn
+        self._steps: dict[tuple, Callable] = {}  # one traced step per image shape
 
     def correct(self, images: np.ndarray, labels: np.ndarray, batch_size: int) -> np.ndarray:
-        """bool [N]: prediction == label for each image (uint8 [N, 32, 32, 3]); forward passes only."""
+        """bool [N]: prediction == label for each image (uint8 [N, H, W, 3]); forward passes only."""
+        shape = tuple(images.shape[1:])
+        if shape not in self._steps:
+            self._steps[shape] = tf.function(
+                lambda x, y: tf.argmax(self._model_fn(x), -1) == y,
+                input_signature=_signature(self.fixed_batch, shape),
+                reduce_retracing=True,
+            )
         out = np.zeros([len(images)], bool)
         for sl in batch_slices(len(images), batch_size):
             x = padded(to_float(images[sl]), self.fixed_batch)
             y = padded(labels[sl].astype(np.int64), self.fixed_batch)
-            out[sl] = self._step(x, y).numpy()[: sl.stop - sl.start]
+            out[sl] = self._steps[shape](x, y).numpy()[: sl.stop - sl.start]
         return out
 
 
 def _attack_step(
-    model_fn: ModelFn, spec: AttackSpec, fixed_batch: int | None, strategy: tf.distribute.Strategy | None
+    model_fn: ModelFn,
+    spec: AttackSpec,
+    fixed_batch: int | None,
+    strategy: tf.distribute.Strategy | None,
+    image_shape=(32, 32, 3),
 ) -> tuple[Callable[[list[tuple]], list[tuple]], Callable[[], None]]:
     """(run, trace): `run` attacks a group of batches [(x, y, seed)] — one per replica under `strategy`, each
     batch whole on its replica, so the numbers equal one device's — and returns (x_adv, correct, max ‖δ‖) each."""
@@ -210,7 +220,7 @@ def _attack_step(
         return x_adv, correct, tf.reduce_max(perturbation_norm(x_adv, x, spec.norm))
 
     if strategy is None or strategy.num_replicas_in_sync == 1:
-        signature = [*_signature(fixed_batch), tf.TensorSpec([2], tf.int64)]
+        signature = [*_signature(fixed_batch, image_shape), tf.TensorSpec([2], tf.int64)]
         step = tf.function(attack, input_signature=signature, reduce_retracing=True)
         return (lambda group: [tuple(t.numpy() for t in step(*b)) for b in group]), step.get_concrete_function
 
@@ -295,7 +305,7 @@ def run_attack(
         bar.update(done, values=[("robust_acc", float(np.mean(robust[order[:done]])))])
     trace_seconds = 0.0
     if todo:
-        run, trace = _attack_step(model_fn, spec, fixed_batch, strategy)
+        run, trace = _attack_step(model_fn, spec, fixed_batch, strategy, images.shape[1:])
         start = time.perf_counter()
         trace()  # trace before the clock starts: images/s measures the attack, not tracing
         trace_seconds = time.perf_counter() - start

@@ -298,12 +298,13 @@ def model_card(results: dict[str, Any], export_info: dict[str, Any] | None) -> d
     complete = bool(c10c.get("headline_complete"))
     n = results["num_examples"]
     worst = results["worst_case"]
-    notes = [f"Evaluated with advss_tf on {n} CIFAR-10 test images"]
+    data = results.get("data") or {}
+    notes = [f"Evaluated with advss_tf on {n} {data.get('title', 'CIFAR-10')} test images"]
     imported = info.get("imported")
     if isinstance(imported, dict):  # advss_tf.import_torch: someone else's training, our evaluation
         files = ", ".join(s.get("file", "?") for s in imported.get("sources", []))
         notes.append(f"model trained by the reference code ({imported.get('trained_by')}), imported from {files}")
-    if n < 10_000:
+    if n < 10_000 and data.get("name", "cifar10") in ("cifar10", "cifar100"):
         notes.append("a subset: not comparable with the 10,000-image leaderboard")
     where = f" ({worst['threat_model']})" if worst.get("threat_model") else ""
     notes.append(f"worst case{where} over {', '.join(worst['attacks']) or 'no attack'}: {_percent(worst['accuracy'])}%")
@@ -313,7 +314,7 @@ def model_card(results: dict[str, Any], export_info: dict[str, Any] | None) -> d
     return {
         "name": results["model"]["name"],
         "architecture": architecture or "unknown",
-        "dataset": "cifar10",
+        "dataset": data.get("name", "cifar10"),
         "threat_model": "Linf" if not aa or aa["norm"] == "linf" else "L2",
         "eps": eps,
         "clean_acc": _percent(results["standard_accuracy"]),

@@ -1,6 +1,6 @@
 """Selfie: the shared trunk as a patch encoder, a post-LN transformer over the visible patches, position queries.
 
-Every 8x8 patch goes through the trunk (the same weights as for whole images) and a global average pool: one vector
+Every patch (8x8 on a 32x32 image, 24x24 on a 96x96 one) goes through the trunk (the same weights as for whole images) and a global average pool: one vector
 of the trunk's width per patch. A learned token u0 (zeros) and the 12 visible vectors pass through the encoder
 layers (no input position embedding, as the reference); the output at u0 is the pooled summary. The query for
 target position p is pooled + row_emb[p // 4] + col_emb[p % 4], and its logits are the dot products with the 4
@@ -207,14 +207,15 @@ class SelfieModel(keras.Model):
         return keras.ops.mean(self.trunk(images, training=training), axis=(1, 2))
 
     def patch_vectors(self, images, training: bool = False):
-        """images [B, 32, 32, 3] → one vector per patch [B, 16, D]: all B·16 patches go through the trunk at once."""
-        patches = selfie_lib.to_patches(images)  # [B, 16, 8, 8, 3]; reshapes only, so gradients reach every pixel
-        flat = tf.reshape(patches, [-1, selfie_lib.PATCH, selfie_lib.PATCH, images.shape[-1]])
+        """images [B, H, W, 3] → one vector per patch [B, 16, D]: all B·16 patches go through the trunk at once."""
+        # [B, 16, H/4, W/4, 3] (8x8 patches on 32x32 images); reshapes only, so gradients reach every pixel.
+        patches = selfie_lib.to_patches(images)
+        flat = tf.reshape(patches, [-1, patches.shape[2], patches.shape[3], images.shape[-1]])
         vectors = keras.ops.mean(self.trunk(flat, training=training), axis=(1, 2))
         return tf.reshape(vectors, [tf.shape(images)[0], selfie_lib.NUM_PATCHES, vectors.shape[-1]])
 
     def selfie_logits(self, images, order, training: bool = False):
-        """images [B, 32, 32, 3], order int [16] → logits [B, 4, 4]; the answer to query i is candidate i."""
+        """images [B, H, W, 3], order int [16] → logits [B, 4, 4]; the answer to query i is candidate i."""
         targets, visible = selfie_lib.split_patches(self.patch_vectors(images, training=training), order)
         target_positions, _ = selfie_lib.split_order(order)
         queries = self.selfie_head(visible, target_positions, training=training)

@@ -1,4 +1,4 @@
-"""Jigsaw pretext task: a 4x4 grid of 8x8 patches shuffled by one of 31 permutations; predict which one.
+"""Jigsaw pretext task: a 4x4 grid of patches (8x8 on 32x32 images) shuffled by one of 31 permutations; predict which one.
 
 The 30 random permutations are drawn once from the seed (plus the identity, class 0). They are part of the model:
 a model trained with one set is meaningless with another, so they travel with checkpoints and exports.
@@ -42,7 +42,7 @@ def jigsaw_labels(batch_size: tf.Tensor, num_classes: int, identity_prob: float,
 
 
 def jigsaw_transform(images: tf.Tensor, seed: tf.Tensor, permutations, identity_prob: float = 0.1) -> dict:
-    """Pure TF: images [N, 32, 32, 3], seed [2] → {'inputs': shuffled images, 'labels': permutation index}."""
+    """Pure TF: images [N, H, W, 3] (H, W divisible by 4), seed [2] → {'inputs': shuffled images, 'labels': permutation index}."""
     permutations = tf.convert_to_tensor(permutations, tf.int32)
     labels = jigsaw_labels(tf.shape(images)[0], permutations.shape[0], identity_prob, seed)
     return {"inputs": shuffle_patches(images, tf.gather(permutations, labels)), "labels": labels}

@@ -1,6 +1,6 @@
 """Selfie pretext task (Trinh et al. 2019) bookkeeping: patch order, which patches are hidden, which answers which.
 
-A 32x32 image is a 4x4 grid of 8x8 patches, numbered row-major (patch p sits at row p // 4, column p % 4). Per
+An image is a 4x4 grid of patches (8x8 on 32x32 images, 24x24 on 96x96), numbered row-major (patch p sits at row p // 4, column p % 4). Per
 batch one random order of the 16 patches is drawn: its first 4 entries are the target (hidden) positions, the other
 12 are visible. Query i asks "which of the 4 target patches belongs at position order[i]?"; the candidates are the
 target patches in the same order, so the answer to query i is candidate i.
@@ -53,7 +53,7 @@ def query_labels(batch_size: tf.Tensor) -> tf.Tensor:
 
 
 def selfie_transform(images: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
-    """Pure TF: images [B, 32, 32, 3], seed [2] → {'inputs': images, 'order': [B, 16] (one order, repeated)}.
+    """Pure TF: images [B, H, W, 3] (H, W divisible by 4), seed [2] → {'inputs': images, 'order': [B, 16] (one order, repeated)}.
 
     The images are not changed: the model patches them itself, so an attack can perturb the whole image.
     """

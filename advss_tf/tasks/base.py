@@ -30,7 +30,7 @@ class Task(Protocol):
         """
 
     def transform(self, images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Augmented images float32 [B, 32, 32, 3] in [0, 1], class labels int [B], a stateless seed [2] → the batch.
+        """Augmented images float32 [B, H, W, 3] in [0, 1], class labels int [B], a stateless seed [2] → the batch.
 
         Pure TF, traced inside the tf.data pipeline (no NumPy or Python randomness); the returned dict (e.g.
         {'inputs', 'labels'}) is what `craft` and `losses` receive, with the loop's `noise_seed` added.
@@ -72,7 +72,7 @@ class PretrainingTask(Task, Protocol):
         task has a single one, and the task's heads. Called once, at the end of the run."""
 
     def export_signatures(self, model: keras.Model) -> dict[str, Callable]:
-        """Signature name → function of images float32 [N, 32, 32, 3] in [0, 1] → {output name: tensor}.
+        """Signature name → function of images float32 [N, H, W, 3] in [0, 1] → {output name: tensor}.
 
         `features` ([N, D]) is required; the task adds `<task>_logits` and the like. Called once, at export.
         """

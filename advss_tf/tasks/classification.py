@@ -77,7 +77,7 @@ class ClassificationPretextTask:
         return {"trunk": model.trunk, "stage4": model.stage4, "head": model.head}
 
     def export_signatures(self, model: ImageClassifier) -> dict[str, Callable]:
-        """image [N,32,32,3] in [0,1] → output functions, exported as SavedModel signatures."""
+        """image [N,H,W,3] in [0,1] → output functions, exported as SavedModel signatures."""
         return {
             "features": lambda images: {"features": model.features(images, training=False)},
             f"{self.name}_logits": lambda images: {"logits": model(images, training=False)},

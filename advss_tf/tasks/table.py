@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from advss_tf import patches
 from advss_tf.config import PretrainConfig
 from advss_tf.errors import UsageError
+from advss_tf.pretext import rotation
 from advss_tf.tasks.base import PretrainingTask
 from advss_tf.tasks.classification import jigsaw_task, rotation_task
 from advss_tf.tasks.ensemble import EnsembleTask
@@ -25,6 +27,13 @@ TABLE: dict[str, tuple[Callable[[PretrainConfig], PretrainingTask], dict[str, An
     "selfie": (SelfieTask, dict(pad=2, flip=False)),
     "ensemble": (EnsembleTask, dict(pad=4, flip=True)),
 }
+# What each task needs of the images: rotation turns them (square), the patch tasks cut them into the 4x4 grid.
+IMAGE_CHECKS: dict[str, tuple[Callable[[Any, str], None], ...]] = {
+    "rotation": (rotation.check_image_shape,),
+    "jigsaw": (patches.check_image_shape,),
+    "selfie": (patches.check_image_shape,),
+    "ensemble": (patches.check_image_shape, rotation.check_image_shape),
+}
 TASKS: dict[str, Callable[[PretrainConfig], PretrainingTask]] = {name: make for name, (make, _) in TABLE.items()}
 AUGMENTATION: dict[str, dict[str, Any]] = {name: augmentation for name, (_, augmentation) in TABLE.items()}
 
@@ -34,3 +43,12 @@ def build_task(config: PretrainConfig) -> PretrainingTask:
     if config.task not in TASKS:
         raise UsageError(f"unknown task {config.task!r}; valid: {', '.join(TASKS)}")
     return TASKS[config.task](config)
+
+
+def check_image_shape(task: str, image_shape) -> None:
+    """UsageError with one line unless `task` can use images of `image_shape` (H, W, C)."""
+    for check in IMAGE_CHECKS.get(task, ()):
+        try:
+            check(image_shape, task)
+        except ValueError as e:
+            raise UsageError(str(e)) from None

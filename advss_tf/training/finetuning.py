@@ -18,12 +18,13 @@ from absl import logging
 from advss_tf import export, summaries, workspace
 from advss_tf.attacks.pgd import check_budget
 from advss_tf.config import AttackConfig, OptimizerConfig, RuntimeConfig, to_dict, versions
-from advss_tf.data import cifar10, pipeline
-from advss_tf.data.cifar10 import SOURCES, DataSource
+from advss_tf.data import pipeline
+from advss_tf.data.datasets import DataSource
 from advss_tf.errors import UsageError
 from advss_tf.models.classifier import ImageClassifier
 from advss_tf.models.resnet import BackboneConfig
 from advss_tf.tasks.finetune import FROZEN_PARTS, MODES, OBJECTIVES, FinetuneTask, trainable_variables
+from advss_tf.tasks.table import check_image_shape
 from advss_tf.training import cluster, loop
 from advss_tf.training.runs import (
     load_training_images,
@@ -94,8 +95,6 @@ class FinetuneConfig:
             raise UsageError(f"--mode={self.mode} freezes the backbone: it needs --pretrained=<pretraining export>")
         if self.batch_size < 1 or self.val_batch_size < 1:
             raise UsageError("--batch_size and --val_batch_size must be >= 1")
-        if self.data.source not in SOURCES:
-            raise UsageError(f"unknown dataset {self.data.source!r}; valid: {', '.join(SOURCES)}")
         if not 0.0 < self.train_fraction <= 1.0:
             raise UsageError(f"--train_fraction must be in (0, 1], got {self.train_fraction}")
         if self.epochs <= 0 and self.train_steps <= 0:
@@ -170,10 +169,13 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
     cfg = dataclasses.replace(cfg, model_dir=cluster.worker_model_dir(strategy, cfg.model_dir))
     per_replica_batch(cfg.batch_size, strategy)
     per_replica_batch(cfg.val_batch_size, strategy)
-    x_train, y_train, x_val, y_val = load_training_images(cfg)  # the training set only: never the test set
+    # The training set only, never the test set; it must carry labels of at least two classes.
+    x_train, y_train, x_val, y_val, data_info = load_training_images(cfg, purpose="fine-tuning")
+    if cfg.aux_rotation_weight:
+        check_image_shape("rotation", data_info.image_shape)
     if cfg.val_examples:
         x_val, y_val = x_val[: cfg.val_examples], y_val[: cfg.val_examples]
-    workspace.prepare(cfg.model_dir, cfg, overwrite)
+    workspace.prepare(cfg.model_dir, cfg, overwrite, data_info.to_dict())
     set_precision(rt.mixed_precision)
     steps_per_epoch = len(x_train) // cfg.batch_size
     if steps_per_epoch < 1:
@@ -182,7 +184,7 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
 
     keras.utils.set_random_seed(cfg.seed)  # the new head (and a from-scratch backbone) follow --seed
     with strategy.scope():
-        model = ImageClassifier(cfg.backbone, cifar10.NUM_CLASSES, name="classifier")
+        model = ImageClassifier(cfg.backbone, data_info.num_classes, name="classifier")
         model.frozen_parts = frozenset(FROZEN_PARTS[cfg.mode])
         if info is not None:
             restored = restore_pretrained(cfg.pretrained, info, model)
@@ -290,7 +292,8 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
     base_info = {
         "version": 1,
         "backbone": to_dict(cfg.backbone),
-        "num_classes": cifar10.NUM_CLASSES,
+        "num_classes": data_info.num_classes,
+        "data": {**data_info.to_dict(), "class_names": list(data_info.class_names)},
         "pretrained": {"path": cfg.pretrained, "task": info.get("task")} if info else None,
         "config": to_dict(cfg),
         "versions": versions(),
@@ -363,6 +366,7 @@ def run(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
         validation_time_sec_this_session=val_seconds,
         num_train_examples=len(x_train),
         num_validation_examples=len(x_val),
+        data=data_info.to_dict(),
         versions=versions(),
     )
     workspace.write_json(workspace.path(cfg.model_dir, workspace.RESULTS), results)

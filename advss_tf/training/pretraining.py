@@ -13,9 +13,10 @@ from absl import logging
 
 from advss_tf import export, faults, summaries, workspace
 from advss_tf.config import PretrainConfig, to_dict, versions
-from advss_tf.data import pipeline
+from advss_tf.data import cifar10, pipeline
+from advss_tf.data.datasets import DatasetInfo
 from advss_tf.errors import UsageError
-from advss_tf.tasks.table import AUGMENTATION, build_task
+from advss_tf.tasks.table import AUGMENTATION, build_task, check_image_shape
 from advss_tf.training import cluster, loop
 from advss_tf.training.runs import (
     load_training_images,
@@ -36,8 +37,10 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
     strategy = make_strategy(rt.strategy, rt.num_cpu_devices, rt.cluster_resolver, rt.worker_timeout)
     cfg = dataclasses.replace(cfg, model_dir=cluster.worker_model_dir(strategy, cfg.model_dir))
     per_replica_batch(cfg.batch_size, strategy)
-    x_train, y_train, x_val, _ = load_training_images(cfg)  # bad data fails before anything is written
-    workspace.prepare(cfg.model_dir, cfg, overwrite)
+    # Bad data fails before anything is written; labels are never read (an unlabelled source is fine).
+    x_train, y_train, x_val, _, data_info = load_training_images(cfg)
+    check_image_shape(cfg.task, data_info.image_shape)
+    workspace.prepare(cfg.model_dir, cfg, overwrite, data_info.to_dict())
     set_precision(rt.mixed_precision)
     steps_per_epoch = len(x_train) // cfg.batch_size
     if steps_per_epoch < 1:
@@ -127,7 +130,7 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
         manager.save(checkpoint_number=int(step_counter.numpy()), options=faults.checkpoint_options())
 
     export_dir = workspace.path(cfg.model_dir, workspace.EXPORT, PRETRAIN_EXPORT)
-    write_export(export_dir, task, model, cfg)
+    write_export(export_dir, task, model, cfg, data_info=data_info)
     results = {
         "task": cfg.task,
         "steps": int(step_counter.numpy()),
@@ -141,12 +144,20 @@ def run(cfg: PretrainConfig, overwrite: bool = False) -> dict[str, Any]:
 
 
 def write_export(
-    export_dir: str, task, model: keras.Model, cfg: PretrainConfig, extra_info: dict | None = None
+    export_dir: str,
+    task,
+    model: keras.Model,
+    cfg: PretrainConfig,
+    extra_info: dict | None = None,
+    data_info: DatasetInfo | None = None,
 ) -> None:
     """The pretraining SavedModel of `task`'s `model` (what `finetune --pretrained` restores), atomically.
 
-    `extra_info` adds entries to assets/advss_export.json (an imported model records where it came from).
+    `extra_info` adds entries to assets/advss_export.json (an imported model records where it came from);
+    `data_info` is what the model was trained on (None: CIFAR-10, as the reference's models were).
     """
+    if data_info is None:
+        data_info = DatasetInfo("cifar10", cifar10.NUM_CLASSES, cifar10.IMAGE_SHAPE, tuple(cifar10.class_names()))
     export.save(
         export_dir,
         task.export_parts(model),
@@ -158,11 +169,13 @@ def write_export(
             "backbone": to_dict(cfg.backbone),
             "feature_dim": cfg.backbone.feature_dim,
             "trunk_channels": cfg.backbone.trunk_channels,
+            "data": data_info.to_dict(),
             "config": to_dict(cfg),
             "versions": versions(),
             **(extra_info or {}),
         },
         assets=task.export_assets(),
+        image_shape=data_info.image_shape,
     )
 
 

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from advss_tf.data import cifar10, pipeline
+from advss_tf.data import datasets, pipeline
 from advss_tf.errors import UsageError
 from advss_tf.training.schedules import LearningRate
 
@@ -38,12 +38,24 @@ def make_optimizer(cfg, steps_per_epoch: int, total_steps: int, mixed_precision:
     return opt, lr
 
 
-def load_training_images(cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train images, train labels, validation images, validation labels) from the official training split."""
-    images, labels = cifar10.load_arrays(cfg.data, "train")
+def load_training_images(
+    cfg, purpose: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, datasets.DatasetInfo]:
+    """(train images, train labels, validation images, validation labels, what they hold) from the training split.
+
+    Args:
+      cfg: a run config (its `data`, `seed`, `train_fraction`).
+      purpose: set when the run needs labels (fine-tuning): an unlabelled source is then a UsageError.
+    """
+    split = datasets.load(cfg.data, cfg.data.train_split)
+    if purpose:
+        datasets.require_labelled(split, cfg.data, purpose)
+    images, labels = split.images, split.labels
+    if len(images) < 2:
+        raise UsageError(f"{datasets.describe(cfg.data)} has {len(images)} training image(s); training needs more")
     train_idx, val_idx = pipeline.train_val_split(labels, cfg.seed)
     train_idx = pipeline.class_balanced_subset(labels, train_idx, cfg.train_fraction, cfg.seed)
-    return images[train_idx], labels[train_idx], images[val_idx], labels[val_idx]
+    return images[train_idx], labels[train_idx], images[val_idx], labels[val_idx], split.info
 
 
 def new_step_counter() -> tf.Variable:

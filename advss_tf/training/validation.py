@@ -134,6 +134,7 @@ def export_classifier(path: str, model: ImageClassifier, info: dict[str, Any]) -
         lambda images: model(images, training=False),
         {"trunk": model.trunk, "stage4": model.stage4, "head": model.head},
         info,
+        image_shape=tuple(info.get("data", {}).get("image_shape", export.DEFAULT_IMAGE_SHAPE)),
     )
 
 

@@ -1,5 +1,8 @@
 """advss_tf: adversarial self-supervised pre-training and adversarial fine-tuning for TensorFlow/Keras 3.
 
+From Python: `advss_tf.autoattack(model, x, y, epsilon=8/255)` and `advss_tf.evaluate_robustness(...)` (defined in
+`advss_tf.api`, loaded on first use, so importing the package stays light).
+
 Importing the package (which ``python -m advss_tf.<binary>`` does before anything else) sets
 ``TF_ENABLE_ONEDNN_OPTS=1`` when no GPU is present and the user has not chosen: on CPU it made a ResNet-18 PGD-10
 step 2.5x faster (SPEC §2). It must happen before TensorFlow is first imported.
@@ -50,3 +53,20 @@ def _import_tensorflow_quietly() -> None:
 
 
 _import_tensorflow_quietly()
+
+
+# The public Python API lives in the top layer (`advss_tf.api`); it is loaded on first use by name, so the
+# package import stays light and the layers point down (docs/architecture.md).
+_API = ("autoattack", "evaluate_robustness", "AutoAttackResult", "RobustnessResult")
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.api"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

@@ -2,8 +2,9 @@
 
 Takes any classifier SavedModel whose signature maps float32 images [N, H, W, 3] in [0, 1] to [N, K] logits, H x W
 and K the test data's (32x32 and 10 on CIFAR-10; docs/data.md) — ours, or a third party's such as a Keras
-`model.export` — runs the clean test set, the chosen attacks (AutoAttack
-with --attacks=autoattack: L∞, or L2 with --autoattack_norm=l2) and optionally CIFAR-10-C, and writes
+`model.export` — runs the clean test set, the chosen attacks (AutoAttack with --attacks=autoattack: L∞, or L2 with
+--autoattack_norm=l2; its rand version for randomised models with --autoattack_version=rand) and optionally
+CIFAR-10-C, and writes
 <output_dir>/{results.json, report.md, per_example.npz, model_card.json, figures/, tensorboard/evaluate/} (default
 output_dir: runs/<model name>_eval).
 A stopped run continues where it stopped when the same command is run again. See docs/evaluate.md and `--helpfull`.
@@ -17,7 +18,14 @@ from absl import flags
 
 import advss_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported)
 from advss_tf import common_flags
-from advss_tf.attacks.registry import ATTACKS, AUTOATTACK, COMPOSITES, DEFAULT_ATTACKS, MAX_L2_EPS
+from advss_tf.attacks.registry import (
+    ATTACKS,
+    AUTOATTACK,
+    AUTOATTACK_VERSIONS,
+    COMPOSITES,
+    DEFAULT_ATTACKS,
+    MAX_L2_EPS,
+)
 from advss_tf.corruptions.cifar10c import ALL_CORRUPTIONS, SEVERITIES
 from advss_tf.corruptions.sources import CIFAR10C_SOURCES
 from advss_tf.evaluation.evaluator import (
@@ -74,6 +82,13 @@ flags.DEFINE_enum(
     "The threat model --attacks=autoattack runs: linf (at --linf_epsilon) or l2 (at --l2_epsilon; results under "
     "autoattack_l2).",
 )
+flags.DEFINE_enum(
+    "autoattack_version",
+    "standard",
+    tuple(AUTOATTACK_VERSIONS),
+    "The AutoAttack version --attacks=autoattack runs: standard (APGD-CE, APGD-T, FAB-T, Square) or rand (for "
+    "randomised models: APGD-CE and APGD-DLR with 20-sample EOT; results under autoattack_rand[_l2]).",
+)
 flags.DEFINE_integer("batch_size", 128, "Test images per attack call (independent of the model's training batch).")
 flags.DEFINE_integer("max_examples", 0, "Evaluate only the first this many test images (0: all): for quick looks.")
 flags.DEFINE_enum(
@@ -117,6 +132,7 @@ def config_from_flags():
         linf_epsilon_large=FLAGS.linf_epsilon_large,
         l2_epsilon=FLAGS.l2_epsilon,
         autoattack_norm=FLAGS.autoattack_norm,
+        autoattack_version=FLAGS.autoattack_version,
         batch_size=FLAGS.batch_size,
         max_examples=FLAGS.max_examples,
         cifar10c_source=FLAGS.cifar10c_source,

@@ -1,6 +1,7 @@
 """AutoAttack's components beyond APGD-CE: APGD-T, FAB-T and Square (guarantees, strength, their parts)."""
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -82,7 +83,10 @@ def test_square_needs_no_gradient(strength_images):
     x, y = x[:64], y[:64]
     # Zero gradients everywhere: gradient attacks are blind here, the model's outputs are untouched.
     blind = lambda z: tf.stop_gradient(model(z, training=False))  # noqa: E731
-    spec = dataclasses.replace(registry.ATTACKS["square"], steps=1000)
+    # 1,000 queries (a fifth of the standard budget) on the schedule rescaled to them: this test is about needing
+    # no gradient; at a cut budget the unrescaled schedule would keep the windows large.
+    square_1000 = functools.partial(square.square, norm="linf", rescale_schedule=True)
+    spec = dataclasses.replace(registry.ATTACKS["square"], steps=1000, fn=square_1000)
     x_adv = _traced(spec, blind, _SIGNATURE)(x, y, SEED)
     assert _accuracy(model, x_adv, y) <= 0.05
     apgd_adv = _traced(dataclasses.replace(registry.ATTACKS["apgd_ce"], steps=10), blind, _SIGNATURE)(x, y, SEED)
@@ -148,14 +152,43 @@ def test_targeted_dlr_and_the_target_order():
         targets.check_target_count(10, 10)
 
 
-def test_square_p_schedule_is_the_papers_rescaled_to_the_budget():
-    p = [float(square.p_schedule(i, 10_000)) for i in (0, 10, 11, 50, 51, 500, 501, 8000, 8001, 9999)]
+def test_square_p_schedule_is_autoattacks_unrescaled_one_and_the_rescaled_one_is_optional():
     init = square.P_INIT
-    np.testing.assert_allclose(p, [init, init, init / 2, init / 2, init / 4, init / 8, init / 16, init / 256,
-                                   init / 512, init / 512], rtol=1e-6)  # fmt: skip
-    # 5,000 queries: iteration i is iteration 2i of the 10,000-iteration schedule.
-    assert float(square.p_schedule(6, 5000)) == pytest.approx(init / 2)
-    assert float(square.p_schedule(5, 5000)) == pytest.approx(init)
+    at = (0, 10, 11, 50, 51, 200, 201, 500, 501, 1000, 1001, 2000, 2001, 4000, 4001, 4999)
+    halvings = (0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7)
+    expected = [init / 2**k for k in halvings]
+    # AutoAttack's standard version: the schedule as it is, whatever the budget (5,000 queries: last halving after
+    # iteration 4,000, so p never goes below 0.8/128 within the budget).
+    for queries in (5000, 10_000, 100):
+        np.testing.assert_allclose([float(square.p_schedule(i, queries)) for i in at], expected, rtol=1e-6)
+    assert float(square.p_schedule(9999, 10_000)) == pytest.approx(init / 512)
+    # The standalone SquareAttack's rescaled schedule: iteration i of 5,000 counts as 2i.
+    assert float(square.p_schedule(5, 5000, rescale=True)) == pytest.approx(init)
+    assert float(square.p_schedule(6, 5000, rescale=True)) == pytest.approx(init / 2)
+    assert float(square.p_schedule(4001, 5000, rescale=True)) == pytest.approx(init / 512)
+    assert float(square.p_schedule(4001, 5000)) == pytest.approx(init / 128)
+
+
+def test_square_window_follows_the_unrescaled_schedule_by_default():
+    """The window Square proposes at iteration 11 of a 20-query run: the unrescaled schedule has halved p once
+    (side round(√(0.4·1024)) = 20), the rescaled one 7 times (iteration 5,500 of 10,000: side 3)."""
+    x = np.full([1, 32, 32, 3], 0.5, np.float32)
+    seen = []
+
+    def model_fn(z):
+        # The true class always wins by the same margin: no proposal is kept, the best point stays the start.
+        seen.append(z.numpy()[0])
+        return tf.one_hot([0], 10) * 100.0 + 0.0 * tf.reduce_sum(z)
+
+    for rescale in (False, True):
+        seen.clear()
+        square.square(model_fn, x, np.array([0]), eps=0.01, steps=20, seed=SEED, rescale_schedule=rescale)
+        assert len(seen) == 21  # the start, then one query per iteration
+        # Iteration 11's proposal (call 12) differs from the start inside its window: every row of it (a column
+        # may keep its stripe's sign in every channel).
+        moved = np.any(seen[12] != seen[0], axis=-1)
+        side = max(len(np.flatnonzero(moved.any(1))), len(np.flatnonzero(moved.any(0))))
+        assert side == (3 if rescale else 20), (rescale, side)
 
 
 def test_registry_records_the_standard_versions_settings():

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from advss_tf import serving
-from advss_tf.attacks.registry import ATTACKS
+from advss_tf.attacks.registry import ATTACKS, EOT_ATTACKS
 from advss_tf.data import cifar10
 from advss_tf.errors import UsageError
 from advss_tf.evaluation import corruption, evaluator, robustness
@@ -229,6 +229,7 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_written(keras_export, tmp
             "apgd_t can target at most 9 classes",
         ),
         "unknown strategy": ([f"--model={path}", "--strategy=multi_worker"], "strategy"),
+        "unknown AutoAttack version": ([f"--model={path}", "--autoattack_version=plus"], "autoattack_version"),
     }
     # The other configuration checks raise the same UsageError before any work (test_config_checks_... below);
     # one of them (--targets) goes through the binary here, which turns every UsageError into this one line.
@@ -270,10 +271,13 @@ def test_config_checks_happen_before_any_work(tmp_path):
         evaluator.EvaluateConfig(model="m", output_dir=str(tmp_path), square_queries=0)
     with pytest.raises(UsageError, match="--targets must be >= 1"):
         evaluator.EvaluateConfig(model="m", output_dir=str(tmp_path), targets=0)
+    with pytest.raises(UsageError, match="unknown AutoAttack version 'plus'"):
+        evaluator.EvaluateConfig(model="m", output_dir=str(tmp_path), autoattack_version="plus")
     with pytest.raises(UsageError, match="CIFAR-10-C source"):
         evaluator.EvaluateConfig(model="m", output_dir=str(tmp_path), cifar10c_source="zenodo")
     cfg = evaluator.EvaluateConfig(
         model="m", output_dir=str(tmp_path), attacks=("all",), corruptions=("extra",), severities=("5", "1")
     )
-    assert cfg.attacks[:2] == ("fgsm", "pgd20") and cfg.attacks == tuple(ATTACKS)  # what results.json will record
+    # What results.json will record: every single attack but the EOT ones (randomised models only).
+    assert cfg.attacks[:2] == ("fgsm", "pgd20") and cfg.attacks == tuple(a for a in ATTACKS if a not in EOT_ATTACKS)
     assert cfg.severities == (1, 5) and cfg.corruptions[0] == "speckle_noise" and len(cfg.corruptions) == 4

@@ -63,6 +63,9 @@ def torch_attacks(net, eps: float, iterations: int, targets: int, queries: int) 
             attack.steps = iterations
         if hasattr(attack, "n_queries"):
             attack.n_queries = queries
+        if hasattr(attack, "rescale_schedule"):
+            # torchattacks' Square rescales p's schedule by default; the official AutoAttack does not.
+            attack.rescale_schedule = False
     attacks["standard"] = standard
     return attacks
 

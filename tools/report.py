@@ -3,7 +3,8 @@
     python tools/report.py runs/*_eval [more results.json, or folders holding one] [--output_dir=report]
 
 Reads each results.json written by `python -m advss_tf.evaluate`, writes <output_dir>/sa_vs_ra.png and
-<output_dir>/comparison.md (clean, every attack, AutoAttack, the worst case over every attack, the CIFAR-10-C mean
+<output_dir>/comparison.md (clean, every attack, AutoAttack — only a run with its version's settings; a custom-budget
+one is its own column marked "(custom)" —, the worst case over every attack, the CIFAR-10-C mean
 with the number of the 75 headline sets it averages when not all, masking), and prints the table. Bad input (a missing or malformed results.json, an unknown
 attack for the x axis) is one line on stderr and exit status 2.
 """

@@ -17,6 +17,10 @@ writes the sum. The attack returns, per example, the last misclassified iterate 
 highest-loss point; the loop ends early once every example is fooled. APGD-T (`apgd_targeted`) runs the same
 loop on the targeted DLR loss once per target class. Restarts are run by the caller (a fresh seed each; an example
 is robust only if it survives all).
+
+Expectation over Transformation (`eot_samples` > 1; AutoAttack's `rand` version for randomised models: 20): each
+iteration's gradient is the mean of `eot_samples` gradients, one per forward pass of the (random) model; as the
+reference, the loss and the prediction an iteration records are the last pass's.
 """
 
 from __future__ import annotations
@@ -52,6 +56,23 @@ def loss_logits_and_gradient(
     return loss, logits, grad
 
 
+def eot_loss_logits_and_gradient(
+    model_fn: ModelFn, x: tf.Tensor, y, loss_fn: LossFn, samples: int
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """`loss_logits_and_gradient` with the gradient averaged over `samples` forward passes (EOT); the loss and
+    output are the last pass's. A `tf.while_loop`, so 20 samples do not unroll 20 copies of the model."""
+    loss, logits, grad = loss_logits_and_gradient(model_fn, x, y, loss_fn)
+    if samples == 1:
+        return loss, logits, grad
+
+    def body(k, grad_sum, _, __):
+        loss_k, logits_k, grad_k = loss_logits_and_gradient(model_fn, x, y, loss_fn)
+        return k + 1, grad_sum + grad_k, loss_k, logits_k
+
+    _, grad_sum, loss, logits = tf.while_loop(lambda k, *_: k < samples, body, (tf.constant(1), grad, loss, logits))
+    return loss, logits, grad_sum / float(samples)
+
+
 def _project(x_adv: tf.Tensor, x: tf.Tensor, eps: float, norm: str) -> tf.Tensor:
     if norm == "linf":
         return tf.clip_by_value(tf.clip_by_value(x_adv, x - eps, x + eps), 0.0, 1.0)
@@ -83,6 +104,7 @@ def apgd(
     step_size: float | None = None,
     norm: str = "linf",
     loss_fn: LossFn = cross_entropy,
+    eot_samples: int = 1,
     **unused,
 ) -> tf.Tensor:
     """Auto-PGD with momentum and the checkpointed step-size schedule (see the module docstring).
@@ -97,6 +119,7 @@ def apgd(
       step_size: the initial step η; default 2ε as the paper (it halves from there).
       norm: "linf" or "l2".
       loss_fn: (labels, logits) → per-example loss to ascend: cross_entropy (APGD-CE) or losses.dlr (APGD-DLR).
+      eot_samples: gradients averaged per iteration (Expectation over Transformation; 1: none).
 
     Returns:
       The adversarial images [N, H, W, C], gradient-stopped.
@@ -113,6 +136,7 @@ def apgd(
         steps=steps,
         step_size=step_size,
         norm=norm,
+        eot_samples=eot_samples,
     )
     return tf.stop_gradient(x_adv)
 
@@ -176,16 +200,20 @@ def apgd_run(
     steps: int,
     step_size: float | None,
     norm: str,
+    eot_samples: int = 1,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """One APGD run from `x_start` ascending `loss_of(logits)` [N]: (result images, fooled bool [N]).
 
     The result is, per example, the last misclassified iterate if one was found, else the highest-loss point.
+    `eot_samples` > 1: each gradient is the mean over that many forward passes (`eot_loss_logits_and_gradient`).
     """
+    if eot_samples < 1:
+        raise ValueError(f"eot_samples must be >= 1, got {eot_samples}")
     eta0 = 2.0 * eps if step_size is None else float(step_size)
     first_interval, min_interval, interval_decrement = checkpoint_schedule(steps)
 
     def evaluate(x_adv):
-        return loss_logits_and_gradient(model_fn, x_adv, None, lambda _, logits: loss_of(logits))
+        return eot_loss_logits_and_gradient(model_fn, x_adv, None, lambda _, logits: loss_of(logits), eot_samples)
 
     def fooled_by(logits):
         return tf.argmax(logits, axis=-1) != labels

@@ -52,6 +52,7 @@ class AttackSpec:
       random_start: whether each restart starts from a random point (FGSM: no, so it never restarts).
       budget: which ε the evaluate binary's flags set (`BUDGETS`).
       targets: target classes of a targeted attack (one run per class, the top non-true ones), else None.
+      eot_samples: gradients averaged per step (Expectation over Transformation, for randomised models); 1: none.
     """
 
     name: str
@@ -66,12 +67,15 @@ class AttackSpec:
     random_start: bool = True
     budget: str = "linf"
     targets: int | None = None
+    eot_samples: int = 1
 
     def __call__(self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         """One restart of the attack from stateless `seed` [2]; returns gradient-stopped adversarial images."""
         settings = {} if self.targets is None else {"targets": self.targets}
         if self.loss not in OWN_LOSSES:
             settings["loss_fn"] = LOSSES[self.loss]
+        if self.eot_samples != 1:
+            settings["eot_samples"] = self.eot_samples
         return self.fn(
             model_fn,
             x,
@@ -107,6 +111,7 @@ class AttackSpec:
             "loss": self.loss,
             "random_start": self.random_start,
             "targets": self.targets,
+            "eot_samples": self.eot_samples,
         }
 
 
@@ -118,6 +123,7 @@ def epsilon_label(eps: float, norm: str) -> str:
     return f"{eps:g}"
 
 
+EOT_SAMPLES = 20  # AutoAttack's rand version: gradients averaged per APGD step
 _APGD = functools.partial(apgd, norm="linf")
 _APGD_L2 = functools.partial(apgd, norm="l2")
 _APGD_T_L2 = functools.partial(apgd_targeted, norm="l2")
@@ -140,6 +146,52 @@ ATTACKS: dict[str, AttackSpec] = {
         AttackSpec("cw_linf", "CW-L∞: PGD-20 on the CW margin loss", pgd_linf, "linf", 8 / 255, 2 / 255, 20, loss="cw"),
         AttackSpec("apgd_ce", "APGD-CE (AutoAttack's first component)", _APGD, "linf", 8 / 255, 16 / 255, 100),
         AttackSpec("apgd_dlr", "APGD-DLR (AutoAttack's second)", _APGD, "linf", 8 / 255, 16 / 255, 100, loss="dlr"),
+        # AutoAttack's rand version (for randomised models): APGD-CE and APGD-DLR, 100 iterations, the gradient of
+        # each step averaged over 20 forward passes (EOT).
+        AttackSpec(
+            "apgd_ce_eot",
+            "APGD-CE with EOT (20 gradient samples)",
+            _APGD,
+            "linf",
+            8 / 255,
+            16 / 255,
+            100,
+            eot_samples=EOT_SAMPLES,
+        ),
+        AttackSpec(
+            "apgd_dlr_eot",
+            "APGD-DLR with EOT (20 gradient samples)",
+            _APGD,
+            "linf",
+            8 / 255,
+            16 / 255,
+            100,
+            loss="dlr",
+            eot_samples=EOT_SAMPLES,
+        ),
+        AttackSpec(
+            "apgd_ce_eot_l2",
+            "APGD-CE L2 with EOT (20 gradient samples)",
+            _APGD_L2,
+            "l2",
+            0.5,
+            1.0,
+            100,
+            budget="l2",
+            eot_samples=EOT_SAMPLES,
+        ),
+        AttackSpec(
+            "apgd_dlr_eot_l2",
+            "APGD-DLR L2 with EOT (20 gradient samples)",
+            _APGD_L2,
+            "l2",
+            0.5,
+            1.0,
+            100,
+            loss="dlr",
+            budget="l2",
+            eot_samples=EOT_SAMPLES,
+        ),
         # AutoAttack's standard version (Croce & Hein 2020): 9 targets × 100 iterations, FAB parameter-free (no
         # step size; α_max, β, η in attacks/fab.py), Square 5,000 queries with p_init 0.8.
         AttackSpec(
@@ -241,10 +293,22 @@ MONOTONE_PAIRS: tuple[tuple[str, str, str], ...] = (
 COMPOSITES: dict[str, tuple[str, ...]] = {
     "autoattack": ("apgd_ce", "apgd_t", "fab_t", "square"),
     "autoattack_l2": ("apgd_ce_l2", "apgd_t_l2", "fab_t_l2", "square_l2"),
+    # The rand version, for randomised models (the reference's version='rand').
+    "autoattack_rand": ("apgd_ce_eot", "apgd_dlr_eot"),
+    "autoattack_rand_l2": ("apgd_ce_eot_l2", "apgd_dlr_eot_l2"),
 }
-# The composite `autoattack` names under each --autoattack_norm: results carry the L2 one under its own key, so an
-# L2 AutoAttack is never read (or compared) as the L∞ one.
-AUTOATTACK = {"linf": "autoattack", "l2": "autoattack_l2"}
+# The composite `autoattack` names under each --autoattack_version and --autoattack_norm: results carry each under
+# its own key, so an L2 (or rand) AutoAttack is never read (or compared) as the standard L∞ one.
+AUTOATTACK_VERSIONS = {
+    "standard": {"linf": "autoattack", "l2": "autoattack_l2"},
+    "rand": {"linf": "autoattack_rand", "l2": "autoattack_rand_l2"},
+}
+AUTOATTACK = AUTOATTACK_VERSIONS["standard"]
+# Every AutoAttack composite → its version.
+AUTOATTACK_NAMES = {name: version for version, names in AUTOATTACK_VERSIONS.items() for name in names.values()}
+CUSTOM = "custom"  # the version of an AutoAttack run with other budgets than its version's
+# Only meaningful on randomised models (20 gradients per step): left out of 'all'.
+EOT_ATTACKS = tuple(name for name, spec in ATTACKS.items() if spec.eot_samples > 1)
 CHAIN = "+"
 # Square's two versions: their steps are model queries (what --square_queries sets).
 SQUARE = ("square", "square_l2")
@@ -261,25 +325,64 @@ def components(name: str) -> tuple[str, ...] | None:
     return None
 
 
-def parse_attacks(names: Iterable[str], autoattack_norm: str = "linf") -> list[str]:
-    """Validates attack names ('all' = every single attack, 'none' or nothing = no attack, composites and a+b
-    chains kept as one name each); keeps order, drops repeats. `autoattack` becomes the composite of
-    `autoattack_norm` (`AUTOATTACK`: autoattack or autoattack_l2).
+def autoattack_composite(version: str = "standard", norm: str = "linf") -> str:
+    """The composite AutoAttack `version` ("standard" or "rand") runs in `norm` (`AUTOATTACK_VERSIONS`).
 
     Raises:
-      UsageError: an unknown name (the message lists the valid ones) or norm.
+      UsageError: an unknown version or norm.
     """
-    if autoattack_norm not in AUTOATTACK:
-        raise UsageError(f"unknown AutoAttack norm {autoattack_norm!r}; valid: {', '.join(AUTOATTACK)}")
+    if version not in AUTOATTACK_VERSIONS:
+        raise UsageError(f"unknown AutoAttack version {version!r}; valid: {', '.join(AUTOATTACK_VERSIONS)}")
+    if norm not in AUTOATTACK:
+        raise UsageError(f"unknown AutoAttack norm {norm!r}; valid: {', '.join(AUTOATTACK)}")
+    return AUTOATTACK_VERSIONS[version][norm]
+
+
+def autoattack_version(name: str, specs: Iterable[AttackSpec]) -> tuple[str, list[str]] | None:
+    """(version, changes) of an AutoAttack composite as it ran: "standard" or "rand" when every stage ran its
+    version's settings, else CUSTOM with what differs ("apgd_ce restarts 2 (standard: 1)"); None for another attack.
+
+    ε is the threat model's, not the version's: a standard AutoAttack at 4/255 is still the standard version.
+    """
+    if name not in AUTOATTACK_NAMES:
+        return None
+    specs = list(specs)
+    version, changes = AUTOATTACK_NAMES[name], []
+    if tuple(s.name for s in specs) != COMPOSITES[name]:
+        changes.append(f"stages {'+'.join(s.name for s in specs)} (standard: {'+'.join(COMPOSITES[name])})")
+    for spec in specs:
+        reference = ATTACKS.get(spec.name)
+        if reference is None:
+            continue
+        steps = "queries" if spec.name in SQUARE else "iterations"
+        for field, label in (("steps", steps), ("restarts", "restarts"), ("targets", "target classes"),
+                             ("eot_samples", "EOT samples")):  # fmt: skip
+            ours, theirs = getattr(spec, field), getattr(reference, field)
+            if ours != theirs:
+                changes.append(f"{spec.name} {label} {ours} ({version}: {theirs})")
+    return (CUSTOM if changes else version), changes
+
+
+def parse_attacks(
+    names: Iterable[str], autoattack_norm: str = "linf", autoattack_version: str = "standard"
+) -> list[str]:
+    """Validates attack names ('all' = every single attack but the EOT ones, 'none' or nothing = no attack,
+    composites and a+b chains kept as one name each); keeps order, drops repeats. `autoattack` becomes the
+    composite of `autoattack_version` and `autoattack_norm` (`autoattack_composite`).
+
+    Raises:
+      UsageError: an unknown name (the message lists the valid ones), version or norm.
+    """
+    chosen = autoattack_composite(autoattack_version, autoattack_norm)
     out: list[str] = []
     for raw in names:
         name = raw.strip().lower()
         if not name or name == "none":
             continue
         if name == AUTOATTACK["linf"]:
-            name = AUTOATTACK[autoattack_norm]
+            name = chosen
         if name == "all":
-            out.extend(n for n in ATTACKS if n not in out)
+            out.extend(n for n in ATTACKS if n not in out and n not in EOT_ATTACKS)
             continue
         parts = components(name)
         if parts is not None:
@@ -309,6 +412,7 @@ def configure(
     restarts: int = 1,
     epsilons: Mapping[str, float] | None = None,
     autoattack_norm: str = "linf",
+    autoattack_version: str = "standard",
 ) -> list[AttackSpec]:
     """The specs for `names` with the given restarts and per-budget radii (`BUDGETS` → ε; missing: the default).
 
@@ -323,10 +427,20 @@ def configure(
             raise UsageError(f"unknown attack budget {budget!r}; valid: {', '.join(BUDGETS)}")
         check_epsilon(eps, "l2" if budget == "l2" else "linf")
     specs = []
-    for name in parse_attacks(names, autoattack_norm):
+    for name in parse_attacks(names, autoattack_norm, autoattack_version):
         spec = ATTACKS[name]
         specs.append(spec.with_budget(epsilons.get(spec.budget), restarts))
     return specs
+
+
+def with_budgets(spec: AttackSpec, *, targets: int | None = None, square_queries: int | None = None) -> AttackSpec:
+    """`spec` with the evaluate binary's --targets (a targeted attack's target classes) and --square_queries
+    (Square's iterations, L∞ and L2) where they apply; None keeps the registry's."""
+    if spec.name in SQUARE and square_queries is not None:
+        spec = dataclasses.replace(spec, steps=int(square_queries))
+    if spec.targets is not None and targets is not None:
+        spec = dataclasses.replace(spec, targets=int(targets))
+    return spec
 
 
 def perturbation_norm(x_adv: tf.Tensor, x: tf.Tensor, norm: str) -> tf.Tensor:

@@ -7,8 +7,11 @@ Written from the paper (Algorithm 1, its L∞ and L2 sampling distributions of S
 start point, each query proposes a change of the current best point inside square windows; the point is kept if
 the margin loss z_y − max_{i≠y} z_i decreased or the example is misclassified, and an example stops once
 misclassified (margin ≤ 0). The window's side is h = round(√(p·H·W)), p starting at p_init = 0.8 and halving on the
-paper's schedule (after 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of 10,000 iterations), rescaled to the
-query budget as the reference does.
+paper's schedule: after iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000. AutoAttack's standard version
+(the reference ``AutoAttack`` builds its Square with ``resc_schedule=False``) runs that schedule as it is, whatever
+the budget: with 5,000 queries p halves for the last time after iteration 4,000 (p = 0.8/128). That is the default
+here. A standalone Square may instead rescale the schedule to its budget (``rescale_schedule=True``, the reference
+``SquareAttack``'s own default: iteration i counts as i·10,000/queries, so 5,000 queries halve p twice as fast).
 
 L∞ (`square(..., norm="linf")`):
 
@@ -56,10 +59,16 @@ L2_START_TILES = 5  # the L2 start tiles the image with windows of side H // 5
 _TINY = 1e-12
 
 
-def p_schedule(i: tf.Tensor, queries: int, p_init: float = P_INIT) -> tf.Tensor:
-    """Fraction p of pixels in the window at iteration i (0-based) of a run of `queries` iterations (float32)."""
-    # As the reference: the iteration is rescaled to the 10,000-iteration schedule, rounding down.
-    it = tf.cast(tf.cast(i, tf.int64) * SCHEDULE_LENGTH // queries, tf.float32)
+def p_schedule(i: tf.Tensor, queries: int, p_init: float = P_INIT, rescale: bool = False) -> tf.Tensor:
+    """Fraction p of pixels in the window at iteration i (0-based) of a run of `queries` iterations (float32).
+
+    p = p_init / 2^k after the k-th of `P_HALVINGS`. `rescale`: count iteration i as i·10,000 // queries (the
+    standalone SquareAttack's default); AutoAttack's standard version does not (False).
+    """
+    it = tf.cast(i, tf.int64)
+    if rescale:
+        it = it * SCHEDULE_LENGTH // queries  # rounding down, as the reference
+    it = tf.cast(it, tf.float32)
     halvings = tf.reduce_sum(tf.cast(it > tf.constant(P_HALVINGS, tf.float32), tf.float32))
     return p_init * tf.pow(0.5, halvings)
 
@@ -70,10 +79,10 @@ def margin(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     return true - other
 
 
-def _window_side(i: tf.Tensor, queries: int, p_init: float, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+def _window_side(i: tf.Tensor, queries: int, p_init: float, rescale: bool, height, width) -> tf.Tensor:
     """round(√(p·H·W)) at iteration i, at least 1 and at most the image's smaller side (int32)."""
     pixels = tf.cast(height * width, tf.float32)
-    side = tf.maximum(tf.cast(tf.round(tf.sqrt(p_schedule(i, queries, p_init) * pixels)), tf.int32), 1)
+    side = tf.maximum(tf.cast(tf.round(tf.sqrt(p_schedule(i, queries, p_init, rescale) * pixels)), tf.int32), 1)
     return tf.minimum(side, tf.minimum(height, width))
 
 
@@ -146,6 +155,7 @@ def square(
     seed: tf.Tensor,
     norm: str = "linf",
     p_init: float = P_INIT,
+    rescale_schedule: bool = False,
     **unused,
 ) -> tf.Tensor:
     """Square Attack (L∞ or L2) with `steps` random-search iterations (one model query each, plus one at the start).
@@ -160,6 +170,7 @@ def square(
       steps: the query budget, in iterations (AutoAttack's standard version: 5,000).
       norm: "linf" or "l2" (the module docstring says how each samples).
       p_init: the initial window fraction (the paper: 0.8).
+      rescale_schedule: rescale p's schedule to `steps` (`p_schedule`); False: AutoAttack's standard version.
 
     Returns:
       Per example the best point found (misclassified where the attack succeeded) within ε, gradient-stopped.
@@ -169,11 +180,12 @@ def square(
     if steps < 1:
         raise ValueError(f"square needs at least one query, got {steps}")
     x = tf.convert_to_tensor(x)
-    x_start, draw, propose = SAMPLERS[norm](x, eps, steps, tf.cast(seed, tf.int64), p_init)
+    schedule = (steps, p_init, bool(rescale_schedule))
+    x_start, draw, propose = SAMPLERS[norm](x, eps, schedule, tf.cast(seed, tf.int64))
     return _random_search(model_fn, x, tf.cast(y, tf.int64), x_start, steps, draw, propose)
 
 
-def _linf_sampler(x: tf.Tensor, eps: float, steps: int, seed: tf.Tensor, p_init: float):
+def _linf_sampler(x: tf.Tensor, eps: float, schedule: tuple[int, float, bool], seed: tf.Tensor):
     """L∞: the vertical-stripes start, and per query one window of ±2ε per channel (`_random_search`'s parts)."""
     n, height, width, channels = tf.unstack(tf.shape(x))
     stripes = _random_signs(seed, [n, 1, width, channels], x.dtype)
@@ -182,7 +194,7 @@ def _linf_sampler(x: tf.Tensor, eps: float, steps: int, seed: tf.Tensor, p_init:
     def draw(i):
         """Whole-batch window mask [N, H, W, 1] and signs [N, 1, 1, C] of iteration i."""
         seeds = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, i), 3)
-        side = _window_side(i, steps, p_init, height, width)
+        side = _window_side(i, *schedule, height, width)
         top, left = _random_corners(seeds[:2], n, side, height, width)
         return _window(top, left, side, height, width, x.dtype), _random_signs(seeds[2], [n, 1, 1, channels], x.dtype)
 
@@ -227,7 +239,7 @@ def pseudo_gaussian(top: tf.Tensor, left: tf.Tensor, side, transpose: tf.Tensor,
     return _unit(_unit(upper) - _unit(lower))[..., None]
 
 
-def _l2_sampler(x: tf.Tensor, eps: float, steps: int, seed: tf.Tensor, p_init: float):
+def _l2_sampler(x: tf.Tensor, eps: float, schedule: tuple[int, float, bool], seed: tf.Tensor):
     """L2: the tiled pseudo-Gaussian start, and per query the mass of two windows moved into one (Algorithm 3)."""
     height, width = x.shape[1], x.shape[2]
     if height is None or width is None:
@@ -239,7 +251,7 @@ def _l2_sampler(x: tf.Tensor, eps: float, steps: int, seed: tf.Tensor, p_init: f
     def draw(i):
         """Whole-batch windows W1, W2 [N, H, W, 1], W1's pattern [N, H, W, 1] and its signs [N, 1, 1, C]."""
         seeds = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(loop_seed, i), 6)
-        side = tf.maximum(_window_side(i, steps, p_init, height, width), L2_MIN_SIDE)
+        side = tf.maximum(_window_side(i, *schedule, height, width), L2_MIN_SIDE)
         side = tf.minimum(side + 1 - side % 2, min(height, width))  # odd, as the reference
         top, left = _random_corners(seeds[0:2], n, side, height, width)
         top2, left2 = _random_corners(seeds[2:4], n, side, height, width)

@@ -22,7 +22,15 @@ import tensorflow as tf
 from absl import logging
 
 from advss_tf import export, summaries, workspace
-from advss_tf.attacks.registry import DEFAULT_ATTACKS, SQUARE, AttackSpec, components, configure, parse_attacks
+from advss_tf.attacks.registry import (
+    DEFAULT_ATTACKS,
+    AttackSpec,
+    autoattack_composite,
+    components,
+    configure,
+    parse_attacks,
+    with_budgets,
+)
 from advss_tf.config import versions
 from advss_tf.corruptions.cifar10c import HEADLINE_CORRUPTIONS, SEVERITIES
 from advss_tf.corruptions.sources import CIFAR10C_SOURCES, load_cifar10c
@@ -64,6 +72,7 @@ class EvaluateConfig:
     linf_epsilon_large: float = 16 / 255
     l2_epsilon: float = 0.5
     autoattack_norm: str = "linf"  # which AutoAttack `autoattack` names: linf (autoattack) or l2 (autoattack_l2)
+    autoattack_version: str = "standard"  # standard, or rand (randomised models: APGD-CE, APGD-DLR with EOT)
     batch_size: int = 128
     max_examples: int = 0  # 0: the whole test set
     cifar10c_source: str = NO_CIFAR10C
@@ -94,9 +103,11 @@ class EvaluateConfig:
         if self.cifar10c_source not in (NO_CIFAR10C, *CIFAR10C_SOURCES):
             valid = ", ".join((NO_CIFAR10C, *CIFAR10C_SOURCES))
             raise UsageError(f"unknown CIFAR-10-C source {self.cifar10c_source!r}; valid: {valid}")
+        autoattack_composite(self.autoattack_version, self.autoattack_norm)  # validates both
         self.attack_specs()  # validates names, radii and restarts
         # Normalised in place ('all' → names, "5" → 5): results.json records what actually ran.
-        object.__setattr__(self, "attacks", tuple(parse_attacks(self.attacks, self.autoattack_norm)))
+        attacks = parse_attacks(self.attacks, self.autoattack_norm, self.autoattack_version)
+        object.__setattr__(self, "attacks", tuple(attacks))
         object.__setattr__(self, "corruptions", corruption.parse_corruptions(self.corruptions))
         object.__setattr__(self, "severities", corruption.parse_severities(self.severities))
 
@@ -108,20 +119,20 @@ class EvaluateConfig:
         """(name, specs) per `--attacks` entry: one spec for an attack, the stages in order for a composite."""
         epsilons = {"linf": self.linf_epsilon, "linf_large": self.linf_epsilon_large, "l2": self.l2_epsilon}
         plan = []
-        for name in parse_attacks(self.attacks, self.autoattack_norm):
+        for name in parse_attacks(self.attacks, self.autoattack_norm, self.autoattack_version):
             names = components(name) or (name,)
-            specs = configure(names, restarts=self.restarts, epsilons=epsilons, autoattack_norm=self.autoattack_norm)
+            specs = configure(
+                names,
+                restarts=self.restarts,
+                epsilons=epsilons,
+                autoattack_norm=self.autoattack_norm,
+                autoattack_version=self.autoattack_version,
+            )
             plan.append((name, [self._budget(spec) for spec in specs]))
         return plan
 
     def _budget(self, spec: AttackSpec) -> AttackSpec:
-        # Square's query budget (L∞ and L2) is its number of iterations; a targeted attack (one with a target
-        # count) runs `--targets` target classes.
-        if spec.name in SQUARE:
-            spec = dataclasses.replace(spec, steps=self.square_queries)
-        if getattr(spec, "targets", None) is not None:
-            spec = dataclasses.replace(spec, targets=self.targets)
-        return spec
+        return with_budgets(spec, targets=self.targets, square_queries=self.square_queries)
 
     def settings(self) -> dict[str, Any]:
         """The settings results.json records (output location and verbosity left out)."""
@@ -255,6 +266,12 @@ def run(
     store.open(cfg.overwrite and not resuming)  # the first thing written: every input check has passed
     if resuming:
         _say(progress, f"continuing the evaluation recorded in {store.folder}")
+    randomness = check_randomness(classifier, plan, images, labels, seed=cfg.seed, **common)
+    if randomness["randomised"]:
+        logging.warning(
+            "the model is randomised (forward passes of the same inputs differ): AutoAttack's standard version "
+            "does not give its robust accuracy; --autoattack_version=rand does"
+        )
     with SignalGuard() as guard:
         robustness.watch_signals(guard)
         try:
@@ -266,24 +283,7 @@ def run(
     n = len(images)
     standard_accuracy = float(np.mean(clean["correct"]))
     worst, per_example = worst_case.worst_case(clean["correct"], outcomes)
-    zero_fraction = float(np.mean(clean["zero_gradient"]))
-    nonfinite_fraction = float(np.mean(clean["nonfinite_gradient"]))
-    gradient_free = {}
-    for o in outcomes:
-        if isinstance(o, worst_case.CompositeOutcome):
-            gradient_free.update(o.gradient_free_breaks())
-    # PGD-20 is held against the worst case in its own threat model: an L2 attack or a larger radius is another.
-    pgd20 = next((o for o in outcomes if _outcome_name(o) == "pgd20"), None)
-    pgd20_worst = worst["by_threat_model"][worst_case.threat_model(pgd20)]["accuracy"] if pgd20 else None
-    flags = robustness.masking_flags(
-        {_outcome_name(o): o.accuracy for o in outcomes},
-        n,
-        zero_fraction,
-        nonfinite_fraction,
-        standard_accuracy=standard_accuracy,
-        worst_case_accuracy=pgd20_worst,
-        gradient_free_breaks=gradient_free,
-    )
+    masking = gradient_masking(clean, outcomes, worst, randomness)
 
     results = {
         "schema_version": SCHEMA_VERSION,
@@ -303,12 +303,7 @@ def run(
         "standard_accuracy": standard_accuracy,
         "robust_accuracy": {_outcome_name(o): o.to_dict() for o in outcomes},
         "worst_case": worst,
-        "gradient_masking": {
-            "suspected": bool(flags),
-            "flags": flags,
-            "zero_gradient_fraction": zero_fraction,
-            "nonfinite_gradient_fraction": nonfinite_fraction,
-        },
+        "gradient_masking": masking,
         "cifar10c": cifar10c,
         "seed": cfg.seed,
         "batch_size": batch_size,
@@ -340,6 +335,84 @@ def run(
     return results
 
 
+def check_randomness(
+    model_fn, plan, images: np.ndarray, labels: np.ndarray, *, seed: int, batch_size: int, fixed_batch: int | None
+) -> dict[str, Any]:
+    """`robustness.randomness_check` on the first batch, perturbed within the first attack's ball (L∞ 8/255 when
+    no attack runs)."""
+    first = next((specs[0] for _, specs in plan), None)
+    eps, norm = (first.eps, first.norm) if first is not None else (8 / 255, "linf")
+    k = min(len(images), fixed_batch or batch_size)
+    return robustness.randomness_check(
+        model_fn, images[:k], labels[:k], eps=eps, norm=norm, seed=seed, fixed_batch=fixed_batch
+    )
+
+
+def gradient_masking(
+    clean: dict[str, np.ndarray], outcomes: list, worst: dict[str, Any], randomness: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The `gradient_masking` section of results.json: the flags (`robustness.masking_flags`), the gradient
+    health of the clean pass, and the randomness check."""
+    n = len(clean["correct"])
+    zero_fraction = float(np.mean(clean["zero_gradient"])) if n else 0.0
+    nonfinite_fraction = float(np.mean(clean["nonfinite_gradient"])) if n else 0.0
+    gradient_free = {}
+    for o in outcomes:
+        if isinstance(o, worst_case.CompositeOutcome):
+            gradient_free.update(o.gradient_free_breaks())
+    # PGD-20 is held against the worst case in its own threat model: an L2 attack or a larger radius is another.
+    pgd20 = next((o for o in outcomes if _outcome_name(o) == "pgd20"), None)
+    pgd20_worst = worst["by_threat_model"][worst_case.threat_model(pgd20)]["accuracy"] if pgd20 else None
+    flags = robustness.masking_flags(
+        {_outcome_name(o): o.accuracy for o in outcomes},
+        n,
+        zero_fraction,
+        nonfinite_fraction,
+        standard_accuracy=float(np.mean(clean["correct"])) if n else None,
+        worst_case_accuracy=pgd20_worst,
+        gradient_free_breaks=gradient_free,
+        randomness=randomness,
+    )
+    return {
+        "suspected": bool(flags),
+        "flags": flags,
+        "zero_gradient_fraction": zero_fraction,
+        "nonfinite_gradient_fraction": nonfinite_fraction,
+        "randomness": randomness,
+    }
+
+
+def run_plan(
+    model_fn,
+    plan: list[tuple[str, list[AttackSpec]]],
+    images: np.ndarray,
+    labels: np.ndarray,
+    clean_correct: np.ndarray,
+    *,
+    say,
+    **run: Any,
+) -> list[robustness.AttackOutcome | worst_case.CompositeOutcome]:
+    """Every entry of `plan` (`EvaluateConfig.attack_plan`): a composite's stages each on the survivors of the
+    earlier ones (`worst_case.run_composite`), a single attack on every example (`robustness.run_attack`).
+
+    Args:
+      say: where one line per attack goes. **run: `run_attack`'s keyword arguments (seed, batch_size, ...).
+    """
+    outcomes: list[robustness.AttackOutcome | worst_case.CompositeOutcome] = []
+    for i, (name, specs) in enumerate(plan):
+        spec = specs[0]
+        budget = f"{spec.norm} ε={spec.to_dict()['epsilon_label']}, {spec.restarts} restart(s)"
+        if len(specs) > 1 or components(name):
+            say(f"attack {i + 1}/{len(plan)}: {name} — {' → '.join(s.name for s in specs)} ({budget})")
+            outcome = worst_case.run_composite(model_fn, name, specs, images, labels, clean_correct, say=say, **run)
+        else:
+            say(f"attack {i + 1}/{len(plan)}: {name} — {spec.description} ({budget}, {spec.steps} steps)")
+            outcome = robustness.run_attack(model_fn, spec, images, labels, clean_correct, key=f"attack/{name}", **run)
+        logging.info("%s: robust accuracy %.4f (%.1f s)", name, outcome.accuracy, outcome.seconds)
+        outcomes.append(outcome)
+    return outcomes
+
+
 def _evaluate(cfg, plan, classifier, images, labels, store, strategy, common, num_classes=10):
     """Clean accuracy, every attack and CIFAR-10-C, each unit taken from `store` when an earlier run finished it."""
     progress = not cfg.quiet
@@ -348,24 +421,20 @@ def _evaluate(cfg, plan, classifier, images, labels, store, strategy, common, nu
         _say(progress, f"clean accuracy and gradient check on {len(images)} test images")
         clean = robustness.clean_evaluation(classifier, images, labels, progress=progress, **common)
         store.save("clean", **clean)
-    outcomes: list[robustness.AttackOutcome | worst_case.CompositeOutcome] = []
     say = functools.partial(_say, progress)
-    for i, (name, specs) in enumerate(plan):
-        spec = specs[0]
-        budget = f"{spec.norm} ε={spec.to_dict()['epsilon_label']}, {spec.restarts} restart(s)"
-        run = dict(seed=cfg.seed, progress=progress, store=store, strategy=strategy, **common)
-        if len(specs) > 1 or components(name):
-            say(f"attack {i + 1}/{len(plan)}: {name} — {' → '.join(s.name for s in specs)} ({budget})")
-            outcome = worst_case.run_composite(
-                classifier, name, specs, images, labels, clean["correct"], say=say, **run
-            )
-        else:
-            say(f"attack {i + 1}/{len(plan)}: {name} — {spec.description} ({budget}, {spec.steps} steps)")
-            outcome = robustness.run_attack(
-                classifier, spec, images, labels, clean["correct"], key=f"attack/{name}", **run
-            )
-        logging.info("%s: robust accuracy %.4f (%.1f s)", name, outcome.accuracy, outcome.seconds)
-        outcomes.append(outcome)
+    outcomes = run_plan(
+        classifier,
+        plan,
+        images,
+        labels,
+        clean["correct"],
+        say=say,
+        seed=cfg.seed,
+        progress=progress,
+        store=store,
+        strategy=strategy,
+        **common,
+    )
     cifar10c = None
     if cfg.cifar10c_source != NO_CIFAR10C:
         say(

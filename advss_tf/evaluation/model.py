@@ -45,23 +45,29 @@ class Classifier:
     loaded: Any = dataclasses.field(repr=False)  # keeps the restored variables alive
 
     def __call__(self, images: tf.Tensor) -> tf.Tensor:
-        scores = tf.cast(self.function(**{self.input_name: images})[self.output_name], tf.float32)
-        if self.output_kind == "probabilities":
-            scores = tf.math.log(tf.maximum(scores, _LOG_FLOOR))
-        # 0·Σx ties the output to the input, so a model with no gradient path (stop_gradient, a non-differentiable
-        # quantiser) gives zero input gradients, which the masking check reports, instead of None, which crashes.
-        return scores + 0.0 * tf.reduce_sum(images, axis=[1, 2, 3])[:, None]
+        return as_logits(self.function(**{self.input_name: images})[self.output_name], images, self.output_kind)
 
     def describe(self) -> dict[str, Any]:
-        """The model's identity for results.json: path, signature, keys, and a hash of its files."""
+        """The model's identity for results.json: path, signature, keys, and a hash of its files (when it was
+        loaded from a path)."""
         return {
-            "path": os.path.abspath(self.path),
+            "path": os.path.abspath(self.path) if self.path else None,
             "signature": self.signature,
             "input": self.input_name,
             "output": self.output_name,
             "output_kind": self.output_kind,
-            **model_hashes(self.path),
+            **(model_hashes(self.path) if self.path else {}),
         }
+
+
+def as_logits(scores: tf.Tensor, images: tf.Tensor, output_kind: str) -> tf.Tensor:
+    """A model's float32 scores [N, K] as the logits the attacks take: log-probabilities for "probabilities"."""
+    scores = tf.cast(scores, tf.float32)
+    if output_kind == "probabilities":
+        scores = tf.math.log(tf.maximum(scores, _LOG_FLOOR))
+    # 0·Σx ties the output to the input, so a model with no gradient path (stop_gradient, a non-differentiable
+    # quantiser) gives zero input gradients, which the masking check reports, instead of None, which crashes.
+    return scores + 0.0 * tf.reduce_sum(images, axis=tf.range(1, tf.rank(images)))[:, None]
 
 
 def model_hashes(path: str) -> dict[str, str]:
@@ -133,17 +139,19 @@ def _describe_signatures(signatures) -> str:
     return "; ".join(parts) or "none"
 
 
-def _looks_like_probabilities(scores: np.ndarray) -> bool:
+def looks_like_probabilities(scores: np.ndarray) -> bool:
+    """Every row in [0, 1] and summing to 1: probabilities, not logits (AutoAttack's `check_range_output`)."""
     return bool(np.all(scores >= 0.0) and np.all(scores <= 1.0) and np.allclose(scores.sum(-1), 1.0, atol=1e-3))
 
 
-def load_classifier(path: str, probe_images: np.ndarray, num_classes: int = DEFAULT_NUM_CLASSES) -> Classifier:
+def load_classifier(path: str, probe_images: np.ndarray, num_classes: int | None = DEFAULT_NUM_CLASSES) -> Classifier:
     """Loads a classifier SavedModel and checks it on a probe batch.
 
     Args:
       path: the SavedModel directory.
       probe_images: a few float32 test images [n, H, W, 3] in [0, 1] (n ≥ 2) to check the output shape with.
-      num_classes: the test data's class count: the model must output that many scores.
+      num_classes: the test data's class count: the model must output that many scores (None: any K ≥ 2, for
+        callers that learn the class count from the model, as the Python API does).
 
     Returns:
       The classifier. A signature named "serving_default" is preferred; then the others in name order.
@@ -160,6 +168,20 @@ def load_classifier(path: str, probe_images: np.ndarray, num_classes: int = DEFA
     except Exception as e:  # a corrupt or incompatible SavedModel raises many different types
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UsageError(f"cannot load SavedModel {path}: {first[:200]}") from e
+    return classifier_from_saved_model(loaded, probe_images, path, num_classes)
+
+
+def classifier_from_saved_model(
+    loaded: Any, probe_images: np.ndarray, path: str | None = None, num_classes: int | None = DEFAULT_NUM_CLASSES
+) -> Classifier:
+    """The classifier behind a SavedModel already loaded with `tf.saved_model.load` (`load_classifier`'s choice
+    of signature and checks); the Classifier holds `loaded`, so its variables live as long as it does.
+
+    Raises:
+      UsageError: no signature that maps [N, H, W, 3] images (the probe's H, W) to [N, num_classes] scores, or one
+        that fails on the probe.
+    """
+    where = path or "the loaded SavedModel"
     signatures = dict(getattr(loaded, "signatures", {}) or {})
     order = sorted(signatures, key=lambda n: (n != "serving_default", n))
     image_shape = tuple(probe_images.shape[1:])
@@ -176,35 +198,44 @@ def load_classifier(path: str, probe_images: np.ndarray, num_classes: int = DEFA
             scores = sig(**{input_name: tf.constant(probe, dtype=spec.dtype)})[output_name].numpy()
         except Exception as e:  # wrong shapes inside the graph, missing kernels, ...
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UsageError(f"{path}: signature {name!r} failed on a probe batch: {first[:200]}") from e
-        if scores.ndim == 2 and len(scores) == len(probe) and scores.shape[1] != num_classes:
+            raise UsageError(f"{where}: signature {name!r} failed on a probe batch: {first[:200]}") from e
+        if (
+            num_classes is not None
+            and scores.ndim == 2
+            and len(scores) == len(probe)
+            and scores.shape[1] != num_classes
+        ):
             raise UsageError(
-                f"{path} outputs {scores.shape[1]} classes but the test data has {num_classes}; evaluate it on its "
+                f"{where} outputs {scores.shape[1]} classes but the test data has {num_classes}; evaluate it on its "
                 "own dataset (--dataset, --label)"
             )
-        if scores.shape != (len(probe), num_classes):
+        if (
+            scores.ndim != 2
+            or len(scores) != len(probe)
+            or (num_classes is not None and scores.shape[1] != num_classes)
+        ):
             raise UsageError(
-                f"{path}: signature {name!r} output {output_name!r} has shape {list(scores.shape)} for "
-                f"{len(probe)} images, not [N, {num_classes}] logits"
+                f"{where}: signature {name!r} output {output_name!r} has shape {list(scores.shape)} for "
+                f"{len(probe)} images, not [N, {num_classes or 'K'}] logits"
             )
         if not np.all(np.isfinite(scores)):
-            raise UsageError(f"{path}: signature {name!r} gives non-finite outputs on clean test images")
+            raise UsageError(f"{where}: signature {name!r} gives non-finite outputs on clean test images")
         if kind == "unknown":
-            kind = "probabilities" if _looks_like_probabilities(scores) else "logits"
-        return Classifier(path, name, input_name, output_name, kind, batch, sig, loaded)
+            kind = "probabilities" if looks_like_probabilities(scores) else "logits"
+        return Classifier(path or "", name, input_name, output_name, kind, batch, sig, loaded)
     shape = "x".join(str(d) for d in image_shape[:2])
     for name in order:  # a classifier of another class count: say so rather than list signatures
         sig = signatures[name]
         output = _score_output(sig, None)
         if _image_input(sig, image_shape) is not None and output is not None:
             classes = sig.structured_outputs[output[0]].shape[-1]
-            if classes is not None and classes != num_classes:
+            if num_classes is not None and classes is not None and classes != num_classes:
                 raise UsageError(
-                    f"{path} outputs {classes} classes but the test data has {num_classes}; evaluate it on its own "
+                    f"{where} outputs {classes} classes but the test data has {num_classes}; evaluate it on its own "
                     "dataset (--dataset, --label)"
                 )
     raise UsageError(
-        f"{path} has no signature mapping float32 [N,{shape},3] images in [0,1] to [N,{num_classes}] logits "
+        f"{where} has no signature mapping float32 [N,{shape},3] images in [0,1] to [N,{num_classes or 'K'}] logits "
         f"(signatures: {_describe_signatures(signatures)})"
     )
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from advss_tf.evaluation.worst_case import headline_autoattack, is_randomised
+
 # SPEC §9: the paper's CIFAR-10 results (ResNet-50v2, adversarial full fine-tuning, PGD-20), in percent, with a
 # label offset (points) each so the six close points stay readable.
 PAPER_POINTS: tuple[tuple[str, float, float, tuple[int, int]], ...] = (
@@ -57,6 +59,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"- Wall time: {results['wall_time_sec']:.1f} s; TensorFlow {results['versions'].get('tensorflow')}, "
         f"Keras {results['versions'].get('keras')}",
         "",
+        *_randomised_warning(results),
         "## Accuracy (%)",
         "",
         "Robust accuracy counts an example only if it is classified correctly clean and after every restart.",
@@ -92,7 +95,12 @@ def markdown_report(results: dict[str, Any]) -> str:
         lines.append(
             "No sign found (stronger attacks never scored higher than weaker ones beyond "
             f"tolerance; input gradients zero for {masking['zero_gradient_fraction']:.1%} and non-finite for "
-            f"{masking['nonfinite_gradient_fraction']:.1%} of test images)."
+            f"{masking['nonfinite_gradient_fraction']:.1%} of test images"
+            + (
+                f"; {masking['randomness']['passes']} forward passes of the same inputs agreed)."
+                if masking.get("randomness")
+                else ")."
+            )
         )
     c10c = results.get("cifar10c")
     if c10c:
@@ -117,6 +125,24 @@ def markdown_report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _randomised_warning(results: dict[str, Any]) -> list[str]:
+    if not is_randomised(results):
+        return []
+    check = results["gradient_masking"]["randomness"]
+    aa = headline_autoattack(results)
+    headline = (
+        f"AutoAttack's rand version ({aa['name']}): **{_pct(aa['accuracy'])}**"
+        if aa
+        else "none: AutoAttack's rand version did not run (`--autoattack_version=rand`)"
+    )
+    return [
+        f"**Randomised model**: {check['passes']} forward passes of the same inputs gave different outputs. The "
+        "attacks below that assume a deterministic model (the standard AutoAttack among them) do not give its "
+        f"robust accuracy; the number to report is {headline}.",
+        "",
+    ]
+
+
 def cifar10c_mean_label(c10c: dict[str, Any]) -> str:
     """'Headline mean (all 75 sets)' only when all 15 × 5 were run; else how many of the 75 the mean averages."""
     k = c10c.get("headline_sets")
@@ -133,8 +159,10 @@ def _attack_rows(name: str, r: dict[str, Any]) -> list[str]:
             f"| {name} | {norm_name(r['norm'])} | {r['epsilon_label']} | {r['step_size']:.4g} | "
             f"{r['steps']} | {r['restarts']} | {r['loss']} | {_pct(r['accuracy'])} | {ips} |"
         ]
+    label = r.get("description", "")
+    label = f" — {label}" if label.startswith("AutoAttack") else ""
     rows = [
-        f"| **{name}** ({' → '.join(r['components'])}) | {norm_name(r['norm'])} | {r['epsilon_label']} | – | – | "
+        f"| **{name}** ({' → '.join(r['components'])}){label} | {norm_name(r['norm'])} | {r['epsilon_label']} | – | – | "
         f"{r['restarts']} | – | **{_pct(r['accuracy'])}** | {ips} |"
     ]
     for st in r["stages"]:
@@ -150,6 +178,8 @@ def _attack_rows(name: str, r: dict[str, Any]) -> list[str]:
 def combined_table(all_results: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
     """One Markdown row per model: examples, clean, each attack, AutoAttack, the worst case, CIFAR-10-C mean (%).
 
+    The AutoAttack column holds only an AutoAttack that ran its version's settings (`headline_autoattack`: the
+    standard version, the rand one for a randomised model); a custom-budget one is its own column, "(custom)".
     The worst case is the headline threat model's (`worst_case.headline_threat_model`), named in the cell when it
     is not L∞ 8/255.
 
@@ -157,13 +187,13 @@ def combined_table(all_results: Sequence[dict[str, Any]], labels: Sequence[str])
     of sets it averages, e.g. "71.20 (12/75)".
     """
     attacks: list[str] = []
-    for r in all_results:
-        attacks.extend(a for a in r["robust_accuracy"] if a not in attacks and a != "autoattack")
+    headline = [headline_autoattack(r) for r in all_results]
+    for r, aa in zip(all_results, headline):
+        attacks.extend(a for a in r["robust_accuracy"] if a not in attacks and (aa is None or a != aa["name"]))
     header = ["model", "examples", "clean", *attacks, "AutoAttack", "worst case", "CIFAR-10-C mean", "masking?"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 2) + "---|"]
-    for label, r in zip(labels, all_results):
-        robust = [_pct(r["robust_accuracy"][a]["accuracy"]) if a in r["robust_accuracy"] else "–" for a in attacks]
-        aa = r["robust_accuracy"].get("autoattack")
+    for label, r, aa in zip(labels, all_results, headline):
+        robust = [_attack_cell(r, a, aa) for a in attacks]
         worst = r.get("worst_case")
         worst_cell = _pct(worst["accuracy"]) if worst and worst["attacks"] else "–"
         if worst and worst["attacks"] and worst.get("threat_model") not in (None, "Linf 8/255"):
@@ -178,13 +208,20 @@ def combined_table(all_results: Sequence[dict[str, Any]], labels: Sequence[str])
             str(r["data"]["num_examples"]),
             _pct(r["standard_accuracy"]),
             *robust,
-            _pct(aa["accuracy"]) if aa else "–",
+            (_pct(aa["accuracy"]) + (f" ({aa['name']})" if aa["name"] != "autoattack" else "")) if aa else "–",
             worst_cell,
             c10c_cell,
             masking,
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _attack_cell(results: dict[str, Any], attack: str, headline: dict[str, Any] | None) -> str:
+    r = results["robust_accuracy"].get(attack)
+    if r is None or (headline is not None and attack == headline["name"]):
+        return "–"
+    return _pct(r["accuracy"]) + (" (custom)" if r.get("version") == "custom" else "")
 
 
 def _figure(width: float, height: float):

@@ -103,8 +103,11 @@ def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
         yield slice(start, min(start + batch_size, n))
 
 
-def to_float(images_uint8: np.ndarray) -> np.ndarray:
-    return images_uint8.astype(np.float32) / 255.0
+def to_float(images: np.ndarray) -> np.ndarray:
+    """float32 images in [0, 1]: uint8 ones divided by 255, float ones (already in [0, 1]) as float32."""
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    return images.astype(np.float32, copy=False)
 
 
 def padded(x: np.ndarray, size: int | None) -> np.ndarray:
@@ -140,8 +143,8 @@ def clean_evaluation(
     """Clean predictions plus the gradient health of every test image.
 
     Args:
-      model_fn: float32 images [N, H, W, 3] in [0, 1] → logits [N, K].
-      images: uint8 [N, H, W, 3]; labels: int [N].
+      model_fn: float32 images [N, H, W, C] in [0, 1] → logits [N, K].
+      images: uint8 [N, H, W, C] (or float32 in [0, 1]); labels: int [N].
       batch_size: images per call (the signature's fixed size, if it has one).
       fixed_batch: the signature's fixed batch size (batches are padded to it), or None.
       progress: show a progress bar.
@@ -179,6 +182,71 @@ def clean_evaluation(
     return out
 
 
+RANDOMNESS_PASSES = 5
+# Outputs normalised to unit L2 norm that differ by more than this between two passes of the same inputs: a
+# randomised model (the reference's `check_randomized` threshold).
+RANDOMNESS_TOLERANCE = 1e-4
+
+
+def randomness_check(
+    model_fn: ModelFn,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    eps: float,
+    norm: str,
+    seed: int,
+    fixed_batch: int | None = None,
+    passes: int = RANDOMNESS_PASSES,
+) -> dict[str, Any]:
+    """Does the model answer the same inputs the same way? `passes` forward passes of one batch, clean and
+    perturbed (a random point of the ε-ball around it), as AutoAttack's `check_randomized`.
+
+    Args:
+      model_fn: float32 images in [0, 1] → logits.
+      images: one batch, uint8 or float32 [n, H, W, C]; labels: int [n].
+      eps, norm: the radius and norm of the perturbed inputs (the attack's).
+      seed: the perturbation's seed.
+      fixed_batch: the signature's fixed batch size (the batch is padded to it), or None.
+
+    Returns:
+      {"randomised", "passes", "num_images", "max_output_difference": {"clean", "perturbed"}, "predictions_differ",
+      "tolerance"}: randomised when the normalised outputs of two passes differ by more than the tolerance or the
+      number of correct predictions changes between passes.
+    """
+    x = to_float(images)
+    rng = np.random.default_rng([seed, zlib.crc32(b"randomness_check")])
+    if norm == "linf":
+        delta = eps * rng.choice(np.array([-1.0, 1.0], np.float32), size=x.shape)
+    else:
+        g = rng.standard_normal(x.shape).astype(np.float32)
+        delta = eps * g / np.sqrt(np.sum(g**2, axis=tuple(range(1, g.ndim)), keepdims=True))
+    inputs = {"clean": x, "perturbed": np.clip(x + delta, 0.0, 1.0).astype(np.float32)}
+    n = len(x)
+    forward = tf.function(lambda z: model_fn(z), input_signature=[_signature(fixed_batch, x.shape[1:])[0]])
+    differences, correct_counts = {}, set()
+    for name, batch in inputs.items():
+        outputs = []
+        for _ in range(passes):
+            out = forward(padded(batch, fixed_batch)).numpy()[:n].astype(np.float64)
+            if name == "clean":
+                correct_counts.add(int(np.sum(np.argmax(out, -1) == labels)))
+            outputs.append(out / (np.linalg.norm(out, axis=-1, keepdims=True) + 1e-10))
+        differences[name] = max(
+            (float(np.max(np.linalg.norm(a - b, axis=-1))) for i, a in enumerate(outputs) for b in outputs[i + 1 :]),
+            default=0.0,
+        )
+    differ = len(correct_counts) > 1
+    return {
+        "randomised": bool(differ or max(differences.values()) > RANDOMNESS_TOLERANCE),
+        "passes": passes,
+        "num_images": n,
+        "max_output_difference": differences,
+        "predictions_differ": differ,
+        "tolerance": RANDOMNESS_TOLERANCE,
+    }
+
+
 class Predictor:
     """Whether a model classifies uint8 images correctly, in batches, through one traced forward pass."""
 
@@ -209,7 +277,7 @@ def _attack_step(
     spec: AttackSpec,
     fixed_batch: int | None,
     strategy: tf.distribute.Strategy | None,
-    image_shape=(32, 32, 3),
+    image_shape: tuple[int, ...] = (32, 32, 3),
 ) -> tuple[Callable[[list[tuple]], list[tuple]], Callable[[], None]]:
     """(run, trace): `run` attacks a group of batches [(x, y, seed)] — one per replica under `strategy`, each
     batch whole on its replica, so the numbers equal one device's — and returns (x_adv, correct, max ‖δ‖) each."""
@@ -258,6 +326,7 @@ def run_attack(
     store: PartialStore | None = None,
     key: str | None = None,
     strategy: tf.distribute.Strategy | None = None,
+    adversarial: np.ndarray | None = None,
 ) -> AttackOutcome:
     """Robust accuracy under one attack (worst case over its restarts, counting clean mistakes as failures).
 
@@ -274,6 +343,8 @@ def run_attack(
       seed_name: what the per-batch seeds derive from (default: the attack's name).
       store, key: record every finished batch under `key/<batch>` and take finished ones from there (resume).
       strategy: run groups of batches data-parallel, one whole batch per replica (same numbers as one device).
+      adversarial: a float32 [N, H, W, C] buffer: each example this call's batches break gets the restart's
+        adversarial image that first broke it written there (batches taken from `store` write nothing).
 
     Returns:
       The outcome (its figures' examples only when `indices` is None).
@@ -305,7 +376,7 @@ def run_attack(
         bar.update(done, values=[("robust_acc", float(np.mean(robust[order[:done]])))])
     trace_seconds = 0.0
     if todo:
-        run, trace = _attack_step(model_fn, spec, fixed_batch, strategy, images.shape[1:])
+        run, trace = _attack_step(model_fn, spec, fixed_batch, strategy, tuple(images.shape[1:]))
         start = time.perf_counter()
         trace()  # trace before the clock starts: images/s measures the attack, not tracing
         trace_seconds = time.perf_counter() - start
@@ -333,6 +404,9 @@ def run_attack(
                     take = ~shown_final
                     first_shown[take] = x_adv[: len(shown)][take]
                     shown_final |= ~ok[: len(shown)]
+                if adversarial is not None:
+                    first = correct[b] & ~ok  # broken by this restart, by no earlier one
+                    adversarial[order[slices[b]][first]] = x_adv[:k][first]
                 correct[b] &= ok
                 pert[b] = max(pert[b], float(p))
         # One group's wall and CPU time, shared by its batches: per-batch records add up to the stage's time.
@@ -372,6 +446,7 @@ def masking_flags(
     standard_accuracy: float | None = None,
     worst_case_accuracy: float | None = None,
     gradient_free_breaks: dict[str, int] | None = None,
+    randomness: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Signs of gradient masking: a stronger attack scoring higher than a weaker one, a gradient-free attack
     breaking what the gradient attacks could not, PGD-20 near clean accuracy while the worst case is far below
@@ -384,6 +459,8 @@ def masking_flags(
       standard_accuracy, worst_case_accuracy: clean accuracy and the worst case over the attacks of PGD-20's
         threat model (its norm and radius: the evaluator leaves L2 attacks and other radii out).
       gradient_free_breaks: "composite/stage" → examples a gradient-free stage broke after the gradient stages.
+      randomness: `randomness_check`'s answer (a randomised model is flagged: its deterministic-model numbers
+        are no headline; AutoAttack's `rand` version is the one to run).
 
     Returns:
       One {"check", "message", ...} per sign found; empty when none.
@@ -431,6 +508,18 @@ def masking_flags(
             {
                 "check": "nonfinite_gradients",
                 "message": f"input gradients are NaN/Inf for {nonfinite_gradient_fraction:.1%} of test images",
+            }
+        )
+    if randomness is not None and randomness["randomised"]:
+        diff = randomness["max_output_difference"]
+        flags.append(
+            {
+                "check": "randomised_model",
+                "message": f"the model is randomised: {randomness['passes']} forward passes of the same inputs "
+                f"differ (normalised outputs by up to {diff['clean']:.2g} clean, {diff['perturbed']:.2g} perturbed"
+                f"{'; the number of correct predictions changes' if randomness['predictions_differ'] else ''}); "
+                "numbers of attacks made for deterministic models (the standard AutoAttack) are not its headline: "
+                "run AutoAttack's rand version (--autoattack_version=rand, version='rand')",
             }
         )
     for f in flags:

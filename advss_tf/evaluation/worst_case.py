@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from advss_tf.attacks.registry import AUTOATTACK, COMPOSITES, GRADIENT_FREE, AttackSpec, epsilon_label
+from advss_tf.attacks.registry import (
+    AUTOATTACK_NAMES,
+    AUTOATTACK_VERSIONS,
+    CUSTOM,
+    GRADIENT_FREE,
+    AttackSpec,
+    autoattack_version,
+    epsilon_label,
+)
 from advss_tf.evaluation.robustness import AttackOutcome, ModelFn, run_attack
 
 PER_EXAMPLE = "per_example.npz"
@@ -77,6 +85,19 @@ class CompositeOutcome:
             before = stage.robust
         return out
 
+    def version(self) -> tuple[str, list[str]] | None:
+        """An AutoAttack composite's version as it ran ("standard", "rand" or "custom") and what differs from
+        its version's settings; None for another chain."""
+        return autoattack_version(self.name, [s.spec for s in self.stages])
+
+    def description(self) -> str:
+        """'AutoAttack (standard version)', 'AutoAttack (custom: apgd_ce restarts 2 (standard: 1))', ..."""
+        version = self.version()
+        if version is None:
+            return "attacks in sequence"
+        label, changes = version
+        return f"AutoAttack (custom: {'; '.join(changes)})" if label == CUSTOM else f"AutoAttack ({label} version)"
+
     def to_dict(self) -> dict[str, Any]:
         """What results.json records: the composite's accuracy, and robust accuracy after each stage."""
         n = len(self.robust)
@@ -89,9 +110,12 @@ class CompositeOutcome:
             stages.append(d)
             before = s.robust
         seconds = self.seconds
+        version, changes = self.version() or (None, [])
         return {
             "name": self.name,
-            "description": "AutoAttack (standard version)" if self.name in COMPOSITES else "attacks in sequence",
+            "description": self.description(),
+            "version": version,
+            "changes": changes,
             "components": [s.spec.name for s in self.stages],
             "norm": self.norm,
             "epsilon": first.eps,
@@ -175,7 +199,7 @@ def headline_threat_model(outcomes: Sequence[AttackOutcome | CompositeOutcome]) 
     """The threat model the headline worst case is taken in: AutoAttack's (the L∞ one first) if it ran, else
     PGD-20's, else the first attack's that bounds one norm and radius (MIXED only if nothing else ran)."""
     by_name = {_name(o): o for o in outcomes}
-    for name in (*AUTOATTACK.values(), "pgd20"):
+    for name in (*AUTOATTACK_NAMES, "pgd20"):
         if name in by_name and threat_model(by_name[name]) != MIXED:
             return threat_model(by_name[name])
     models = [threat_model(o) for o in outcomes]
@@ -283,8 +307,10 @@ def _percent(value: float | None) -> str | None:
 def model_card(results: dict[str, Any], export_info: dict[str, Any] | None) -> dict[str, Any]:
     """The RobustBench-style model_info of an evaluation (their JSON fields; percents as "51.56" strings).
 
-    `autoattack_acc` only when the standard AutoAttack ran (the L∞ one if both did; `threat_model` and `eps` are
-    its norm and radius); `corruptions_acc` only when all 15 × 5 CIFAR-10-C sets were evaluated;
+    `autoattack_acc` only when AutoAttack ran with its version's settings (not "custom"): the standard version, or
+    the rand version (the only one for a model the randomness check found randomised: its standard number is left
+    out); the L∞ one first; `threat_model` and `eps` are its norm and radius. `corruptions_acc` only when all
+    15 × 5 CIFAR-10-C sets were evaluated;
     `number_forward_passes` is the model's forward passes per prediction (its ensemble size).
     """
     info = export_info or {}
@@ -293,7 +319,7 @@ def model_card(results: dict[str, Any], export_info: dict[str, Any] | None) -> d
     architecture = backbone.get("name") if isinstance(backbone, dict) else backbone
     if members:
         architecture = f"ensemble of {len(members)}"
-    aa = next((results["robust_accuracy"][n] for n in AUTOATTACK.values() if n in results["robust_accuracy"]), None)
+    aa = headline_autoattack(results)
     c10c = results.get("cifar10c") or {}
     complete = bool(c10c.get("headline_complete"))
     n = results["num_examples"]
@@ -310,12 +336,19 @@ def model_card(results: dict[str, Any], export_info: dict[str, Any] | None) -> d
     notes.append(f"worst case{where} over {', '.join(worst['attacks']) or 'no attack'}: {_percent(worst['accuracy'])}%")
     if results["gradient_masking"]["suspected"]:
         notes.append("possible gradient masking flagged")
-    eps = aa["epsilon_label"] if aa else (next(iter(results["robust_accuracy"].values()), {}).get("epsilon_label"))
+    if is_randomised(results):
+        notes.append("a randomised model (outputs differ between passes): only AutoAttack's rand version counts")
+    for name, r in results["robust_accuracy"].items():
+        if r.get("version") == CUSTOM:
+            notes.append(f"{name} ran with custom settings ({'; '.join(r['changes'])}), not AutoAttack's")
+    # The threat model is AutoAttack's when its number is on the card, else the first attack's.
+    first = aa or next(iter(results["robust_accuracy"].values()), None) or {}
+    eps = first.get("epsilon_label")
     return {
         "name": results["model"]["name"],
         "architecture": architecture or "unknown",
         "dataset": data.get("name", "cifar10"),
-        "threat_model": "Linf" if not aa or aa["norm"] == "linf" else "L2",
+        "threat_model": "L2" if first.get("norm") == "l2" else "Linf",
         "eps": eps,
         "clean_acc": _percent(results["standard_accuracy"]),
         "autoattack_acc": _percent(aa["accuracy"]) if aa else None,
@@ -323,3 +356,20 @@ def model_card(results: dict[str, Any], export_info: dict[str, Any] | None) -> d
         "number_forward_passes": max(1, len(members)),
         "footnote": "; ".join(notes) + ".",
     }
+
+
+def is_randomised(results: dict[str, Any]) -> bool:
+    """Whether the evaluation's randomness check found the model randomised."""
+    return bool(((results.get("gradient_masking") or {}).get("randomness") or {}).get("randomised"))
+
+
+def headline_autoattack(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The AutoAttack result that may be reported as *the* AutoAttack number: one that ran its version's settings
+    (never a "custom" one), the rand version for a randomised model and the standard one otherwise (L∞ first)."""
+    version = "rand" if is_randomised(results) else "standard"
+    for norm in ("linf", "l2"):
+        r = results["robust_accuracy"].get(AUTOATTACK_VERSIONS[version][norm])
+        # Results written before versions were recorded ran the standard settings only if nothing was changed.
+        if r is not None and r.get("version", version) == version:
+            return r
+    return None

@@ -121,13 +121,18 @@ def trained_classifier(sample_arrays, shared_dir):
 # collection order, so starting the long ones first keeps one process from running a long file alone at the end.
 # Only the order changes; a file missing here runs after these, in its usual place.
 LONGEST_FIRST = (
+    "test_study_e2e.py",
     "test_resume.py",
+    "test_import_reference.py",
     "test_multi_worker.py",
     "test_selfie.py",
     "test_ensemble.py",
     "test_sigkill.py",
     "test_resume_finetune.py",
     "test_finetune.py",
+    "test_autoattack_api.py",
+    "test_dataset_runs.py",
+    "test_peer_autoattack.py",
     "test_worst_case.py",
     "test_evaluate.py",
     "test_autoattack_l2.py",

@@ -28,6 +28,7 @@ from advss_tf.attacks.registry import (
     AUTOATTACK_VERSIONS,
     AttackSpec,
     autoattack_composite,
+    check_classes,
     components,
     configure,
     parse_attacks,
@@ -40,7 +41,6 @@ from advss_tf.evaluation.model import as_logits, classifier_from_saved_model, lo
 VERSIONS = tuple(AUTOATTACK_VERSIONS)
 NORMS = ("linf", "l2")
 DEFAULT_EPSILON = {"linf": 8 / 255, "l2": 0.5}
-DLR_MIN_CLASSES = 4  # the DLR losses read the 3rd (targeted: 4th) largest logit
 STANDARD_TARGETS = 9
 STANDARD_SQUARE_QUERIES = 5000
 _PROBE = 8
@@ -335,11 +335,7 @@ def _plan(
         specs = configure(components(name) or (name,), restarts=restarts, epsilons={budget: eps}, autoattack_norm=norm)
         out = []
         for spec in specs:
-            if spec.loss in ("dlr", "dlr_targeted") and num_classes < DLR_MIN_CLASSES:
-                raise UsageError(
-                    f"{spec.name} uses the DLR loss, which needs at least {DLR_MIN_CLASSES} classes; the model has "
-                    f"{num_classes}"
-                )
+            check_classes(spec, num_classes, "the model")
             out.append(with_budgets(spec, targets=min(targets, num_classes - 1), square_queries=square_queries))
         plan.append((name, out))
     return plan

@@ -225,3 +225,13 @@ def test_apgd_halves_its_step_at_a_checkpoint_and_restarts_from_its_best_point()
     best = max(queried, key=lambda q: -abs(q - 0.3))
     np.testing.assert_allclose(float(result[0, 0]), best, atol=1e-7)
     assert abs(best - 0.3) < abs(0.2625 - 0.3)  # and the smaller steps after the halving got closer to the peak
+
+
+def test_dlr_based_attacks_need_four_classes_and_the_others_two():
+    for name in ("apgd_dlr", "apgd_t"):
+        with pytest.raises(
+            UsageError, match=f"{name} uses the DLR loss, which needs at least 4 classes; the data has 3"
+        ):
+            registry.check_classes(registry.ATTACKS[name], 3)
+        registry.check_classes(registry.ATTACKS[name], 4)
+    registry.check_classes(registry.ATTACKS["pgd20"], 2)

@@ -104,7 +104,7 @@ def test_unlabelled_pretraining_then_labelled_finetuning_then_evaluation(folders
     assert results["num_examples"] == 8 and 0.0 <= results["robust_accuracy"]["fgsm"]["accuracy"] <= 1.0
     with open(tmp_path / "eval" / "report.md") as f:
         assert "Test set: image folder pets test" in f.read()
-    # DLR ranks 3 logits, targeted DLR 4, and --targets is bounded by the class count; refused before any output.
+    # The DLR-based attacks need 4 classes, and --targets is bounded by the class count; refused before any output.
     with pytest.raises(UsageError, match="apgd_t .* needs at least 4 classes"):
         evaluator.run(_evaluate_config(best, tmp_path / "eval_t", DataSource("folder", pets), attacks=("apgd_t",)))
     with pytest.raises(UsageError, match="pass --targets=2"):

@@ -433,6 +433,21 @@ def configure(
     return specs
 
 
+# Attacks whose loss ranks the logits need enough classes: DLR reads the 3rd largest logit, its targeted form the
+# 4th; AutoAttack's DLR-based attacks are asked for at least 4 classes (issues 19 and 20), so both need 4.
+DLR_LOSSES = ("dlr", "dlr_targeted")
+DLR_MIN_CLASSES = 4
+
+
+def check_classes(spec: AttackSpec, num_classes: int, context: str = "the data") -> None:
+    """UsageError unless `spec` is defined for `num_classes` classes (DLR-based attacks: at least 4)."""
+    if spec.loss in DLR_LOSSES and num_classes < DLR_MIN_CLASSES:
+        raise UsageError(
+            f"{spec.name} uses the DLR loss, which needs at least {DLR_MIN_CLASSES} classes; {context} has "
+            f"{num_classes}"
+        )
+
+
 def with_budgets(spec: AttackSpec, *, targets: int | None = None, square_queries: int | None = None) -> AttackSpec:
     """`spec` with the evaluate binary's --targets (a targeted attack's target classes) and --square_queries
     (Square's iterations, L∞ and L2) where they apply; None keeps the registry's."""

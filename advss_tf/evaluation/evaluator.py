@@ -26,6 +26,7 @@ from advss_tf.attacks.registry import (
     DEFAULT_ATTACKS,
     AttackSpec,
     autoattack_composite,
+    check_classes,
     components,
     configure,
     parse_attacks,
@@ -175,20 +176,11 @@ def load_test_set(cfg: EvaluateConfig) -> tuple[np.ndarray, np.ndarray, datasets
     return images, labels, split.info
 
 
-# Attack losses that rank the logits: DLR reads the 3rd largest, its targeted form the 4th (Croce & Hein 2020).
-_LOSS_MIN_CLASSES = {"dlr": 3, "dlr_targeted": 4}
-
-
 def check_class_count(plan: list[tuple[str, list[AttackSpec]]], num_classes: int, targets: int) -> None:
     """UsageError unless every attack of `plan` is defined for `num_classes` classes and --targets fits them."""
-    for name, specs in plan:
+    for _, specs in plan:
         for spec in specs:
-            need = _LOSS_MIN_CLASSES.get(spec.loss, 2)
-            if num_classes < need:
-                raise UsageError(
-                    f"{spec.name} ({name}) needs at least {need} classes (its {spec.loss} loss ranks the logits); "
-                    f"the data has {num_classes}"
-                )
+            check_classes(spec, num_classes)
             if spec.targets is not None and targets > num_classes - 1:
                 raise UsageError(
                     f"--targets={targets} but {spec.name} can target at most {num_classes - 1} classes (the data's "

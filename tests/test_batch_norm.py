@@ -28,8 +28,11 @@ def _pair(shape, dtype_policy=None):
 
 
 def _close(a, b, rtol=1e-5):
+    # Relative to the array's scale, floored at 1e-3: a variable that is zero up to rounding (seen: values of
+    # ~1e-9 after one step, 29 of 32 of them "different" at a 1e-10 tolerance) is compared at the rounding of the
+    # O(1) sums it comes from, not at a tolerance derived from its own noise.
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    np.testing.assert_allclose(b, a, rtol=0, atol=rtol * max(np.abs(a).max(), 1e-6))
+    np.testing.assert_allclose(b, a, rtol=0, atol=rtol * max(np.abs(a).max(), 1e-3))
 
 
 @pytest.mark.parametrize("training", [True, False])

@@ -72,19 +72,22 @@ def interrupted_then_resumed(run, model_dir, monkeypatch):
     return run(model_dir)
 
 
-@pytest.mark.parametrize("name", sorted(RUNS))
-def test_interrupted_then_resumed_run_ends_bitwise_equal(name, tmp_path, monkeypatch, deterministic_ops):
-    run = RUNS[name]
+def straight_and_resumed(run, tmp_path, monkeypatch) -> dict[str, np.ndarray]:
+    """`run` uninterrupted and interrupted-then-resumed: every checkpointed variable bitwise equal, `STEPS` steps.
+    Returns the checkpointed values."""
     run(tmp_path / "straight")
     interrupted_then_resumed(run, tmp_path / "resumed", monkeypatch)
     values = assert_same_checkpoints(tmp_path / "straight", tmp_path / "resumed")
     assert values["step/.ATTRIBUTES/VARIABLE_VALUE"] == STEPS
+    return values
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_interrupted_then_resumed_run_ends_bitwise_equal(name, tmp_path, monkeypatch, deterministic_ops):
+    values = straight_and_resumed(RUNS[name], tmp_path, monkeypatch)
+    # Dropout and attention dropout: one SeedGenerator state each, advanced by every training-mode call.
     seeds = [n for n in values if n.startswith("random_state/")]
-    if name.startswith(("selfie", "ensemble")):
-        # Dropout and attention dropout: one SeedGenerator state each, advanced by every training-mode call.
-        assert len(seeds) == 3 and all(values[n][1] > 0 for n in seeds), seeds
-    else:
-        assert not seeds
+    assert len(seeds) == 3 and all(values[n][1] > 0 for n in seeds), seeds
 
 
 def test_steps_skipped_by_loss_scaling_still_count_and_resume_where_they_stopped(

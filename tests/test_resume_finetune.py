@@ -5,12 +5,7 @@ the pretraining cases: tests/test_resume.py)."""
 import functools
 
 import pytest
-from test_resume import (
-    RUNTIME,
-    STEPS,
-    assert_same_checkpoints,
-    interrupted_then_resumed,
-)
+from test_resume import RUNTIME, STEPS, straight_and_resumed
 
 from advss_tf.config import AttackConfig, OptimizerConfig, RuntimeConfig
 from advss_tf.models.resnet import BackboneConfig
@@ -45,9 +40,5 @@ RUNS = {
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_interrupted_then_resumed_finetuning_ends_bitwise_equal(name, tmp_path, monkeypatch, deterministic_ops):
-    run = RUNS[name]
-    run(tmp_path / "straight")
-    interrupted_then_resumed(run, tmp_path / "resumed", monkeypatch)
-    values = assert_same_checkpoints(tmp_path / "straight", tmp_path / "resumed")
-    assert values["step/.ATTRIBUTES/VARIABLE_VALUE"] == STEPS
+    values = straight_and_resumed(RUNS[name], tmp_path, monkeypatch)
     assert not [n for n in values if n.startswith("random_state/")]  # no dropout in a classifier

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+from binaries import run_binary
 from conftest import REPO
 
 
@@ -16,9 +17,15 @@ def pretrain_command(task: str, model_dir, *flags: str) -> list[str]:
     return [sys.executable, "-m", "advss_tf.pretrain", f"--task={task}", f"--model_dir={model_dir}", *flags]
 
 
+def _run(command: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """A `pretrain_command` run to its end (tests/binaries.py: forked, without re-importing TensorFlow)."""
+    assert command[:3] == [sys.executable, "-m", "advss_tf.pretrain"], command
+    return run_binary("advss_tf.pretrain", *command[3:], timeout=timeout)
+
+
 def assert_usage_error(command: list[str], model_dir, needle: str = "") -> None:
     """The command exits 2 with one `error: ...` line on stderr (containing `needle`) and writes nothing."""
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = _run(command, timeout=300)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
@@ -43,7 +50,7 @@ def assert_sigterm_saves_and_rerun_finishes(command: list[str], model_dir, first
     assert first_checkpoint <= stopped < total_steps
     assert not (model_dir / "export").exists()
 
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900)
+    done = _run(command, timeout=900)
     assert done.returncode == 0, done.stderr
     results = json.load(open(model_dir / "results.json"))
     assert results["steps"] == total_steps

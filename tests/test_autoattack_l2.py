@@ -4,13 +4,12 @@ registration and honesty checks, and the evaluate binary with --autoattack_norm=
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import scipy.optimize
 import tensorflow as tf
+from binaries import run_binary
 
 from advss_tf.attacks import fab, registry, square
 from advss_tf.errors import UsageError
@@ -228,15 +227,9 @@ def test_the_l2_chain_is_registered_with_its_budget_and_compared_only_with_l2_at
     assert [f["check"] for f in flags] == ["autoattack_l2<=pgd_l2"]
 
 
-def _evaluate(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": REPO}
-    cmd = [sys.executable, "-m", "advss_tf.evaluate", *args]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(proc: subprocess.Popen) -> tuple[int, str]:
-    _, err = proc.communicate(timeout=600)
-    return proc.returncode, err
+def _evaluate(*args: str) -> tuple[int, str]:
+    done = run_binary("advss_tf.evaluate", *args, timeout=600)
+    return done.returncode, done.stderr
 
 
 def test_the_binary_runs_l2_autoattack_and_labels_its_norm_and_radius(trained_classifier, tmp_path):
@@ -245,12 +238,12 @@ def test_the_binary_runs_l2_autoattack_and_labels_its_norm_and_radius(trained_cl
     model.export(export, verbose=False)
     out, bad = tmp_path / "eval", tmp_path / "bad"
     small = ["--max_examples=8", "--batch_size=8", "--targets=2", "--square_queries=20", "--quiet"]
-    procs = [
-        _evaluate(f"--model={export}", f"--output_dir={out}", "--attacks=autoattack,pgd20", "--autoattack_norm=l2",
-                  *small),
-        _evaluate(f"--model={export}", f"--output_dir={bad}", "--attacks=autoattack", "--autoattack_norm=l1"),
-    ]  # fmt: skip
-    (code, err), (bad_code, bad_err) = (_finish(p) for p in procs)
+    code, err = _evaluate(
+        f"--model={export}", f"--output_dir={out}", "--attacks=autoattack,pgd20", "--autoattack_norm=l2", *small
+    )
+    bad_code, bad_err = _evaluate(
+        f"--model={export}", f"--output_dir={bad}", "--attacks=autoattack", "--autoattack_norm=l1"
+    )
     assert code == 0, err[-3000:]
     lines = bad_err.strip().splitlines()
     assert bad_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "autoattack_norm" in lines[0]

@@ -4,11 +4,10 @@ import functools
 import importlib.util
 import io
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from binaries import run_script
 from conftest import REPO
 from PIL import Image
 from scipy import ndimage
@@ -287,13 +286,7 @@ def test_tfds_source_refuses_an_unprepared_dataset_without_downloading(tmp_path)
 
 def test_writer_cli_unknown_corruption_is_one_line_and_exit_2(tmp_path):
     out = tmp_path / "c"
-    result = subprocess.run(
-        [sys.executable, "tools/write_cifar10c.py", "--corruptions=fog,rain", f"--output_dir={out}"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
+    result = run_script("tools/write_cifar10c.py", "--corruptions=fog,rain", f"--output_dir={out}", timeout=300)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown corruption rain; valid: gaussian_noise" in lines[0], result.stderr

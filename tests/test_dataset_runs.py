@@ -4,11 +4,10 @@ is written."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from binaries import run_binary
 from test_datasets import class_images, write_cifar100_binary, write_image, write_labelled_folder
 
 from advss_tf import serving
@@ -172,11 +171,8 @@ def test_evaluate_a_100_class_model_on_cifar100_and_cifar100c(cifar100_model, tm
 def test_the_cli_refuses_an_empty_folder_with_one_line_and_exit_2(tmp_path):
     os.makedirs(tmp_path / "empty")
     model_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "advss_tf.pretrain", "--task=rotation", "--dataset=folder"]
-    command += [f"--data_dir={tmp_path / 'empty'}", f"--model_dir={model_dir}", "--backbone=tiny"]
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.getcwd()}
-    )
+    command = ["--task=rotation", "--dataset=folder", f"--data_dir={tmp_path / 'empty'}", f"--model_dir={model_dir}"]
+    done = run_binary("advss_tf.pretrain", *command, "--backbone=tiny", timeout=300)
     assert done.returncode == 2, done.stderr
     assert (
         done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'empty'} holds no images (.png, .jpg, .jpeg, .bmp)"

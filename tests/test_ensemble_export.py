@@ -1,12 +1,11 @@
 """The ensemble export: mean of the members' softmax, logits = log of it, and attacks through the average."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from binaries import run_script
 
 from advss_tf import export, serving
 from advss_tf.attacks.pgd import cross_entropy, pgd_linf
@@ -105,18 +104,8 @@ def test_cli_refuses_a_signature_that_is_not_images_to_logits(members, tmp_path)
     module = tf.Module()
     module.f = tf.function(lambda x: {"scores": x * 2.0}, input_signature=[tf.TensorSpec([None, 5], tf.float32)])
     tf.saved_model.save(module, str(tmp_path / "other"), signatures={"serving_default": module.f})
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "tools/ensemble_export.py",
-            f"--members={paths[0]},{tmp_path / 'other'}",
-            f"--output={tmp_path / 'ens'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    proc = run_script(
+        "tools/ensemble_export.py", f"--members={paths[0]},{tmp_path / 'other'}", f"--output={tmp_path / 'ens'}"
     )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -3,12 +3,12 @@
 import json
 import os
 import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from binaries import run_binary, run_script
 
 from advss_tf import serving
 from advss_tf.attacks.registry import ATTACKS, EOT_ATTACKS
@@ -126,19 +126,8 @@ def test_corruption_and_severity_lists():
 
 
 # -- the binary ------------------------------------------------------------------------------------------------------
-def _evaluate(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "advss_tf.evaluate", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
-    out, err = proc.communicate(timeout=600)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+def _evaluate(*args: str) -> subprocess.CompletedProcess:
+    return run_binary("advss_tf.evaluate", *args, timeout=600)
 
 
 def test_end_to_end_on_a_keras_export_then_the_report_tool(keras_export, tmp_path):
@@ -146,7 +135,7 @@ def test_end_to_end_on_a_keras_export_then_the_report_tool(keras_export, tmp_pat
     out = tmp_path / "eval"
     args = [f"--model={path}", f"--output_dir={out}", "--max_examples=24", "--batch_size=16", "--quiet"]
     extra = ["--attacks=fgsm,pgd20", "--cifar10c_source=generate", "--corruptions=contrast,fog", "--severities=1,5"]
-    result = _finish(_evaluate(*args, *extra, "--model_name=tiny-third-party"))
+    result = _evaluate(*args, *extra, "--model_name=tiny-third-party")
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     # Clean accuracy is the model's own: the Keras model on the same 24 bundled test images agrees per example.
@@ -183,19 +172,12 @@ def test_end_to_end_on_a_keras_export_then_the_report_tool(keras_export, tmp_pat
         assert (out / figure).stat().st_size > 1000
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(out / "tensorboard" / "evaluate"))
 
-    again = _finish(_evaluate(*args, "--attacks=fgsm"))  # existing results are not overwritten silently
+    again = _evaluate(*args, "--attacks=fgsm")  # existing results are not overwritten silently
     assert again.returncode == 2 and again.stderr.strip().splitlines() == [again.stderr.strip()]
     assert "already exists" in again.stderr
 
     report_dir = tmp_path / "report"
-    tool = subprocess.run(
-        [sys.executable, "tools/report.py", f"--output_dir={report_dir}", "--paper", str(out)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO},  # this checkout's advss_tf, not whichever one is installed
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    tool = run_script("tools/report.py", f"--output_dir={report_dir}", "--paper", str(out), timeout=300)
     assert tool.returncode == 0, tool.stderr[-2000:]
     assert "| tiny-third-party | 24 |" in tool.stdout
     header = tool.stdout.splitlines()[0]
@@ -204,7 +186,6 @@ def test_end_to_end_on_a_keras_export_then_the_report_tool(keras_export, tmp_pat
     assert (report_dir / "sa_vs_ra.png").stat().st_size > 1000 and (report_dir / "comparison.md").exists()
 
 
-@pytest.mark.slow  # eight processes, each paying the TensorFlow import
 def test_bad_input_is_one_line_and_exit_2_with_nothing_written(keras_export, tmp_path):
     path, _ = keras_export
     not_saved_model = tmp_path / "empty_dir"
@@ -233,13 +214,8 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_written(keras_export, tmp
     }
     # The other configuration checks raise the same UsageError before any work (test_config_checks_... below);
     # one of them (--targets) goes through the binary here, which turns every UsageError into this one line.
-    # Started together: each pays TensorFlow's import, which overlaps.
-    procs = {
-        name: _evaluate(*args, f"--output_dir={tmp_path / 'out' / str(i)}", "--quiet")
-        for i, (name, (args, _)) in enumerate(cases.items())
-    }
-    for i, (name, proc) in enumerate(procs.items()):
-        result = _finish(proc)
+    for i, (name, (args, _)) in enumerate(cases.items()):
+        result = _evaluate(*args, f"--output_dir={tmp_path / 'out' / str(i)}", "--quiet")
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, (name, result.stderr[-2000:])
         assert len(lines) == 1 and lines[0].startswith("error: "), (name, result.stderr[-2000:])
@@ -251,7 +227,7 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_written(keras_export, tmp
     identity = foreign / "partial" / "identity.json"
     identity.parent.mkdir(parents=True)
     identity.write_text(json.dumps({"model": {"saved_model_pb_sha256": "0" * 64}}))
-    result = _finish(_evaluate(f"--model={path}", f"--output_dir={foreign}", "--quiet"))
+    result = _evaluate(f"--model={path}", f"--output_dir={foreign}", "--quiet")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert "partial results of another model or configuration" in lines[0]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import binaries
 import keras
 import numpy as np
 import pytest
@@ -391,15 +392,7 @@ def test_run_validates_every_epoch_exports_and_resumes_after_sigterm_in_validati
 
 # -- the binary --------------------------------------------------------------------------------------------------------
 def run_binary(*args, timeout=300):
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run(
-        [sys.executable, "-m", "advss_tf.finetune", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=REPO,
-    )
+    return binaries.run_binary("advss_tf.finetune", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -436,25 +429,16 @@ def test_bad_input_exits_2_with_one_line(args, message, foreign_savedmodels, tmp
 
 @pytest.mark.slow
 def test_smoke_pipeline_pretrain_finetune_export_reload_predict(tmp_path, sample_arrays):
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    pre = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "advss_tf.pretrain",
-            "--flagfile=flags/smoke/pretrain_rotation.flags",
-            "--train_steps=2",
-            "--batch_size=16",
-            "--attack_steps=1",
-            "--steps_per_loop=2",
-            f"--model_dir={tmp_path}/pre",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
+    pre = binaries.run_binary(
+        "advss_tf.pretrain",
+        "--flagfile=flags/smoke/pretrain_rotation.flags",
+        "--train_steps=2",
+        "--batch_size=16",
+        "--attack_steps=1",
+        "--steps_per_loop=2",
+        f"--model_dir={tmp_path}/pre",
+        "--quiet",
         timeout=600,
-        env=env,
-        cwd=REPO,
     )
     assert pre.returncode == 0, pre.stderr[-2000:]
     proc = run_binary(

@@ -1,16 +1,17 @@
 """Every flagfile under flags/ parses with its binary's flags and builds a valid config; the paper's carry SPEC values.
 
 A flagfile is only read when a user runs it, so a renamed flag or a value the config rejects would otherwise be
-found by the person who starts a 200-epoch run. One subprocess per binary (each binary defines its own flags).
+found by the person who starts a 200-epoch run. One process per binary (each binary defines its own flags), forked
+by tests/binaries.py.
 """
 
 import glob
 import json
 import os
-import subprocess
-import sys
+import tempfile
 
 import pytest
+from binaries import run_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,13 +43,11 @@ def _configs(prefix):
     assert paths, f"no {prefix} flagfiles"
     if prefix == "finetune":  # linear/partial freeze the backbone: they need an export (not read when parsing)
         required = [*required, "--pretrained=/tmp/advss_some_export"]
-    proc = subprocess.run(
-        [sys.executable, "-c", _PARSE, module, json.dumps(required), *paths],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        script = os.path.join(tmp, "parse_flagfiles.py")
+        with open(script, "w") as f:
+            f.write(_PARSE)
+        proc = run_script(script, module, json.dumps(required), *paths, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("CONFIGS=")][-1]
     configs = json.loads(line[len("CONFIGS=") :])

@@ -5,13 +5,11 @@ mode next to the twin. Tiny widths (our `tiny` backbone: basic blocks [1,1,1,1],
 
 import os
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO
+from binaries import run_binary
 
 from advss_tf import export
 from advss_tf.errors import UsageError
@@ -160,12 +158,10 @@ def test_an_imported_ensemble_export_serves_the_mean_softmax_and_evaluates(image
     info = export.read_info(out)
     assert info["format"] == "advss_tf.classifier" and len(info["ensemble"]) == 3
 
-    done = subprocess.run(
-        [sys.executable, "-m", "advss_tf.evaluate", f"--model={out}", f"--output_dir={tmp_path / 'eval'}"]
-        + ["--attacks=none", "--max_examples=16", "--batch_size=16", "--quiet"],
-        env={**os.environ, "PYTHONPATH": REPO},
-        capture_output=True,
-        text=True,
+    done = run_binary(
+        "advss_tf.evaluate",
+        *[f"--model={out}", f"--output_dir={tmp_path / 'eval'}", "--attacks=none", "--max_examples=16"],
+        *["--batch_size=16", "--quiet"],
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -208,13 +204,11 @@ def test_an_imported_jigsaw_export_fine_tunes(tmp_path):
     reference.import_checkpoint(path, "jigsaw", out)  # no permutation set: features import, the head is unusable
     info = export.read_info(out)
     assert info["jigsaw_head"].startswith("unusable") and info["backbone"]["arch_version"] == 2
-    done = subprocess.run(
-        [sys.executable, "-m", "advss_tf.finetune", f"--pretrained={out}", f"--model_dir={tmp_path / 'ft'}"]
-        + ["--batch_size=16", "--train_steps=2", "--attack_steps=1", "--steps_per_loop=1", "--quiet"]
-        + ["--val_examples=16", "--val_batch_size=16", "--val_attack_steps=1"],
-        env={**os.environ, "PYTHONPATH": REPO},
-        capture_output=True,
-        text=True,
+    done = run_binary(
+        "advss_tf.finetune",
+        *[f"--pretrained={out}", f"--model_dir={tmp_path / 'ft'}", "--batch_size=16", "--train_steps=2"],
+        *["--attack_steps=1", "--steps_per_loop=1", "--quiet", "--val_examples=16", "--val_batch_size=16"],
+        "--val_attack_steps=1",
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -297,12 +291,9 @@ def test_bad_inputs_are_refused_with_one_line_and_nothing_written(finetune_file,
 @pytest.mark.slow
 def test_the_binary_exits_2_with_one_line(tmp_path):
     (tmp_path / "x.pt").write_bytes(pickle.dumps({"state_dict": Opaque()}))
-    done = subprocess.run(
-        [sys.executable, "-m", "advss_tf.import_torch", f"--checkpoint={tmp_path / 'x.pt'}", "--format=finetune"]
-        + [f"--output={tmp_path / 'out'}"],
-        env={**os.environ, "PYTHONPATH": REPO},
-        capture_output=True,
-        text=True,
+    done = run_binary(
+        "advss_tf.import_torch",
+        *[f"--checkpoint={tmp_path / 'x.pt'}", "--format=finetune", f"--output={tmp_path / 'out'}"],
         timeout=300,
     )
     assert done.returncode == 2

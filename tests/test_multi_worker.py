@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from binaries import run_binary
 from conftest import REPO
 
 from advss_tf import launch
@@ -196,8 +197,8 @@ def _tf_config(cluster, index=0, job="worker"):
 
 def test_multi_worker_without_a_cluster_is_one_line_and_exit_2(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG" and not k.startswith("SLURM_")}
-    cmd = [sys.executable, "-m", "advss_tf.pretrain", "--strategy=multi_worker", f"--model_dir={tmp_path / 'run'}"]
-    proc = subprocess.run([*cmd, *PRETRAIN], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    flags = ["--strategy=multi_worker", f"--model_dir={tmp_path / 'run'}", *PRETRAIN]
+    proc = run_binary("advss_tf.pretrain", *flags, env=env, timeout=300)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
     assert lines[0].startswith("error: --strategy=multi_worker needs the cluster: set TF_CONFIG")

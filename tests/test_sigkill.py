@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from conftest import REPO, SHARED_DATA
+from binaries import run_binary
+from conftest import SHARED_DATA
 from pretrain_binary import pretrain_command
 from test_cli_defaults import ENV
 from test_resume import assert_same_checkpoints
@@ -55,7 +56,7 @@ def _latest(model_dir) -> str:
 
 def test_sigkill_during_training_a_checkpoint_write_and_the_export_then_the_same_command_ends_bitwise_equal(tmp_path):
     straight, cwd, marker = tmp_path / "straight", tmp_path / "cwd", tmp_path / "paused"
-    done = subprocess.run(pretrain_command("jigsaw", straight, *FLAGS), cwd=REPO, capture_output=True, text=True)
+    done = run_binary("advss_tf.pretrain", *pretrain_command("jigsaw", straight, *FLAGS)[3:])  # the reference
     assert done.returncode == 0, done.stderr[-2000:]
     cwd.mkdir()
     command = [sys.executable, "-m", "advss_tf.pretrain", "--task=jigsaw", *FLAGS]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from binaries import run_binary
 
 from advss_tf.errors import UsageError
 from advss_tf.study import catalogue, plan, report, runner
@@ -102,13 +102,7 @@ def test_a_foreign_study_folder_is_refused_and_overwrite_replaces_only_the_study
 def test_the_cli_refuses_another_studys_folder_with_one_line_and_exit_2(tmp_path):
     runner.prepare(str(tmp_path), {"study": "paper", "scale": "tiny", "seeds": 3}, overwrite=False)
     before = sorted(os.listdir(tmp_path))
-    proc = subprocess.run(
-        [sys.executable, "-m", "advss_tf.study", "--scale=smoke", "--seeds=2", f"--workdir={tmp_path}"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
+    proc = run_binary("advss_tf.study", "--scale=smoke", "--seeds=2", f"--workdir={tmp_path}", timeout=300)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and "holds another study" in lines[0] and "--overwrite" in lines[0]

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from binaries import run_binary
 
 from advss_tf.attacks.registry import ATTACKS, COMPOSITES
 from advss_tf.errors import UsageError
@@ -316,15 +317,9 @@ def test_mirrored_attacks_give_the_numbers_of_one_device(fitted_export, mirrored
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _evaluate(*args: str, cwd: str = REPO) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": REPO}
-    cmd = [sys.executable, "-m", "advss_tf.evaluate", *args]
-    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=600)
-    return proc.returncode, out, err
+def _evaluate(*args: str, cwd: str = REPO) -> tuple[int, str, str]:
+    done = run_binary("advss_tf.evaluate", *args, cwd=cwd, timeout=600)
+    return done.returncode, done.stdout, done.stderr
 
 
 def _numbers(results: dict) -> dict:
@@ -348,14 +343,22 @@ def test_an_interrupted_evaluation_continues_to_the_numbers_of_an_uninterrupted_
         "--attacks=pgd20,fgsm+pgd20",
         "--linf_epsilon=1/255",
     ]
-    whole = _evaluate(*args, f"--output_dir={tmp_path / 'whole'}", "--quiet")
     out = tmp_path / "stopped"
-    stopped = _evaluate(*args, f"--output_dir={out}", "--quiet")
+    # SIGTERM goes to a process of its own, started as a user's shell would.
+    stopped = subprocess.Popen(
+        [sys.executable, "-m", "advss_tf.evaluate", *args, f"--output_dir={out}", "--quiet"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first_batch = out / "partial" / "attack" / "pgd20" / "00000.npz"
     while not first_batch.exists() and stopped.poll() is None:
         time.sleep(0.05)
     stopped.send_signal(signal.SIGTERM)
-    code, _, err = _finish(stopped)
+    _, err = stopped.communicate(timeout=600)
+    code = stopped.returncode
     assert code == 128 + signal.SIGTERM, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("error: stopped by signal 15")
     assert not (out / "results.json").exists()
@@ -363,15 +366,15 @@ def test_an_interrupted_evaluation_continues_to_the_numbers_of_an_uninterrupted_
     assert 0 < len(recorded) < 12  # stopped after some of pgd20's 12 batches
 
     # Another configuration in that folder is refused, one line, leaving the partial results as they were.
-    code, _, err = _finish(_evaluate(*args, "--seed=1", f"--output_dir={out}", "--quiet"))
+    code, _, err = _evaluate(*args, "--seed=1", f"--output_dir={out}", "--quiet")
     assert code == 2 and err.strip().splitlines() == [err.strip()]
     assert "partial results of another model or configuration (differs in: settings.seed)" in err
     assert sorted(p.name for p in (out / "partial" / "attack" / "pgd20").iterdir()) == recorded
 
-    code, stdout, err = _finish(_evaluate(*args, f"--output_dir={out}"))  # the same command: continues
+    code, stdout, err = _evaluate(*args, f"--output_dir={out}")  # the same command: continues
     assert code == 0, err[-3000:]
     assert "continuing the evaluation" in stdout
-    assert _finish(whole)[0] == 0
+    assert _evaluate(*args, f"--output_dir={tmp_path / 'whole'}", "--quiet")[0] == 0  # the uninterrupted one
     a = json.loads((tmp_path / "whole" / "results.json").read_text())
     b = json.loads((out / "results.json").read_text())
     assert b["resumed_units"] >= len(recorded) + 1 and a["resumed_units"] == 0
@@ -385,8 +388,8 @@ def test_an_interrupted_evaluation_continues_to_the_numbers_of_an_uninterrupted_
 
 
 def test_without_output_dir_results_go_to_runs_model_eval_and_the_path_is_printed(fitted_export, tmp_path):
-    code, stdout, err = _finish(
-        _evaluate(f"--model={fitted_export}", "--max_examples=8", "--attacks=none", "--quiet", cwd=str(tmp_path))
+    code, stdout, err = _evaluate(
+        f"--model={fitted_export}", "--max_examples=8", "--attacks=none", "--quiet", cwd=str(tmp_path)
     )
     assert code == 0, err[-2000:]
     expected = os.path.join("runs", "classifier_eval", "results.json")

@@ -68,7 +68,7 @@ def test_sigkill_during_training_a_checkpoint_write_and_the_export_then_the_same
     assert (killed / "checkpoints" / "ckpt-4.index").exists() and _latest(killed) == "ckpt-2"
     _kill_at("export", command, cwd, marker)  # resumed at 2 again; trained to the end, killed inside the export
     assert _latest(killed) == "ckpt-6" and not (killed / "export" / "pretrain").exists()
-    done = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True)
+    done = run_binary("advss_tf.pretrain", *command[3:], cwd=cwd, env=ENV)  # the same command, to the end
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"run directory: {killed} " in done.stdout
     assert "tensorboard --logdir runs/jigsaw/tensorboard" in done.stdout

@@ -19,6 +19,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
 
 
+def import_torch():
+    """torch for the peer tests (skipped without it), on one intra-op thread. With its default of one OpenMP thread
+    per core, every small op ends at a spinning barrier that waits for the thread the other pytest process is
+    using: on the 2-core machine under `-n 2`, torchattacks' standard AutoAttack in the peer test took 259 s with
+    2 threads and 12 s with 1 (AMD EPYC, 2026-12-03, the same 200 images)."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    return torch
+
+
 @pytest.fixture(scope="session")
 def sample_arrays():
     """Real CIFAR-10 images from the bundled sample: (train images, train labels, test images, test labels)."""

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from binaries import run_binary
+from conftest import import_torch
 
 from advss_tf import export
 from advss_tf.errors import UsageError
 from advss_tf.models.classifier import ImageClassifier
 from advss_tf.training import finetuning
 
-torch = pytest.importorskip("torch")
+torch = import_torch()
 pytestmark = pytest.mark.peer
 
 from advss_tf.importers import reference  # noqa: E402

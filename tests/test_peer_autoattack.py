@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import import_torch
 
-torch = pytest.importorskip("torch")
+torch = import_torch()
 torchattacks = pytest.importorskip("torchattacks")
 pytestmark = pytest.mark.peer
 

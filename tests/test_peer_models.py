@@ -3,11 +3,12 @@
 
 import numpy as np
 import pytest
+from conftest import import_torch
 
 from advss_tf.models.classifier import ImageClassifier
 from advss_tf.models.resnet import BackboneConfig
 
-torch = pytest.importorskip("torch")
+torch = import_torch()
 pytestmark = pytest.mark.peer
 
 

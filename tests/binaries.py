@@ -118,6 +118,13 @@ def run_binary(module: str, *args: str, cwd=REPO, env: dict | None = None, timeo
     return _run(dict(module=module, script=None), args, cwd, env, timeout)
 
 
+def run_command(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """A `[sys.executable, "-m", module, *args]` command line (what a test also hands to subprocess.Popen when it
+    sends a signal), run like run_binary; keyword arguments as there."""
+    assert command[:2] == [sys.executable, "-m"], command
+    return run_binary(command[2], *command[3:], **kwargs)
+
+
 def run_script(script: str, *args: str, cwd=REPO, env: dict | None = None, timeout: float = 900):
     """`python <script> <args>` (e.g. tools/report.py, relative to `cwd`), like run_binary."""
     return _run(dict(module=None, script=script), args, cwd, env, timeout)
@@ -125,7 +132,9 @@ def run_script(script: str, *args: str, cwd=REPO, env: dict | None = None, timeo
 
 def _run(what: dict, args, cwd, env: dict | None, timeout: float) -> subprocess.CompletedProcess:
     env = dict(os.environ if env is None else env)
-    env["PYTHONPATH"] = os.pathsep.join([REPO, *filter(None, [env.get("PYTHONPATH")])])
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if paths[:1] != [REPO]:  # already first (tests' ENV): unchanged, so such runs share the default server
+        env["PYTHONPATH"] = os.pathsep.join([REPO, *paths])
     server = _server(env)
     command = [sys.executable, *(["-m", what["module"]] if what["module"] else [what["script"]]), *args]
     with tempfile.TemporaryDirectory() as tmp:

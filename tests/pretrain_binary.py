@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from binaries import run_binary
+from binaries import run_command
 from conftest import REPO
 
 
@@ -17,15 +17,9 @@ def pretrain_command(task: str, model_dir, *flags: str) -> list[str]:
     return [sys.executable, "-m", "advss_tf.pretrain", f"--task={task}", f"--model_dir={model_dir}", *flags]
 
 
-def _run(command: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """A `pretrain_command` run to its end (tests/binaries.py: forked, without re-importing TensorFlow)."""
-    assert command[:3] == [sys.executable, "-m", "advss_tf.pretrain"], command
-    return run_binary("advss_tf.pretrain", *command[3:], timeout=timeout)
-
-
 def assert_usage_error(command: list[str], model_dir, needle: str = "") -> None:
     """The command exits 2 with one `error: ...` line on stderr (containing `needle`) and writes nothing."""
-    proc = _run(command, timeout=300)
+    proc = run_command(command, timeout=300)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
@@ -50,7 +44,7 @@ def assert_sigterm_saves_and_rerun_finishes(command: list[str], model_dir, first
     assert first_checkpoint <= stopped < total_steps
     assert not (model_dir / "export").exists()
 
-    done = _run(command, timeout=900)
+    done = run_command(command, timeout=900)
     assert done.returncode == 0, done.stderr
     results = json.load(open(model_dir / "results.json"))
     assert results["steps"] == total_steps

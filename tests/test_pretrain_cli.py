@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from binaries import run_binary
+from binaries import run_binary, run_command
 from conftest import REPO
 
 TINY = ["--backbone=tiny", "--batch_size=16", "--attack_steps=1", "--steps_per_loop=1", "--quiet"]
@@ -85,7 +85,7 @@ def test_sigterm_checkpoints_then_the_same_command_resumes_and_another_run_is_re
     assert json.load(open(model_dir / "config.json"))["task"] == "rotation"
 
     # The same command resumes from the last checkpoint and finishes.
-    result = run_binary(*cmd[2:], timeout=300)
+    result = run_command(cmd, timeout=300)
     assert result.returncode == 0, result.stderr
     results = json.load(open(model_dir / "results.json"))
     assert results["steps"] == 60 and os.path.exists(os.path.join(results["export"], "saved_model.pb"))

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from binaries import run_binary
+from binaries import run_command
 from conftest import SHARED_DATA
 from pretrain_binary import pretrain_command
 from test_cli_defaults import ENV
@@ -56,7 +56,7 @@ def _latest(model_dir) -> str:
 
 def test_sigkill_during_training_a_checkpoint_write_and_the_export_then_the_same_command_ends_bitwise_equal(tmp_path):
     straight, cwd, marker = tmp_path / "straight", tmp_path / "cwd", tmp_path / "paused"
-    done = run_binary("advss_tf.pretrain", *pretrain_command("jigsaw", straight, *FLAGS)[3:])  # the reference
+    done = run_command(pretrain_command("jigsaw", straight, *FLAGS))  # the reference
     assert done.returncode == 0, done.stderr[-2000:]
     cwd.mkdir()
     command = [sys.executable, "-m", "advss_tf.pretrain", "--task=jigsaw", *FLAGS]
@@ -68,7 +68,7 @@ def test_sigkill_during_training_a_checkpoint_write_and_the_export_then_the_same
     assert (killed / "checkpoints" / "ckpt-4.index").exists() and _latest(killed) == "ckpt-2"
     _kill_at("export", command, cwd, marker)  # resumed at 2 again; trained to the end, killed inside the export
     assert _latest(killed) == "ckpt-6" and not (killed / "export" / "pretrain").exists()
-    done = run_binary("advss_tf.pretrain", *command[3:], cwd=cwd, env=ENV)  # the same command, to the end
+    done = run_command(command, cwd=cwd, env=ENV)  # the same command, to the end
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"run directory: {killed} " in done.stdout
     assert "tensorboard --logdir runs/jigsaw/tensorboard" in done.stdout

@@ -3,7 +3,8 @@ import of TensorFlow and Keras each time (about 9 s of CPU per run on the 2-core
 Not a test module itself.
 
 Each run is still a process of its own, with its own argv, working directory, environment, stdout, stderr and exit
-status: a child forked from a server (one per pytest process and import-time environment) that has imported
+status: a child forked from a server (per pytest process and import-time environment, one for each run going on at
+once: `start_command` returns at once, `run_binary` waits) that has imported
 TensorFlow, Keras and the library but never run a TensorFlow op, so no runtime thread pool exists yet to be lost by
 the fork; the child runs the binary the way `python -m` does (runpy as `__main__`, so its flags are defined in the
 child) and exits with its status. Every TensorFlow runtime is the child's own.
@@ -12,7 +13,8 @@ What a forked run does not show, and where that is covered instead:
 - output printed while TensorFlow is imported (a fresh process prints it before the binary starts): the
   fresh-interpreter runs in tests/test_cli_defaults.py, tests/test_sigkill.py and the SIGTERM tests check one-line
   errors and clean stderr end to end;
-- signals and kills: tests that send them start the binary with subprocess.Popen, as a user's shell would.
+- signals and kills: tests that send them start the binary with subprocess.Popen, as a user's shell would (the
+  study test's killed runner among them; `start_run` forks only the runs of the studies it runs in-process).
 """
 
 from __future__ import annotations
@@ -55,8 +57,12 @@ for line in protocol_in:
             os.chdir(request["cwd"])
             os.environ.clear()
             os.environ.update(request["env"])
-            for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
-                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+            mode = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if request["append"] else os.O_TRUNC)
+            os.dup2(os.open(request["stdout"], mode, 0o644), 1)
+            if request["stderr"] == request["stdout"]:  # stderr=subprocess.STDOUT
+                os.dup2(1, 2)
+            else:
+                os.dup2(os.open(request["stderr"], mode, 0o644), 2)
             sys.argv = [request["module"] or request["script"], *request["args"]]
             try:
                 if request["module"]:
@@ -88,73 +94,157 @@ for line in protocol_in:
     protocol_out.flush()
 """
 
-_servers: dict[tuple, subprocess.Popen] = {}
 
+class _Server:
+    """One server process and its protocol pipe, read line by line straight from the file descriptor (no buffered
+    reader that could hold a second line where select() does not see it)."""
 
-def _server(env: dict[str, str]) -> subprocess.Popen:
-    key = tuple(sorted((k, v) for k, v in env.items() if k.startswith(_IMPORT_TIME)))
-    server = _servers.get(key)
-    if server is None or server.poll() is not None:
-        server = subprocess.Popen(
-            [sys.executable, "-c", _SERVER], env=env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    def __init__(self, env: dict[str, str]):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVER], env=env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
-        line = _read_line(server, 300)
+        self.buffer = b""
+        self.busy = False
+        line = self.read_line(300)
         assert line == "ready", f"the binary server did not start: {line!r}"
-        _servers[key] = server
+
+    def has_line(self) -> bool:
+        return b"\n" in self.buffer or bool(select.select([self.proc.stdout], [], [], 0)[0])
+
+    def read_line(self, timeout: float | None) -> str:
+        while b"\n" not in self.buffer:
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                raise RuntimeError("the binary server exited")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode().strip()
+
+    def send(self, request: dict) -> None:
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        self.proc.stdin.flush()
+
+
+_servers: dict[tuple, list[_Server]] = {}
+
+
+def _idle_server(env: dict[str, str]) -> _Server:
+    """A server for `env`'s import-time variables that is not running a binary now (a new one if all are)."""
+    key = tuple(sorted((k, v) for k, v in env.items() if k.startswith(_IMPORT_TIME)))
+    pool = _servers.setdefault(key, [])
+    pool[:] = [s for s in pool if s.proc.poll() is None]
+    server = next((s for s in pool if not s.busy), None)
+    if server is None:
+        server = _Server(env)
+        pool.append(server)
     return server
 
 
-def _read_line(server: subprocess.Popen, timeout: float) -> str:
-    ready, _, _ = select.select([server.stdout], [], [], timeout)
-    if not ready:
-        raise TimeoutError
-    return server.stdout.readline().strip()
+class ForkedProcess:
+    """A binary forked by a server: the part of subprocess.Popen's interface that tests and the study runner use
+    (pid, args, returncode, poll, wait, send_signal, kill)."""
+
+    def __init__(self, server: _Server, pid: int, args: list[str]):
+        self.server, self.pid, self.args = server, pid, args
+        self.returncode: int | None = None
+
+    def _finished(self, line: str) -> int:
+        self.returncode = json.loads(line)["status"]
+        self.server.busy = False
+        return self.returncode
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self.server.has_line():
+            self._finished(self.server.read_line(60))
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            try:
+                self._finished(self.server.read_line(timeout))
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(self.args, timeout) from None
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def start_command(
+    command: list[str], stdout: str, stderr: str | None = None, *, cwd=REPO, env: dict | None = None, append=False
+) -> ForkedProcess:
+    """Starts `[sys.executable, "-m", module, *args]` or `[sys.executable, script, *args]` forked, its output to
+    the file `stdout` (and `stderr`; None: into stdout, like stderr=subprocess.STDOUT), truncated or `append`ed;
+    `env` as in run_binary. Returns at once: a ForkedProcess to poll or wait for."""
+    assert command[0] == sys.executable, command
+    if command[1] == "-m":
+        what, args = dict(module=command[2], script=None), command[3:]
+    else:
+        what, args = dict(module=None, script=command[1]), command[2:]
+    env = dict(os.environ if env is None else env)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if paths[:1] != [REPO]:  # already first (tests' ENV): unchanged, so such runs share the default server
+        env["PYTHONPATH"] = os.pathsep.join([REPO, *paths])
+    server = _idle_server(env)
+    server.send(
+        dict(
+            **what,
+            args=list(args),
+            cwd=str(cwd),
+            env=env,
+            stdout=str(stdout),
+            stderr=str(stderr or stdout),
+            append=append,
+        )
+    )
+    pid = json.loads(server.read_line(60))["pid"]
+    server.busy = True
+    return ForkedProcess(server, pid, list(command))
+
+
+def start_run(command: list[str], log_path: str) -> ForkedProcess:
+    """The study runner's `start` (advss_tf.study.runner.StartRun), forked: output appended to the run's log."""
+    return start_command(command, log_path, append=True)
 
 
 def run_binary(module: str, *args: str, cwd=REPO, env: dict | None = None, timeout: float = 900):
     """`python -m <module> <args>` in `cwd` with `env` (default: this process's; this checkout first on
     PYTHONPATH), as a subprocess.CompletedProcess with text stdout and stderr. On timeout the run is killed and
     subprocess.TimeoutExpired raised."""
-    return _run(dict(module=module, script=None), args, cwd, env, timeout)
-
-
-def run_command(command: list[str], **kwargs) -> subprocess.CompletedProcess:
-    """A `[sys.executable, "-m", module, *args]` command line (what a test also hands to subprocess.Popen when it
-    sends a signal), run like run_binary; keyword arguments as there."""
-    assert command[:2] == [sys.executable, "-m"], command
-    return run_binary(command[2], *command[3:], **kwargs)
+    return run_command([sys.executable, "-m", module, *args], cwd=cwd, env=env, timeout=timeout)
 
 
 def run_script(script: str, *args: str, cwd=REPO, env: dict | None = None, timeout: float = 900):
     """`python <script> <args>` (e.g. tools/report.py, relative to `cwd`), like run_binary."""
-    return _run(dict(module=None, script=script), args, cwd, env, timeout)
+    return run_command([sys.executable, script, *args], cwd=cwd, env=env, timeout=timeout)
 
 
-def _run(what: dict, args, cwd, env: dict | None, timeout: float) -> subprocess.CompletedProcess:
-    env = dict(os.environ if env is None else env)
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if paths[:1] != [REPO]:  # already first (tests' ENV): unchanged, so such runs share the default server
-        env["PYTHONPATH"] = os.pathsep.join([REPO, *paths])
-    server = _server(env)
-    command = [sys.executable, *(["-m", what["module"]] if what["module"] else [what["script"]]), *args]
+def run_command(command: list[str], *, cwd=REPO, env: dict | None = None, timeout: float = 900):
+    """A `[sys.executable, "-m", module, *args]` (or `[sys.executable, script, *args]`) command line (what a test
+    also hands to subprocess.Popen when it sends a signal), run to its end like run_binary."""
     with tempfile.TemporaryDirectory() as tmp:
         out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
-        request = dict(**what, args=list(args), cwd=str(cwd), env=env, stdout=out, stderr=err)
-        server.stdin.write(json.dumps(request) + "\n")
-        server.stdin.flush()
-        pid = json.loads(_read_line(server, 60))["pid"]
+        proc = start_command(command, out, err, cwd=cwd, env=env)
         try:
-            status = json.loads(_read_line(server, timeout))["status"]
-        except TimeoutError:
-            os.kill(pid, signal.SIGKILL)
-            _read_line(server, 60)
-            raise subprocess.TimeoutExpired(command, timeout) from None
+            status = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(60)
+            raise
         with open(out) as f_out, open(err) as f_err:
             return subprocess.CompletedProcess(command, status, f_out.read(), f_err.read())
 
 
 @atexit.register
 def _stop_servers() -> None:
-    for server in _servers.values():
-        server.stdin.close()
-        server.wait(timeout=60)
+    for pool in _servers.values():
+        for server in pool:
+            server.proc.stdin.close()
+            server.proc.wait(timeout=60)

@@ -1,7 +1,9 @@
 """A smoke-scale study end to end, as a user runs it: two rows (end-to-end adversarial training; adversarial
 Rotation pretraining → adversarial full fine-tuning) × 2 seeds, with the runner SIGKILLed inside the first run's
 checkpoint write (advss_tf/faults.py) and the same command re-run; its report's numbers equal an uninterrupted
-study's. Slow: every run is a real binary on the real sample (about 15 TensorFlow processes in all)."""
+study's. Slow: every run is a real binary on the real sample (13 runs). The killed study is the CLI with its runs as
+subprocesses, as a user starts it; the studies run in this process fork their runs (tests/binaries.py: the same
+binaries' `__main__`, without each paying TensorFlow's import)."""
 
 import json
 import os
@@ -11,6 +13,7 @@ import sys
 import time
 
 import pytest
+from binaries import start_run
 from conftest import REPO
 from test_cli_defaults import ENV
 
@@ -59,13 +62,13 @@ def test_a_killed_study_resumes_to_the_report_of_an_uninterrupted_one(tmp_path, 
     assert not _processes_in(killed)
     assert not (killed / "runs" / "seed0" / "pretrain" / "rotation_adv" / "results.json").exists()
 
-    # The same study again, in this process this time (the runs are still the binaries, as subprocesses).
-    assert command_lib.run_study(str(killed), "smoke", seeds=2, rows=ROWS.split(","), jobs=2) == 0
+    # The same study again, in this process this time (the runs are still the binaries, forked).
+    assert command_lib.run_study(str(killed), "smoke", seeds=2, rows=ROWS.split(","), jobs=2, start=start_run) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "study: 10 runs, 0 already finished, 10 to run" in lines, lines
     first_finetune = next(i for i, ln in enumerate(lines) if ln.startswith("study: start seed0/finetune/rotation"))
     assert any(ln.startswith("study: done seed0/pretrain/rotation_adv") for ln in lines[:first_finetune])
-    assert command_lib.run_study(str(killed), "smoke", seeds=2, rows=ROWS.split(",")) == 0
+    assert command_lib.run_study(str(killed), "smoke", seeds=2, rows=ROWS.split(","), start=start_run) == 0
     assert "study: 10 runs, 10 already finished, 0 to run" in capsys.readouterr().out
 
     out = json.loads((killed / "report" / report.JSON).read_text())
@@ -82,7 +85,10 @@ def test_a_killed_study_resumes_to_the_report_of_an_uninterrupted_one(tmp_path, 
         assert (killed / "report" / name).stat().st_size > 0
 
     # The uninterrupted reference: the same row and seed in a study of its own.
-    assert command_lib.run_study(str(straight), "smoke", seeds=1, rows=["rotation_advpre_full_advft"]) == 0
+    assert (
+        command_lib.run_study(str(straight), "smoke", seeds=1, rows=["rotation_advpre_full_advft"], start=start_run)
+        == 0
+    )
     reference = json.loads((straight / "report" / report.JSON).read_text())["rows"][0]
     resumed = rows["rotation_advpre_full_advft"]
     for m, values in reference["metrics"].items():

@@ -74,8 +74,12 @@ def run_study(
     data_dir: str | None = None,
     tfds_data_dir: str | None = None,
     say: Callable[[str], None] = print,
+    start: runner.StartRun = runner.start_subprocess,
 ) -> int:
-    """Runs (or resumes, or emits as SLURM jobs) the study; returns the exit status (0, 1, or 128+signal)."""
+    """Runs (or resumes, or emits as SLURM jobs) the study; returns the exit status (0, 1, or 128+signal).
+
+    `start` starts each run's process (`runner.StartRun`; default: a subprocess of its binary's command).
+    """
     if study not in catalogue.STUDIES:
         raise UsageError(f"unknown study {study!r}; valid: {', '.join(catalogue.STUDIES)}")
     if scale not in catalogue.SCALES:
@@ -114,7 +118,7 @@ def run_study(
         base += ["--cifar10c"] if cifar10c else []
         runner.emit_slurm(workdir, runs, base, list(slurm_options), say)
         return 0
-    status = runner.Executor(workdir, runs, jobs, say).run()
+    status = runner.Executor(workdir, runs, jobs, say, start).run()
     if only is None and status < 128:
         try:
             write_report(workdir, say)

@@ -90,6 +90,21 @@ def _die_with_parent() -> None:
         pass  # not Linux: a killed runner leaves its children to finish on their own
 
 
+def start_subprocess(command: list[str], log_path: str) -> subprocess.Popen:
+    """The default way a run is started: `command` as a subprocess in a session of its own, stdout and stderr
+    appended to `log_path`, killed if the runner dies."""
+    with open(log_path, "a", encoding="utf-8") as log:
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+        )
+
+
+# What starts a run: (command line, log path) → a process handle with poll(), returncode and send_signal() (a
+# subprocess.Popen by default; the tests pass one that forks the binaries from an interpreter that has already
+# imported TensorFlow, tests/binaries.py).
+StartRun = Callable[[list[str], str], Any]
+
+
 def _last_error(log_path: str) -> str:
     try:
         with open(log_path, encoding="utf-8", errors="replace") as f:
@@ -106,8 +121,15 @@ class Executor:
     status: 0 all finished, 1 a run failed (or was busy elsewhere), 128+signal when stopped by a signal.
     """
 
-    def __init__(self, workdir: str, runs: list[Run], jobs: int = 1, say: Callable[[str], None] = print):
-        self.workdir, self.runs, self.jobs, self.say = workdir, runs, jobs, say
+    def __init__(
+        self,
+        workdir: str,
+        runs: list[Run],
+        jobs: int = 1,
+        say: Callable[[str], None] = print,
+        start: StartRun = start_subprocess,
+    ):
+        self.workdir, self.runs, self.jobs, self.say, self.start = workdir, runs, jobs, say, start
         self.signum: int | None = None
 
     def _say(self, message: str) -> None:
@@ -128,20 +150,15 @@ class Executor:
     def _start(self, run: Run):
         os.makedirs(os.path.join(self.workdir, LOGS), exist_ok=True)
         log_path = os.path.join(self.workdir, LOGS, _file_name(run.id) + ".log")
-        log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed when the run ends)
-        log.write(f"$ {shlex.join(run.command())}\n")
-        log.flush()
-        proc = subprocess.Popen(
-            run.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
-        )
-        log.close()
-        return proc, log_path
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(f"$ {shlex.join(run.command())}\n")
+        return self.start(run.command(), log_path), log_path
 
     def run(self) -> int:
         state = {r.id: "done" if r.finished(self.workdir) else "todo" for r in self.runs}
         todo = sum(s == "todo" for s in state.values())
         self._say(f"{len(self.runs)} runs, {len(self.runs) - todo} already finished, {todo} to run")
-        running: dict[str, tuple[subprocess.Popen, Any, str, float]] = {}
+        running: dict[str, tuple[Any, Any, str, float]] = {}
 
         def forward(signum, frame):
             del frame

@@ -89,37 +89,88 @@ def shared_dir(tmp_path_factory):
     return path
 
 
+def fit_trained_classifier(images, labels):
+    """The fixture model of `trained_classifier`, fitted: a tiny pre-activation ResNet, Adam 2e-3, 40 epochs of 64
+    on `images` (float32 [256, 32, 32, 3] in [0, 1]) and `labels`, seed 0. About a minute on the 2-core CPU."""
+    import keras
+
+    model = _trained_classifier_model(images)
+    model.compile(
+        optimizer=keras.optimizers.Adam(2e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(images, labels, batch_size=64, epochs=40, verbose=0)
+    return model
+
+
+def _trained_classifier_model(images):
+    import keras
+
+    from advss_tf.models.classifier import ImageClassifier
+    from advss_tf.models.resnet import BackboneConfig
+
+    keras.utils.set_random_seed(0)
+    model = ImageClassifier(BackboneConfig("tiny"), 10)
+    model(images[:1], training=False)  # build, so that saved weights can be loaded
+    return model
+
+
+def trained_classifier_data(sample_arrays):
+    """The fixture's images and labels: the first 256 training images of the bundled sample."""
+    import numpy as np
+
+    x, y, _, _ = sample_arrays
+    return x[:256].astype(np.float32) / 255.0, y[:256].astype(np.int32)
+
+
+def committed_weights_path() -> str:
+    """tests/data's fitted weights of `trained_classifier`, named by the block definition they were fitted with
+    (a new ARCH_VERSION finds no file and fits anew; tests/make_trained_classifier.py writes it)."""
+    from advss_tf.models.resnet import ARCH_VERSION
+
+    return os.path.join(REPO, "tests", "data", f"trained_classifier_tiny_v{ARCH_VERSION}.npz")
+
+
+def save_committed_weights(model, path: str) -> None:
+    """The model's weights (get_weights order) as arrays w0, w1, ... in an .npz: no pickle, no optimizer state."""
+    import numpy as np
+
+    partial = path + ".partial.npz"
+    np.savez(partial, **{f"w{i}": w for i, w in enumerate(model.get_weights())})
+    os.replace(partial, path)
+
+
+def load_committed_weights(model, path: str) -> None:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as f:
+        model.set_weights([f[f"w{i}"] for i in range(len(f.files))])
+
+
 @pytest.fixture(scope="session")
 def trained_classifier(sample_arrays, shared_dir):
     """A tiny pre-activation ResNet fitted to 256 real training images (undefended), and those images.
 
     Returns (model, images float32 [256,32,32,3] in [0,1], labels int32 [256]); clean accuracy on them is high,
-    which is what attack-strength tests need (an attack must drive it to ~0%). Fitted once per test run: the
-    first process saves its weights and the others (pytest-xdist workers) load them, bit for bit.
+    which is what attack-strength tests need (an attack must drive it to ~0%). The weights are fitted once and
+    committed (tests/data, `committed_weights_path`; the same model on every machine, and a minute of CPU saved per
+    run); where no file matches the current block definition, they are fitted once per test run: the first process
+    saves them and the others (pytest-xdist workers) load them, bit for bit.
     """
-    import keras
-    import numpy as np
-
-    from advss_tf.models.classifier import ImageClassifier
-    from advss_tf.models.resnet import BackboneConfig
-
-    x, y, _, _ = sample_arrays
-    images = x[:256].astype(np.float32) / 255.0
-    labels = y[:256].astype(np.int32)
-    keras.utils.set_random_seed(0)
-    model = ImageClassifier(BackboneConfig("tiny"), 10)
-    model(images[:1], training=False)  # build, so that saved weights can be loaded
+    images, labels = trained_classifier_data(sample_arrays)
+    committed = committed_weights_path()
+    if os.path.exists(committed):
+        model = _trained_classifier_model(images)
+        load_committed_weights(model, committed)
+        return model, images, labels
     weights = shared_dir / "trained_classifier.weights.h5"
     with _locked(shared_dir / "trained_classifier.lock"):
         if weights.exists():
+            model = _trained_classifier_model(images)
             model.load_weights(weights)
         else:
-            model.compile(
-                optimizer=keras.optimizers.Adam(2e-3),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=["accuracy"],
-            )
-            model.fit(images, labels, batch_size=64, epochs=40, verbose=0)
+            model = fit_trained_classifier(images, labels)
             partial = shared_dir / "trained_classifier.partial.weights.h5"
             model.save_weights(partial)
             os.replace(partial, weights)  # whole or absent: a process killed mid-write leaves no weights

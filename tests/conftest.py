@@ -132,16 +132,17 @@ def committed_weights_path() -> str:
     return os.path.join(REPO, "tests", "data", f"trained_classifier_tiny_v{ARCH_VERSION}.npz")
 
 
-def save_committed_weights(model, path: str) -> None:
-    """The model's weights (get_weights order) as arrays w0, w1, ... in an .npz: no pickle, no optimizer state."""
+def save_weights_npz(model, path) -> None:
+    """The model's weights (get_weights order) as arrays w0, w1, ... in an .npz (no pickle, no optimizer state),
+    whole or absent: a process killed mid-write leaves no file."""
     import numpy as np
 
-    partial = path + ".partial.npz"
+    partial = f"{path}.partial.npz"
     np.savez(partial, **{f"w{i}": w for i, w in enumerate(model.get_weights())})
     os.replace(partial, path)
 
 
-def load_committed_weights(model, path: str) -> None:
+def load_weights_npz(model, path) -> None:
     import numpy as np
 
     with np.load(path, allow_pickle=False) as f:
@@ -159,21 +160,14 @@ def trained_classifier(sample_arrays, shared_dir):
     saves them and the others (pytest-xdist workers) load them, bit for bit.
     """
     images, labels = trained_classifier_data(sample_arrays)
-    committed = committed_weights_path()
-    if os.path.exists(committed):
-        model = _trained_classifier_model(images)
-        load_committed_weights(model, committed)
-        return model, images, labels
-    weights = shared_dir / "trained_classifier.weights.h5"
-    with _locked(shared_dir / "trained_classifier.lock"):
-        if weights.exists():
-            model = _trained_classifier_model(images)
-            model.load_weights(weights)
-        else:
-            model = fit_trained_classifier(images, labels)
-            partial = shared_dir / "trained_classifier.partial.weights.h5"
-            model.save_weights(partial)
-            os.replace(partial, weights)  # whole or absent: a process killed mid-write leaves no weights
+    weights = committed_weights_path()
+    if not os.path.exists(weights):
+        weights = shared_dir / "trained_classifier.npz"
+        with _locked(shared_dir / "trained_classifier.lock"):
+            if not weights.exists():
+                save_weights_npz(fit_trained_classifier(images, labels), weights)
+    model = _trained_classifier_model(images)
+    load_weights_npz(model, weights)
     return model, images, labels
 
 

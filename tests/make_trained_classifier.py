@@ -24,7 +24,7 @@ def main() -> None:
     model = conftest.fit_trained_classifier(images, labels)
     accuracy = float(np.mean(np.argmax(model(images, training=False), -1) == labels))
     path = conftest.committed_weights_path()
-    conftest.save_committed_weights(model, path)
+    conftest.save_weights_npz(model, path)
     print(f"{path}: {os.path.getsize(path)} bytes; clean accuracy on its 256 images {accuracy:.3f}")
 
 

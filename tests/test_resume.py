@@ -41,18 +41,23 @@ RUNS = {
 }
 
 
-def interrupt_after_first_checkpoint(monkeypatch):
-    """SIGTERM right after the first checkpoint is written: the loop's SignalGuard then stops the run at that step
-    (deterministically, unlike a signal from another thread)."""
+def after_first_checkpoint(monkeypatch, action):
+    """Calls `action()` right after the first checkpoint is written (once; later saves are left alone)."""
     original = tf.train.CheckpointManager.save
 
     def save(self, *args, **kwargs):
         path = original(self, *args, **kwargs)
         monkeypatch.setattr(tf.train.CheckpointManager, "save", original)
-        os.kill(os.getpid(), signal.SIGTERM)
+        action()
         return path
 
     monkeypatch.setattr(tf.train.CheckpointManager, "save", save)
+
+
+def interrupt_after_first_checkpoint(monkeypatch):
+    """SIGTERM right after the first checkpoint is written: the loop's SignalGuard then stops the run at that step
+    (deterministically, unlike a signal from another thread)."""
+    after_first_checkpoint(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
 
 
 def checkpointed_values(model_dir) -> dict[str, np.ndarray]:
@@ -83,34 +88,23 @@ def straight_and_resumed(run, tmp_path, monkeypatch) -> dict[str, np.ndarray]:
     Returns the checkpointed values."""
     run(tmp_path / "straight")
     interrupted_then_resumed(run, tmp_path / "resumed", monkeypatch)
+    return assert_resumed_equals_straight(tmp_path)
+
+
+def assert_resumed_equals_straight(tmp_path) -> dict[str, np.ndarray]:
     values = assert_same_checkpoints(tmp_path / "straight", tmp_path / "resumed")
     assert values["step/.ATTRIBUTES/VARIABLE_VALUE"] == STEPS
     return values
-
-
-def copy_after_first_checkpoint(monkeypatch, model_dir, copy_dir):
-    """Copies `model_dir` to `copy_dir` right after the first checkpoint is written (the run goes on)."""
-    original = tf.train.CheckpointManager.save
-
-    def save(self, *args, **kwargs):
-        path = original(self, *args, **kwargs)
-        monkeypatch.setattr(tf.train.CheckpointManager, "save", original)
-        shutil.copytree(model_dir, copy_dir)
-        return path
-
-    monkeypatch.setattr(tf.train.CheckpointManager, "save", save)
 
 
 def straight_and_resumed_from_its_copy(run, tmp_path, monkeypatch) -> dict[str, np.ndarray]:
     """`run` uninterrupted, and the copy of its directory at its first checkpoint resumed: every checkpointed
     variable bitwise equal, `STEPS` steps (two runs where straight_and_resumed has three). Returns the values."""
-    copy_after_first_checkpoint(monkeypatch, tmp_path / "straight", tmp_path / "resumed")
+    after_first_checkpoint(monkeypatch, lambda: shutil.copytree(tmp_path / "straight", tmp_path / "resumed"))
     run(tmp_path / "straight")
     assert tf.train.latest_checkpoint(tmp_path / "resumed" / "checkpoints").endswith(f"ckpt-{FIRST_CHECKPOINT}")
     run(tmp_path / "resumed")
-    values = assert_same_checkpoints(tmp_path / "straight", tmp_path / "resumed")
-    assert values["step/.ATTRIBUTES/VARIABLE_VALUE"] == STEPS
-    return values
+    return assert_resumed_equals_straight(tmp_path)
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))

@@ -89,8 +89,13 @@ def shared_dir(tmp_path_factory):
     return path
 
 
+# The attack fixture's backbone: tiny's block at half its widths (resnet.BACKBONES). The attack-strength tests run
+# it tens of thousands of times (Square alone ~76k image-forwards), so its width is most of their time.
+FIXTURE_BACKBONE = "micro"
+
+
 def fit_trained_classifier(images, labels):
-    """The fixture model of `trained_classifier`, fitted: a tiny pre-activation ResNet, Adam 2e-3, 40 epochs of 64
+    """The fixture model of `trained_classifier`, fitted: a micro pre-activation ResNet, Adam 2e-3, 40 epochs of 64
     on `images` (float32 [256, 32, 32, 3] in [0, 1]) and `labels`, seed 0. About a minute on the 2-core CPU."""
     import keras
 
@@ -111,7 +116,7 @@ def _trained_classifier_model(images):
     from advss_tf.models.resnet import BackboneConfig
 
     keras.utils.set_random_seed(0)
-    model = ImageClassifier(BackboneConfig("tiny"), 10)
+    model = ImageClassifier(BackboneConfig(FIXTURE_BACKBONE), 10)
     model(images[:1], training=False)  # build, so that saved weights can be loaded
     return model
 
@@ -129,7 +134,7 @@ def committed_weights_path() -> str:
     (a new ARCH_VERSION finds no file and fits anew; tests/make_trained_classifier.py writes it)."""
     from advss_tf.models.resnet import ARCH_VERSION
 
-    return os.path.join(REPO, "tests", "data", f"trained_classifier_tiny_v{ARCH_VERSION}.npz")
+    return os.path.join(REPO, "tests", "data", f"trained_classifier_{FIXTURE_BACKBONE}_v{ARCH_VERSION}.npz")
 
 
 def save_weights_npz(model, path) -> None:
@@ -151,7 +156,7 @@ def load_weights_npz(model, path) -> None:
 
 @pytest.fixture(scope="session")
 def trained_classifier(sample_arrays, shared_dir):
-    """A tiny pre-activation ResNet fitted to 256 real training images (undefended), and those images.
+    """A micro pre-activation ResNet (FIXTURE_BACKBONE) fitted to 256 real training images (undefended), and those images.
 
     Returns (model, images float32 [256,32,32,3] in [0,1], labels int32 [256]); clean accuracy on them is high,
     which is what attack-strength tests need (an attack must drive it to ~0%). The weights are fitted once and

@@ -11,7 +11,6 @@ from advss_tf import export, serving
 from advss_tf.attacks.pgd import cross_entropy, pgd_linf
 from advss_tf.errors import UsageError
 from advss_tf.models.classifier import ImageClassifier
-from advss_tf.models.resnet import BackboneConfig
 from advss_tf.training import validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,9 +18,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def members(trained_classifier, tmp_path_factory):
-    """Two classifier exports that disagree: the trained tiny model and a copy with a perturbed head."""
+    """Two classifier exports that disagree: the trained micro model and a copy with a perturbed head."""
     model_a, images, labels = trained_classifier
-    model_b = ImageClassifier(BackboneConfig("tiny"), 10)
+    model_b = ImageClassifier(model_a.backbone, 10)
     model_b.set_weights(model_a.get_weights())
     rng = np.random.default_rng(0)
     model_b.head.kernel.assign(

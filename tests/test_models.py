@@ -18,6 +18,7 @@ from advss_tf.models.resnet import BackboneConfig, ImageNormalization, build_sta
         ("resnet18", 2, 11_181_770, 256, 512),
         ("resnet50v2", 2, 23_566_026, 1024, 2048),
         ("tiny", 2, 309_818, 64, 128),
+        ("micro", 2, 78_498, 32, 64),
         ("resnet18", 1, 11_178_186, 256, 512),
     ],
 )

@@ -29,7 +29,7 @@ def _keras_classifier(name: str, num_classes: int, seed: int = 0, arch_version: 
     return model
 
 
-@pytest.mark.parametrize("name", ["tiny", "resnet18", "resnet50v2"])
+@pytest.mark.parametrize("name", ["tiny", "micro", "resnet18", "resnet50v2"])
 def test_same_parameter_count(name):
     from advss_tf.peer import torch_resnet
 
@@ -39,7 +39,7 @@ def test_same_parameter_count(name):
 
 @pytest.mark.parametrize(
     "name, size, arch_version",
-    [("tiny", 32, 2), ("tiny", 8, 2), ("resnet18", 32, 2), ("resnet50v2", 32, 2), ("tiny", 32, 1)],
+    [("tiny", 32, 2), ("tiny", 8, 2), ("micro", 32, 2), ("resnet18", 32, 2), ("resnet50v2", 32, 2), ("tiny", 32, 1)],
 )
 def test_logits_agree_after_copying(name, size, arch_version):
     from advss_tf.peer import torch_resnet

@@ -33,7 +33,7 @@ def _spec(name: str, eps: float = 2 / 255, steps: int | None = None, restarts: i
 
 @pytest.fixture(scope="module")
 def fitted(trained_classifier):
-    """The undefended tiny model on 96 of its training images (high clean accuracy), as uint8."""
+    """The undefended micro model on 96 of its training images (high clean accuracy), as uint8."""
     model, x, y = trained_classifier
     images = np.round(x[:96] * 255).astype(np.uint8)
     labels = y[:96].astype(np.int64)
@@ -92,14 +92,14 @@ def test_a_stage_that_makes_a_broken_example_robust_again_is_an_error(fitted, mo
 
 def test_the_worst_case_over_attacks_and_which_attack_broke_each_example(fitted):
     fn, x, y, clean = fitted
-    fgsm = robustness.run_attack(fn, _spec("fgsm", 2 / 255), x, y, clean, batch_size=32, seed=0)
-    pgd = robustness.run_attack(fn, _spec("pgd20", 2 / 255, steps=3), x, y, clean, batch_size=32, seed=0)
+    fgsm = robustness.run_attack(fn, _spec("fgsm", 1 / 255), x, y, clean, batch_size=32, seed=0)
+    pgd = robustness.run_attack(fn, _spec("pgd20", 1 / 255, steps=3), x, y, clean, batch_size=32, seed=0)
     comp = worst_case.run_composite(
-        fn, "fgsm+pgd20", [_spec("fgsm", 2 / 255), _spec("pgd20", 2 / 255, steps=3)], x, y, clean,
+        fn, "fgsm+pgd20", [_spec("fgsm", 1 / 255), _spec("pgd20", 1 / 255, steps=3)], x, y, clean,
         batch_size=32, seed=0, say=_silent,
     )  # fmt: skip
     section, arrays = worst_case.worst_case(clean, [fgsm, pgd, comp])
-    assert section["threat_model"] == "Linf 2/255" and list(section["by_threat_model"]) == ["Linf 2/255"]
+    assert section["threat_model"] == "Linf 1/255" and list(section["by_threat_model"]) == ["Linf 1/255"]
     masks = {"fgsm": fgsm.robust, "pgd20": pgd.robust, "fgsm+pgd20": comp.robust}
     robust = clean & fgsm.robust & pgd.robust & comp.robust
     assert 0 < robust.sum() < clean.sum()  # some survive everything, some do not: the counts below can differ
@@ -122,7 +122,7 @@ def test_the_worst_case_over_attacks_and_which_attack_broke_each_example(fitted)
             expected = ""
         assert arrays["breaking_attack"][i] == expected, i
     np.testing.assert_array_equal(arrays["worst_case_robust"], robust)
-    np.testing.assert_array_equal(arrays["worst_case_robust_linf_2_255"], robust)
+    np.testing.assert_array_equal(arrays["worst_case_robust_linf_1_255"], robust)
     np.testing.assert_array_equal(arrays["robust_fgsm+pgd20_after_fgsm"], comp.stages[0].robust)
     assert list(arrays["attacks"]) == ["fgsm", "pgd20", "fgsm+pgd20"]
 
@@ -131,19 +131,19 @@ def test_the_worst_case_is_taken_per_threat_model_and_the_headline_is_pgd20s(fit
     """A larger radius and another norm are other questions: each gets its own worst case, none lowers PGD-20's."""
     fn, x, y, clean = fitted
     run = dict(batch_size=32, seed=0)
-    small = robustness.run_attack(fn, _spec("fgsm", 2 / 255), x, y, clean, **run)
+    small = robustness.run_attack(fn, _spec("fgsm", 1 / 255), x, y, clean, **run)
     large = robustness.run_attack(fn, _spec("pgd20_eps16", 8 / 255, steps=3), x, y, clean, **run)
-    pgd = robustness.run_attack(fn, _spec("pgd20", 2 / 255, steps=3), x, y, clean, **run)
+    pgd = robustness.run_attack(fn, _spec("pgd20", 1 / 255, steps=3), x, y, clean, **run)
     l2 = robustness.run_attack(fn, dataclasses.replace(ATTACKS["pgd_l2"], steps=3), x, y, clean, **run)
     mixed = worst_case.run_composite(
-        fn, "fgsm+pgd20_eps16", [_spec("fgsm", 2 / 255), _spec("pgd20_eps16", 8 / 255, steps=3)], x, y, clean,
+        fn, "fgsm+pgd20_eps16", [_spec("fgsm", 1 / 255), _spec("pgd20_eps16", 8 / 255, steps=3)], x, y, clean,
         say=_silent, **run,
     )  # fmt: skip
     section, arrays = worst_case.worst_case(clean, [small, large, pgd, l2, mixed])
     groups = section["by_threat_model"]
-    assert list(groups) == ["Linf 2/255", "Linf 8/255", "L2 0.5", worst_case.MIXED]
-    assert groups["Linf 2/255"]["attacks"] == ["fgsm", "pgd20"] and groups["L2 0.5"]["attacks"] == ["pgd_l2"]
-    assert section["threat_model"] == "Linf 2/255" and section["attacks"] == ["fgsm", "pgd20"]
+    assert list(groups) == ["Linf 1/255", "Linf 8/255", "L2 0.5", worst_case.MIXED]
+    assert groups["Linf 1/255"]["attacks"] == ["fgsm", "pgd20"] and groups["L2 0.5"]["attacks"] == ["pgd_l2"]
+    assert section["threat_model"] == "Linf 1/255" and section["attacks"] == ["fgsm", "pgd20"]
     headline = clean & small.robust & pgd.robust
     assert section["num_robust"] == headline.sum()
     assert (clean & large.robust).sum() < headline.sum()  # the larger radius would have lowered the headline

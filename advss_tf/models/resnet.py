@@ -42,6 +42,9 @@ BACKBONES: dict[str, ArchSpec] = {
     "resnet18": ArchSpec("basic", (2, 2, 2, 2), (64, 128, 256, 512), 64),
     # Width/depth-reduced for tests and CPU smoke runs: same code path, ~0.2M parameters.
     "tiny": ArchSpec("basic", (1, 1, 1, 1), (16, 32, 64, 128), 16),
+    # Half of tiny's widths: the test suite's attack fixture (tests/conftest.py trained_classifier), where the
+    # attacks' thousands of forward passes are most of the time; ~0.08M parameters.
+    "micro": ArchSpec("basic", (1, 1, 1, 1), (8, 16, 32, 64), 8),
     # WideResNet-d-k (models/wide_resnet.py): (d - 4) / 6 blocks in each of 3 stages of widths 16k, 32k, 64k.
     "wrn28_10": ArchSpec("wide", (4, 4, 4), (160, 320, 640), 16),
     "wrn34_10": ArchSpec("wide", (5, 5, 5), (160, 320, 640), 16),

@@ -11,10 +11,12 @@ child) and exits with its status. Every TensorFlow runtime is the child's own.
 
 What a forked run does not show, and where that is covered instead:
 - output printed while TensorFlow is imported (a fresh process prints it before the binary starts): the
-  fresh-interpreter runs in tests/test_cli_defaults.py, tests/test_sigkill.py and the SIGTERM tests check one-line
-  errors and clean stderr end to end;
-- signals and kills: tests that send them start the binary with subprocess.Popen, as a user's shell would (the
-  study test's killed runner among them; `start_run` forks only the runs of the studies it runs in-process).
+  fresh-interpreter runs in tests/test_cli_defaults.py and tests/test_sigkill.py check one-line errors and clean
+  stderr end to end;
+- kills: a SIGKILLed run's children and half-written files are those of a process a user's shell started, so the
+  SIGKILL tests (tests/test_sigkill.py, the study test's killed runner, the multi-worker workers) start the binary
+  with subprocess.Popen. SIGTERM is the binary's own handler in either: the SIGTERM tests fork (`PipedProcess`,
+  Popen's interface) and send it to the run's pid, which is the run's own process either way.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import atexit
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -214,6 +217,44 @@ def start_run(command: list[str], log_path: str) -> ForkedProcess:
     return start_command(command, log_path, append=True)
 
 
+class PipedProcess:
+    """start_command with stdout and stderr captured: the part of `subprocess.Popen(command, stdout=PIPE,
+    stderr=PIPE, text=True)` that the signal tests use (args, pid, returncode, poll, send_signal, communicate)."""
+
+    def __init__(self, command: list[str], *, cwd=REPO, env: dict | None = None):
+        self._dir = tempfile.mkdtemp(prefix="binary-")
+        self._out, self._err = os.path.join(self._dir, "stdout"), os.path.join(self._dir, "stderr")
+        self.args = command
+        self._proc = start_command(command, self._out, self._err, cwd=cwd, env=env)
+        self.pid = self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    def poll(self) -> int | None:
+        return self._proc.poll()
+
+    def send_signal(self, signum: int) -> None:
+        self._proc.send_signal(signum)
+
+    def kill(self) -> None:
+        self._proc.kill()
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        """Waits for the end (on timeout: kills the run, raises subprocess.TimeoutExpired); (stdout, stderr)."""
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(60)
+            raise
+        with open(self._out) as f_out, open(self._err) as f_err:
+            out, err = f_out.read(), f_err.read()
+        shutil.rmtree(self._dir, ignore_errors=True)
+        return out, err
+
+
 def run_binary(module: str, *args: str, cwd=REPO, env: dict | None = None, timeout: float = 900):
     """`python -m <module> <args>` in `cwd` with `env` (default: this process's; this checkout first on
     PYTHONPATH), as a subprocess.CompletedProcess with text stdout and stderr. On timeout the run is killed and
@@ -229,17 +270,9 @@ def run_script(script: str, *args: str, cwd=REPO, env: dict | None = None, timeo
 def run_command(command: list[str], *, cwd=REPO, env: dict | None = None, timeout: float = 900):
     """A `[sys.executable, "-m", module, *args]` (or `[sys.executable, script, *args]`) command line (what a test
     also hands to subprocess.Popen when it sends a signal), run to its end like run_binary."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
-        proc = start_command(command, out, err, cwd=cwd, env=env)
-        try:
-            status = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(60)
-            raise
-        with open(out) as f_out, open(err) as f_err:
-            return subprocess.CompletedProcess(command, status, f_out.read(), f_err.read())
+    proc = PipedProcess(command, cwd=cwd, env=env)
+    out, err = proc.communicate(timeout)
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 @atexit.register

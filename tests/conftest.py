@@ -96,7 +96,7 @@ FIXTURE_BACKBONE = "micro"
 
 def fit_trained_classifier(images, labels):
     """The fixture model of `trained_classifier`, fitted: a micro pre-activation ResNet, Adam 2e-3, 40 epochs of 64
-    on `images` (float32 [256, 32, 32, 3] in [0, 1]) and `labels`, seed 0. About a minute on the 2-core CPU."""
+    on `images` (float32 [256, 32, 32, 3] in [0, 1]) and `labels`, seed 0. About half a minute on the 2-core CPU."""
     import keras
 
     model = _trained_classifier_model(images)
@@ -160,7 +160,7 @@ def trained_classifier(sample_arrays, shared_dir):
 
     Returns (model, images float32 [256,32,32,3] in [0,1], labels int32 [256]); clean accuracy on them is high,
     which is what attack-strength tests need (an attack must drive it to ~0%). The weights are fitted once and
-    committed (tests/data, `committed_weights_path`; the same model on every machine, and a minute of CPU saved per
+    committed (tests/data, `committed_weights_path`; the same model on every machine, and half a minute of CPU saved per
     run); where no file matches the current block definition, they are fitted once per test run: the first process
     saves them and the others (pytest-xdist workers) load them, bit for bit.
     """

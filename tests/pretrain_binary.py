@@ -4,12 +4,10 @@ tests; not a test module itself)."""
 import glob
 import json
 import signal
-import subprocess
 import sys
 import time
 
-from binaries import run_command
-from conftest import REPO
+from binaries import PipedProcess, run_command
 
 
 def pretrain_command(task: str, model_dir, *flags: str) -> list[str]:
@@ -30,7 +28,7 @@ def assert_sigterm_saves_and_rerun_finishes(command: list[str], model_dir, first
     """SIGTERM after the first checkpoint: exit 128+15 with one last `error:` line and a checkpoint before the end;
     the same command then resumes and finishes. Returns the finished run's results.json. Give the run enough steps
     after `first_checkpoint` for the signal to arrive before its end (a fast machine finishes a tiny step in ~0.1 s)."""
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    proc = PipedProcess(command)
     deadline = time.time() + 600
     while time.time() < deadline and not glob.glob(str(model_dir / "checkpoints" / f"ckpt-{first_checkpoint}.index")):
         time.sleep(0.02)

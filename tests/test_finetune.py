@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -479,7 +478,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
         f"--model_dir={model_dir}",
         "--quiet",
     ]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = binaries.PipedProcess(cmd)
     deadline = time.time() + 300
     while time.time() < deadline and not (model_dir / "checkpoints" / "ckpt-2.index").exists():
         time.sleep(0.05)

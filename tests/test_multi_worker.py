@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from binaries import run_binary
+from binaries import PipedProcess, run_binary
 from conftest import REPO
 
 from advss_tf import launch
@@ -74,10 +74,11 @@ def _launch(binary, model_dir, flags, **kwargs):
 
 
 def _single(binary, model_dir, flags):
-    """The same run in one process on two logical CPU devices."""
+    """The same run in one process on two logical CPU devices (forked: tests/binaries.py; the workers and their
+    launcher are fresh interpreters, as a user starts them)."""
     cmd = [sys.executable, "-m", f"advss_tf.{binary}", "--strategy=mirrored", "--num_cpu_devices=2"]
     cmd += [f"--model_dir={model_dir}", *flags]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return PipedProcess(cmd)
 
 
 def _finish(proc):

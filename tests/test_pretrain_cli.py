@@ -3,13 +3,11 @@
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
-from binaries import run_binary, run_command
-from conftest import REPO
+from binaries import PipedProcess, run_binary, run_command
 
 TINY = ["--backbone=tiny", "--batch_size=16", "--attack_steps=1", "--steps_per_loop=1", "--quiet"]
 
@@ -65,7 +63,7 @@ def test_sigterm_checkpoints_then_the_same_command_resumes_and_another_run_is_re
         "--checkpoint_every=5",
         *TINY,
     ]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = PipedProcess(cmd)
     deadline = time.time() + 240
     while time.time() < deadline and not (model_dir / "checkpoints" / "ckpt-5.index").exists():
         time.sleep(0.05)

@@ -6,14 +6,13 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from binaries import run_binary
+from binaries import PipedProcess, run_binary
 
 from advss_tf.attacks.registry import ATTACKS, COMPOSITES
 from advss_tf.errors import UsageError
@@ -344,15 +343,8 @@ def test_an_interrupted_evaluation_continues_to_the_numbers_of_an_uninterrupted_
         "--linf_epsilon=1/255",
     ]
     out = tmp_path / "stopped"
-    # SIGTERM goes to a process of its own, started as a user's shell would.
-    stopped = subprocess.Popen(
-        [sys.executable, "-m", "advss_tf.evaluate", *args, f"--output_dir={out}", "--quiet"],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # SIGTERM goes to the run's own process (forked: tests/binaries.py).
+    stopped = PipedProcess([sys.executable, "-m", "advss_tf.evaluate", *args, f"--output_dir={out}", "--quiet"])
     first_batch = out / "partial" / "attack" / "pgd20" / "00000.npz"
     while not first_batch.exists() and stopped.poll() is None:
         time.sleep(0.05)

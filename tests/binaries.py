@@ -269,7 +269,7 @@ def run_script(script: str, *args: str, cwd=REPO, env: dict | None = None, timeo
 
 def run_command(command: list[str], *, cwd=REPO, env: dict | None = None, timeout: float = 900):
     """A `[sys.executable, "-m", module, *args]` (or `[sys.executable, script, *args]`) command line (what a test
-    also hands to subprocess.Popen when it sends a signal), run to its end like run_binary."""
+    also hands to PipedProcess or subprocess.Popen when it sends a signal), run to its end like run_binary."""
     proc = PipedProcess(command, cwd=cwd, env=env)
     out, err = proc.communicate(timeout)
     return subprocess.CompletedProcess(command, proc.returncode, out, err)

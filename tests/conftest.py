@@ -156,13 +156,14 @@ def load_weights_npz(model, path) -> None:
 
 @pytest.fixture(scope="session")
 def trained_classifier(sample_arrays, shared_dir):
-    """A micro pre-activation ResNet (FIXTURE_BACKBONE) fitted to 256 real training images (undefended), and those images.
+    """A micro pre-activation ResNet (FIXTURE_BACKBONE) fitted to 256 real training images (undefended), and
+    those images.
 
     Returns (model, images float32 [256,32,32,3] in [0,1], labels int32 [256]); clean accuracy on them is high,
     which is what attack-strength tests need (an attack must drive it to ~0%). The weights are fitted once and
-    committed (tests/data, `committed_weights_path`; the same model on every machine, and half a minute of CPU saved per
-    run); where no file matches the current block definition, they are fitted once per test run: the first process
-    saves them and the others (pytest-xdist workers) load them, bit for bit.
+    committed (tests/data, `committed_weights_path`; the same model on every machine, and half a minute of CPU
+    saved per run); where no file matches the current block definition, they are fitted once per test run: the
+    first process saves them and the others (pytest-xdist workers) load them, bit for bit.
     """
     images, labels = trained_classifier_data(sample_arrays)
     weights = committed_weights_path()

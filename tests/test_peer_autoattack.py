@@ -100,7 +100,8 @@ def test_robust_accuracy_agrees_with_torchattacks(twin_models, sample_arrays):
     for name, (ours, theirs) in results.items():
         # Informative: neither attack trivially at 0 or at clean accuracy. Square at CI's 200 queries runs the
         # standard version's unrescaled schedule (p halves only 3 times in 200 queries, the windows stay large):
-        # it breaks few examples here (2026-12-03, the micro fixture on AMD EPYC: 21.0 % of 22.5 % clean in both frameworks); it must break some.
+        # it breaks few examples here (2026-12-03, the micro fixture on AMD EPYC: 21.0 % of 22.5 % clean in both
+        # frameworks); it must break some.
         assert 0.03 <= theirs, (name, theirs, clean)
         assert theirs < clean if name == "square" else theirs <= clean - 0.03, (name, theirs, clean)
         assert abs(ours - theirs) <= TOLERANCE, (name, ours, theirs)

@@ -75,7 +75,12 @@ def test_the_plan_runs_pretraining_before_its_fine_tunings_and_evaluates_the_rig
 def test_scales_set_the_attacks_and_tiny_says_which_rows_it_leaves_out_and_why():
     runs, excluded = _plan(scale="tiny", seeds=1)
     reasons = {r.id: why for r, why in excluded}
-    assert "ensemble_advpre_full_advft" in reasons and "CPU budget" in reasons["selfie_advpre_linear_advft"]
+    assert "ensemble_advpre_full_advft" in reasons and "CPU budget" in reasons["ensemble_advpre_full_advft"]
+    # tiny runs only what the questions compare: a row no comparison names is left out, with the reason
+    tiny = catalogue.SCALES["tiny"]
+    assert reasons["selfie_advpre_linear_advft"] == reasons["rotation_aux"] == tiny.questions_only
+    compared = {c.a for c in PAPER.comparisons} | {c.b for c in PAPER.comparisons}
+    assert {r.row for r in runs if r.kind == "evaluate"} == compared - {"ensemble_advpre_full_advft"}
     assert not any(r.row in reasons for r in runs)
     attacks = {r.row: next(a for a in r.args if a.startswith("--attacks=")) for r in runs if r.kind == "evaluate"}
     assert attacks["at_e2e"] == attacks["ensemble_of_three"] == "--attacks=pgd20,autoattack"
@@ -239,3 +244,13 @@ def test_the_runner_keeps_dependency_order_runs_k_at_once_skips_dependants_of_a_
     assert runner.Executor(str(tmp_path), runs, jobs=2, say=said.append).run() == 0
     assert "study: 4 runs, 2 already finished, 2 to run" in said
     assert (tmp_path / "events").read_text().split() == ["start", "b", "end", "b", "start", "c", "end", "c"]
+
+
+def test_k_runs_at_once_share_the_cores_unless_the_user_set_the_threads(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    env = runner.job_environment(2, {"PATH": "/bin"})
+    assert [env[v] for v in runner.THREAD_VARIABLES] == ["2", "2", "2"] and env["PATH"] == "/bin"
+    assert runner.job_environment(8, {})["TF_NUM_INTRAOP_THREADS"] == "1"  # never 0
+    assert not any(v in runner.job_environment(1, {}) for v in runner.THREAD_VARIABLES)  # one run: TF's default
+    mine = runner.job_environment(2, {"OMP_NUM_THREADS": "3"})
+    assert mine == {"OMP_NUM_THREADS": "3"}  # the user's choice, untouched

@@ -98,6 +98,11 @@ class Study:
     questions: tuple[tuple[str, str], ...]  # (Q1, the question)
     comparisons: tuple[Comparison, ...]
 
+    def compared(self) -> set[str]:
+        """The rows the questions compare, with the members of compared ensemble rows."""
+        ids = {c.a for c in self.comparisons} | {c.b for c in self.comparisons}
+        return ids | {m for r in self.rows if r.id in ids for m in r.members}
+
     def row(self, row_id: str) -> Row:
         for r in self.rows:
             if r.id == row_id:
@@ -230,7 +235,8 @@ class Scale:
 
     `backbone` None keeps the flagfiles' ResNet-50v2. `autoattack` says which rows get AutoAttack: all, the
     headline rows, or none. `excluded` maps a row id (or `task:<task>`, `task_mode:<task>:<mode>` for groups of
-    rows) to why the row does not run at this scale.
+    rows) to why the row does not run at this scale; `questions_only`, when given, is why a row that no question
+    of the study compares does not run.
     """
 
     name: str
@@ -244,6 +250,7 @@ class Scale:
     attacks: tuple[str, ...]
     autoattack: str  # all, headline, none
     excluded: tuple[tuple[str, str], ...] = ()
+    questions_only: str = ""  # non-empty: only the rows the study's questions compare run, the others for this reason
     cifar10c_source: str = "generate"  # what --cifar10c means at this scale
 
     def exclusion(self, row: Row) -> str | None:
@@ -258,6 +265,13 @@ class Scale:
             if key in reasons:
                 return reasons[key]
         return None
+
+    def exclusion_in(self, study: Study, row: Row) -> str | None:
+        """Why `row` of `study` does not run at this scale, or None: `exclusion`, then `questions_only`."""
+        why = self.exclusion(row)
+        if why is None and self.questions_only and row.id not in study.compared():
+            why = self.questions_only
+        return why
 
     def attacks_for(self, row: Row, autoattack: str | None = None) -> tuple[str, ...]:
         """The attacks `row` is evaluated with; `autoattack` (all, headline, none) overrides the scale's choice."""
@@ -333,7 +347,8 @@ SCALES = {
         description=(
             "the tiny backbone (0.3 M parameters) on the 5k real CIFAR-10 subset (give --data_dir) on a 2-core CPU: "
             "pretraining 4 epochs, fine-tuning 6 epochs (lr ×0.1 at 4 and 5; validation PGD-10), every test image; "
-            "AutoAttack on the headline rows (those the questions compare by the worst case)"
+            "AutoAttack on the headline rows (those the questions compare by the worst case); only the rows the "
+            "questions compare"
         ),
         backbone="tiny",
         dataset="sample",
@@ -362,14 +377,10 @@ SCALES = {
                 "ensemble pretraining (joint PGD through three heads and the second-order diversity term) costs "
                 "several times a single task per step; with its fine-tuning it alone would exceed the CPU budget",
             ),
-            *(
-                (
-                    f"task_mode:{task}:{mode}",
-                    f"the {MODE_LABELS[mode]} fine-tunings run for Rotation only at this scale (CPU budget)",
-                )
-                for task in ("selfie", "jigsaw")
-                for mode in ("linear", "partial")
-            ),
+        ),
+        questions_only=(
+            "no question compares it, and 3 seeds of every row take ~10 CPU hours at this scale: the tiny study runs "
+            "the rows Q1-Q4 compare"
         ),
     ),
     "resnet18": _gpu_scale(

@@ -3,6 +3,7 @@ flags onto these; tests and notebooks call them directly). Bad input raises Usag
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import sys
@@ -74,11 +75,12 @@ def run_study(
     data_dir: str | None = None,
     tfds_data_dir: str | None = None,
     say: Callable[[str], None] = print,
-    start: runner.StartRun = runner.start_subprocess,
+    start: runner.StartRun | None = None,
 ) -> int:
     """Runs (or resumes, or emits as SLURM jobs) the study; returns the exit status (0, 1, or 128+signal).
 
-    `start` starts each run's process (`runner.StartRun`; default: a subprocess of its binary's command).
+    `start` starts each run's process (`runner.StartRun`; default: a subprocess of its binary's command, with
+    the machine's cores shared out between the `jobs` runs, `runner.job_environment`).
     """
     if study not in catalogue.STUDIES:
         raise UsageError(f"unknown study {study!r}; valid: {', '.join(catalogue.STUDIES)}")
@@ -118,6 +120,8 @@ def run_study(
         base += ["--cifar10c"] if cifar10c else []
         runner.emit_slurm(workdir, runs, base, list(slurm_options), say)
         return 0
+    if start is None:
+        start = functools.partial(runner.start_subprocess, env=runner.job_environment(jobs))
     status = runner.Executor(workdir, runs, jobs, say, start).run()
     if only is None and status < 128:
         try:

@@ -79,8 +79,8 @@ def select_rows(study: Study, scale: Scale, names: list[str] | None) -> tuple[li
     for r in study.rows:
         if r.id not in wanted:
             continue
-        why = scale.exclusion(r) or next(
-            (f"its member {m} is excluded" for m in r.members if scale.exclusion(study.row(m))), None
+        why = scale.exclusion_in(study, r) or next(
+            (f"its member {m} is excluded" for m in r.members if scale.exclusion_in(study, study.row(m))), None
         )
         (excluded.append((r, why)) if why else chosen.append(r))
     if not chosen:

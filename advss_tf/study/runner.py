@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from advss_tf.errors import UsageError
@@ -90,13 +90,35 @@ def _die_with_parent() -> None:
         pass  # not Linux: a killed runner leaves its children to finish on their own
 
 
-def start_subprocess(command: list[str], log_path: str) -> subprocess.Popen:
-    """The default way a run is started: `command` as a subprocess in a session of its own, stdout and stderr
-    appended to `log_path`, killed if the runner dies."""
+def start_subprocess(command: list[str], log_path: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """The default way a run is started: `command` as a subprocess in a session of its own (environment `env`,
+    default this one's), stdout and stderr appended to `log_path`, killed if the runner dies."""
     with open(log_path, "a", encoding="utf-8") as log:
         return subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            env=env,
         )
+
+
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
+
+
+def job_environment(jobs: int, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment of each of `jobs` runs at once: the machine's cores shared out, as many TensorFlow threads
+    per run as it has cores (unless the user set any of THREAD_VARIABLES: then theirs, untouched).
+
+    K runs with TensorFlow's default, every core each, oversubscribe the machine: on a 2-core AMD EPYC two adversarial
+    fine-tunings ran at 27 + 28 img/s with the default and 32 + 32 img/s with one thread each (one alone: 50 img/s;
+    docs/benchmarks.md)."""
+    env = dict(environ)
+    if jobs > 1 and not any(v in environ for v in THREAD_VARIABLES):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        env.update(dict.fromkeys(THREAD_VARIABLES, str(max(1, cores // jobs))))
+    return env
 
 
 # What starts a run: (command line, log path) → a process handle with poll(), returncode and send_signal() (a

@@ -11,6 +11,7 @@ from binaries import run_binary
 
 from advss_tf.errors import UsageError
 from advss_tf.study import catalogue, plan, report, runner
+from advss_tf.study import command as command_lib
 
 PAPER = catalogue.STUDIES["paper"]
 
@@ -246,8 +247,25 @@ def test_the_runner_keeps_dependency_order_runs_k_at_once_skips_dependants_of_a_
     assert (tmp_path / "events").read_text().split() == ["start", "b", "end", "b", "start", "c", "end", "c"]
 
 
-def test_k_runs_at_once_share_the_cores_unless_the_user_set_the_threads(monkeypatch):
+def test_k_runs_at_once_share_the_cores_unless_the_user_set_the_threads(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    for variable in runner.THREAD_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+
+    def stand_in(run):  # records the threads its process was given, then finishes
+        directory = run.directory(str(tmp_path / "study"))
+        return [
+            sys.executable,
+            "-c",
+            f"import os; open({str(tmp_path / 'threads')!r}, 'a').write("
+            f"' '.join(os.environ.get(v, '-') for v in {runner.THREAD_VARIABLES!r}) + '\\n'); "
+            f"os.makedirs({directory!r}); open(os.path.join({directory!r}, 'results.json'), 'w')",
+        ]
+
+    monkeypatch.setattr(plan.Run, "command", stand_in)
+    monkeypatch.setattr(command_lib, "write_report", lambda workdir, say: None)
+    status = command_lib.run_study(str(tmp_path / "study"), "smoke", seeds=1, rows=["at_e2e"], jobs=2, say=print)
+    assert status == 0 and (tmp_path / "threads").read_text().splitlines() == ["2 2 2"] * 2  # fine-tune, evaluate
     env = runner.job_environment(2, {"PATH": "/bin"})
     assert [env[v] for v in runner.THREAD_VARIABLES] == ["2", "2", "2"] and env["PATH"] == "/bin"
     assert runner.job_environment(8, {})["TF_NUM_INTRAOP_THREADS"] == "1"  # never 0

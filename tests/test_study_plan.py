@@ -173,7 +173,8 @@ def test_report_tables_intervals_questions_and_figures_from_known_results(tmp_pa
                 path.parent.mkdir(parents=True)
                 path.write_text(json.dumps(obj))
     ident = {"study": "paper", "scale": "smoke", "seeds": 3}
-    out = report.write(str(tmp_path), PAPER, ident, [], "made-up numbers")
+    left_out = [(PAPER.row(r), "not compared") for r in ("rotation_aux", "selfie_advpre_linear_advft")]
+    out = report.write(str(tmp_path), PAPER, ident, left_out, "made-up numbers")
     rows = {r["id"]: r for r in out["rows"]}
     assert set(rows) == {rot, e2e} and rows[rot]["seeds"] == [0, 1, 2]
     aa = rows[rot]["metrics"]["autoattack"]["interval"]
@@ -195,6 +196,7 @@ def test_report_tables_intervals_questions_and_figures_from_known_results(tmp_pa
         assert (folder / name).stat().st_size > 0
     md = (folder / report.MARKDOWN).read_text()
     assert "| 29.00 ± " in md and "84.72" in md and "not available" in md
+    assert "- Not compared: `rotation_aux`, `selfie_advpre_linear_advft`\n" in md  # one line per reason
     assert json.loads((folder / report.JSON).read_text()) == json.loads(json.dumps(out))
 
 

@@ -191,7 +191,10 @@ def markdown(report: dict, scale_description: str) -> str:
         lines.append("")
     if report["excluded"]:
         lines += ["## Rows not run at this scale", ""]
-        lines += [f"- `{e['id']}`: {e['reason']}" for e in report["excluded"]]
+        by_reason: dict[str, list[str]] = {}
+        for e in report["excluded"]:
+            by_reason.setdefault(e["reason"], []).append(f"`{e['id']}`")
+        lines += [f"- {why[0].upper()}{why[1:]}: {', '.join(ids)}" for why, ids in by_reason.items()]
         lines.append("")
     lines += [f"![SA vs RA]({SCATTER})", "", f"![differences]({DIFFERENCES})", ""]
     return "\n".join(lines)

@@ -174,7 +174,19 @@ def test_report_tables_intervals_questions_and_figures_from_known_results(tmp_pa
                 path.write_text(json.dumps(obj))
     ident = {"study": "paper", "scale": "smoke", "seeds": 3}
     left_out = [(PAPER.row(r), "not compared") for r in ("rotation_aux", "selfie_advpre_linear_advft")]
-    out = report.write(str(tmp_path), PAPER, ident, left_out, "made-up numbers")
+    machine = {"cpu": "Some CPU", "cores": 2, "jobs": 2}
+    attempts = [
+        {"run": "seed0/pretrain/rotation_adv", "kind": "pretrain", "seconds": 100.0, "outcome": "done"},
+        {"run": "seed0/finetune/at_e2e", "kind": "finetune", "seconds": 50.0, "outcome": "stopped"},
+        {"run": "seed0/finetune/at_e2e", "kind": "finetune", "seconds": 200.0, "outcome": "done"},
+        {"run": "seed0/finetune/rotation_aux", "kind": "finetune", "seconds": 30.0, "outcome": "done"},
+    ]
+    times = tmp_path / "times.jsonl"
+    times.write_text("".join(json.dumps({**a, **machine, "ended": f"t{i}"}) + "\n" for i, a in enumerate(attempts)))
+    with times.open("a") as f:
+        f.write('{"run": "seed0/evaluate/at')  # a write cut by a kill
+    planned = {"seed0/pretrain/rotation_adv", "seed0/finetune/at_e2e"}
+    out = report.write(str(tmp_path), PAPER, ident, left_out, "made-up numbers", str(times), planned)
     rows = {r["id"]: r for r in out["rows"]}
     assert set(rows) == {rot, e2e} and rows[rot]["seeds"] == [0, 1, 2]
     aa = rows[rot]["metrics"]["autoattack"]["interval"]
@@ -198,6 +210,12 @@ def test_report_tables_intervals_questions_and_figures_from_known_results(tmp_pa
     assert "| 29.00 ± " in md and "84.72" in md and "not available" in md
     assert "- Not compared: `rotation_aux`, `selfie_advpre_linear_advft`\n" in md  # one line per reason
     assert json.loads((folder / report.JSON).read_text()) == json.loads(json.dumps(out))
+    time = json.loads((folder / report.TIME).read_text())
+    assert time["finished"]["pretrain"] == {"runs": 1, "seconds": 100.0}
+    assert time["finished"]["finetune"] == {"runs": 1, "seconds": 200.0} and time["finished_seconds"] == 300.0
+    assert (time["stopped_or_failed"], time["not_in_plan"], time["unreadable_lines"]) == (50.0, 30.0, 1)
+    assert time["machines"] == ["Some CPU (2 cores)"] and (time["first_ended"], time["last_ended"]) == ("t0", "t3")
+    assert "summed: 0.08 h — pretrain 0.03 h (1 runs), finetune 0.06 h (1 runs)" in md
 
 
 def test_the_runner_keeps_dependency_order_runs_k_at_once_skips_dependants_of_a_failure_and_resumes(
@@ -246,6 +264,11 @@ def test_the_runner_keeps_dependency_order_runs_k_at_once_skips_dependants_of_a_
     said = []
     assert runner.Executor(str(tmp_path), runs, jobs=2, say=said.append).run() == 0
     assert "study: 4 runs, 2 already finished, 2 to run" in said
+    attempts = [json.loads(ln) for ln in (tmp_path / runner.LOGS / runner.TIMES).read_text().splitlines()]
+    outcomes = [(a["run"], a["outcome"]) for a in attempts]
+    assert sorted(outcomes[:2]) == [("seed0/pretrain/a", "done"), ("seed0/pretrain/d", "done")]  # side by side
+    assert outcomes[2:] == [("seed0/finetune/b", "failed"), ("seed0/finetune/b", "done"), ("seed0/evaluate/c", "done")]
+    assert all(a["cpu"] and a["cores"] >= 1 and a["jobs"] == 2 and a["seconds"] >= 0 for a in attempts)
     assert (tmp_path / "events").read_text().split() == ["start", "b", "end", "b", "start", "c", "end", "c"]
 
 

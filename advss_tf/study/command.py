@@ -46,8 +46,20 @@ def write_report(workdir: str, say: Callable[[str], None] = print) -> dict:
     if ident.get("study") not in catalogue.STUDIES or ident.get("scale") not in catalogue.SCALES:
         raise UsageError(f"{workdir}/{runner.STUDY_FILE} names an unknown study or scale: {ident}")
     study, scale = catalogue.STUDIES[ident["study"]], catalogue.SCALES[ident["scale"]]
-    _, excluded = plan.select_rows(study, scale, None)
-    result = report_lib.write(workdir, study, ident, excluded, scale.description)
+    chosen, excluded = plan.select_rows(study, scale, None)
+    data = ident.get("data") or {}
+    runs = plan.build(
+        study,
+        scale,
+        ident["seeds"],
+        workdir,
+        plan.Data(data.get("dataset", scale.dataset), data.get("data_dir"), data.get("tfds_data_dir")),
+        chosen,
+        bool(ident.get("cifar10c")),
+        ident.get("autoattack") or scale.autoattack,
+    )
+    times = os.path.join(workdir, runner.LOGS, runner.TIMES)
+    result = report_lib.write(workdir, study, ident, excluded, scale.description, times, {r.id for r in runs})
     if not result["rows"]:
         raise UsageError(f"no evaluation has finished in {workdir} yet: nothing to report")
     path = os.path.join(workdir, report_lib.REPORT, report_lib.MARKDOWN)

@@ -3,7 +3,9 @@ paired differences that answer Q1-Q4 with a verdict each, and two figures; Markd
 
 Reads only what the binaries wrote: each evaluation's results.json and each fine-tuning's results.json (the epoch
 of the best validation RA, which finetune took from its validation_history.json). The JSON holds no times and no
-absolute paths, so an interrupted-and-resumed study and an uninterrupted one give the same report.
+absolute paths, so an interrupted-and-resumed study and an uninterrupted one give the same report. What the study
+cost — each attempt's time and machine, which the runner appends to logs/times.jsonl — goes to time.json and the
+Markdown's last section instead.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ MARKDOWN = "report.md"
 JSON = "report.json"
 SCATTER = "sa_vs_ra.png"
 DIFFERENCES = "questions.png"
+TIME = "time.json"
+KINDS = ("pretrain", "finetune", "ensemble", "evaluate")  # plan.Run.kind, in the study's order
 
 # metric → (column title, unit); accuracies in % of the test images, epochs as finetune counts them.
 METRICS = {
@@ -149,6 +153,68 @@ def build(study: Study, identity: dict[str, Any], records: dict[str, dict[int, d
     }
 
 
+def timing(path: str, planned: set[str] | None = None) -> dict | None:
+    """What the study's runs cost, from the runner's record of attempts (`path`: <workdir>/logs/times.jsonl;
+    None if there is none).
+
+    Per kind, the run time of the attempts that finished runs of the plan (`planned`: run ids; None: every run);
+    the time of attempts that were stopped or failed (a resumed run's earlier attempts) and of runs no longer in the
+    plan (rows since left out) apart; the machines and --jobs values seen; when the first and last attempt ended.
+    Times are each run's own wall time: with --jobs=K, K ran at once (each on cores ÷ K threads).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return None
+    entries, torn = [], 0
+    for line in lines:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            torn += 1  # the last line of a killed write
+    finished = {k: {"runs": 0, "seconds": 0.0} for k in KINDS}
+    other = {"stopped_or_failed": 0.0, "not_in_plan": 0.0}
+    for e in entries:
+        if planned is not None and e["run"] not in planned:
+            other["not_in_plan"] += e["seconds"]
+        elif e["outcome"] == "done":
+            finished[e["kind"]]["runs"] += 1
+            finished[e["kind"]]["seconds"] += e["seconds"]
+        else:
+            other["stopped_or_failed"] += e["seconds"]
+    ended = sorted(e["ended"] for e in entries if e.get("ended"))
+    return {
+        "finished": finished,
+        "finished_seconds": sum(v["seconds"] for v in finished.values()),
+        **other,
+        "machines": sorted({f"{e['cpu']} ({e['cores']} cores)" for e in entries}),
+        "jobs": sorted({e["jobs"] for e in entries}),
+        "first_ended": ended[0] if ended else None,
+        "last_ended": ended[-1] if ended else None,
+        "unreadable_lines": torn,
+    }
+
+
+def time_markdown(time: dict | None) -> list[str]:
+    if time is None:
+        return ["## Time", "", "Not recorded (no logs/times.jsonl: the runs predate it).", ""]
+    hours = lambda s: f"{s / 3600:.2f} h"  # noqa: E731
+    parts = [f"{kind} {hours(v['seconds'])} ({v['runs']} runs)" for kind, v in time["finished"].items() if v["runs"]]
+    lines = [
+        "## Time",
+        "",
+        f"Run time of the finished runs, each run's own wall time summed: {hours(time['finished_seconds'])} — "
+        + ", ".join(parts)
+        + f". Attempts stopped or failed before a resume: {hours(time['stopped_or_failed'])}; runs no longer in "
+        f"the plan: {hours(time['not_in_plan'])}. On {', '.join(time['machines'])} with --jobs="
+        f"{', '.join(map(str, time['jobs']))} (K runs at once, each on cores ÷ K threads); attempts ended "
+        f"{time['first_ended'] or '?'} … {time['last_ended'] or '?'} (UTC).",
+        "",
+    ]
+    return lines
+
+
 def _cell(interval: dict | None, digits: int = 2) -> str:
     if not interval:
         return "–"
@@ -157,7 +223,7 @@ def _cell(interval: dict | None, digits: int = 2) -> str:
     return f"{interval['mean']:.{digits}f} ± {interval['half_width']:.{digits}f}"
 
 
-def markdown(report: dict, scale_description: str) -> str:
+def markdown(report: dict, scale_description: str, time: dict | None = None) -> str:
     ident = report["identity"]
     lines = [
         f"# Study `{ident['study']}` at scale `{ident['scale']}` ({ident['seeds']} seeds)",
@@ -197,6 +263,7 @@ def markdown(report: dict, scale_description: str) -> str:
         lines += [f"- {why[0].upper()}{why[1:]}: {', '.join(ids)}" for why, ids in by_reason.items()]
         lines.append("")
     lines += [f"![SA vs RA]({SCATTER})", "", f"![differences]({DIFFERENCES})", ""]
+    lines += time_markdown(time)
     return "\n".join(lines)
 
 
@@ -254,16 +321,28 @@ def plot(report: dict, folder: str) -> None:
     plt.close(fig)
 
 
-def write(workdir: str, study: Study, identity: dict[str, Any], excluded, scale_description: str) -> dict:
-    """Collects, writes report.json, report.md and the figures into <workdir>/report/, returns the report."""
+def write(
+    workdir: str,
+    study: Study,
+    identity: dict[str, Any],
+    excluded,
+    scale_description: str,
+    times: str | None = None,
+    planned: set[str] | None = None,
+) -> dict:
+    """Collects, writes report.json, report.md, time.json and the figures into <workdir>/report/, returns the
+    report (`times`, `planned`: the runner's record of attempts and the plan's run ids, for `timing`)."""
     from advss_tf import workspace
 
     report = build(study, identity, collect(workdir, study, identity["seeds"]), excluded)
     folder = os.path.join(workdir, REPORT)
     os.makedirs(folder, exist_ok=True)
     plot(report, folder)
-    text = markdown(report, scale_description)
+    time = timing(times, planned) if times else None
+    text = markdown(report, scale_description, time)
     with open(os.path.join(folder, MARKDOWN), "w", encoding="utf-8") as f:
         f.write(text)
     workspace.write_json(os.path.join(folder, JSON), report)
+    if time is not None:
+        workspace.write_json(os.path.join(folder, TIME), time)
     return report

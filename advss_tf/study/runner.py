@@ -9,9 +9,11 @@ children save a checkpoint first.
 
 from __future__ import annotations
 
+import datetime
 import fcntl
 import json
 import os
+import platform
 import shlex
 import shutil
 import signal
@@ -26,6 +28,7 @@ from advss_tf.study.plan import RUNS, Run, levels
 
 STUDY_FILE = "study.json"
 LOGS = "logs"
+TIMES = "times.jsonl"  # in LOGS: one JSON line per attempt of a run (how long, on what machine, how it ended)
 LOCKS = "locks"
 SLURM = "slurm"
 OWN = (STUDY_FILE, RUNS, LOGS, LOCKS, SLURM, "report")  # what --overwrite clears, and nothing else
@@ -127,6 +130,26 @@ def job_environment(jobs: int, environ: Mapping[str, str] = os.environ) -> dict[
 StartRun = Callable[[list[str], str], Any]
 
 
+def machine() -> dict[str, Any]:
+    """What a run's time was measured on: the CPU model and the cores this process may use."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return {"cpu": cpu, "cores": cores}
+
+
+def record_attempt(workdir: str, entry: dict[str, Any]) -> None:
+    """Appends one attempt to <workdir>/logs/times.jsonl (one line, one write: a kill leaves at most a torn last
+    line, which the report skips)."""
+    os.makedirs(os.path.join(workdir, LOGS), exist_ok=True)
+    with open(os.path.join(workdir, LOGS, TIMES), "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
 def _last_error(log_path: str) -> str:
     try:
         with open(log_path, encoding="utf-8", errors="replace") as f:
@@ -153,6 +176,7 @@ class Executor:
     ):
         self.workdir, self.runs, self.jobs, self.say, self.start = workdir, runs, jobs, say, start
         self.signum: int | None = None
+        self.machine = machine()
 
     def _say(self, message: str) -> None:
         self.say(f"study: {message}")
@@ -225,12 +249,17 @@ class Executor:
                     lock.close()
                     del running[rid]
                     run = next(r for r in self.runs if r.id == rid)
+                    seconds = time.monotonic() - t0
                     if proc.returncode == 0 and run.finished(self.workdir):
                         state[rid] = "done"
-                        self._say(f"done {rid} in {time.monotonic() - t0:.0f} s")
+                        self._say(f"done {rid} in {seconds:.0f} s")
                     else:
                         state[rid] = "failed"
                         self._say(f"FAILED {rid} (exit status {proc.returncode}): {_last_error(log_path)} ({log_path})")
+                    outcome = state[rid] if state[rid] == "done" or self.signum is None else "stopped"
+                    ended = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+                    entry = {"run": rid, "kind": run.kind, "seconds": round(seconds, 1), "outcome": outcome}
+                    record_attempt(self.workdir, {**entry, **self.machine, "jobs": self.jobs, "ended": ended})
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)

@@ -47,17 +47,8 @@ def write_report(workdir: str, say: Callable[[str], None] = print) -> dict:
         raise UsageError(f"{workdir}/{runner.STUDY_FILE} names an unknown study or scale: {ident}")
     study, scale = catalogue.STUDIES[ident["study"]], catalogue.SCALES[ident["scale"]]
     chosen, excluded = plan.select_rows(study, scale, None)
-    data = ident.get("data") or {}
-    runs = plan.build(
-        study,
-        scale,
-        ident["seeds"],
-        workdir,
-        plan.Data(data.get("dataset", scale.dataset), data.get("data_dir"), data.get("tfds_data_dir")),
-        chosen,
-        bool(ident.get("cifar10c")),
-        ident.get("autoattack") or scale.autoattack,
-    )
+    # only the run ids are needed (for the Time section): they depend on the rows and seeds alone
+    runs = plan.build(study, scale, ident["seeds"], workdir, plan.Data(**ident["data"]), chosen)
     times = os.path.join(workdir, runner.LOGS, runner.TIMES)
     result = report_lib.write(workdir, study, ident, excluded, scale.description, times, {r.id for r in runs})
     if not result["rows"]:

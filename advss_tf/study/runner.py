@@ -107,6 +107,11 @@ def start_subprocess(command: list[str], log_path: str, env: dict[str, str] | No
         )
 
 
+def _cores() -> int:
+    """The cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 
 
@@ -119,8 +124,7 @@ def job_environment(jobs: int, environ: Mapping[str, str] = os.environ) -> dict[
     docs/benchmarks.md)."""
     env = dict(environ)
     if jobs > 1 and not any(v in environ for v in THREAD_VARIABLES):
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        env.update(dict.fromkeys(THREAD_VARIABLES, str(max(1, cores // jobs))))
+        env.update(dict.fromkeys(THREAD_VARIABLES, str(max(1, _cores() // jobs))))
     return env
 
 
@@ -138,8 +142,7 @@ def machine() -> dict[str, Any]:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return {"cpu": cpu, "cores": cores}
+    return {"cpu": cpu, "cores": _cores()}
 
 
 def record_attempt(workdir: str, entry: dict[str, Any]) -> None:

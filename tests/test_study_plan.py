@@ -215,7 +215,7 @@ def test_report_tables_intervals_questions_and_figures_from_known_results(tmp_pa
     assert time["finished"]["finetune"] == {"runs": 1, "seconds": 200.0} and time["finished_seconds"] == 300.0
     assert (time["stopped_or_failed"], time["not_in_plan"], time["unreadable_lines"]) == (50.0, 30.0, 1)
     assert time["machines"] == ["Some CPU (2 cores)"] and (time["first_ended"], time["last_ended"]) == ("t0", "t3")
-    assert "summed: 0.08 h — pretrain 0.03 h (1 runs), finetune 0.06 h (1 runs)" in md
+    assert "summed: 0.08 h — pretrain 0.03 h (1 run), finetune 0.06 h (1 run)" in md
 
 
 def test_the_runner_keeps_dependency_order_runs_k_at_once_skips_dependants_of_a_failure_and_resumes(

@@ -200,7 +200,8 @@ def time_markdown(time: dict | None) -> list[str]:
     if time is None:
         return ["## Time", "", "Not recorded (no logs/times.jsonl: the runs predate it).", ""]
     hours = lambda s: f"{s / 3600:.2f} h"  # noqa: E731
-    parts = [f"{kind} {hours(v['seconds'])} ({v['runs']} runs)" for kind, v in time["finished"].items() if v["runs"]]
+    count = lambda n: f"{n} run" if n == 1 else f"{n} runs"  # noqa: E731
+    parts = [f"{kind} {hours(v['seconds'])} ({count(v['runs'])})" for kind, v in time["finished"].items() if v["runs"]]
     lines = [
         "## Time",
         "",

@@ -174,6 +174,7 @@ def test_report_tables_intervals_questions_and_figures_from_known_results(tmp_pa
                 path.write_text(json.dumps(obj))
     ident = {"study": "paper", "scale": "smoke", "seeds": 3}
     left_out = [(PAPER.row(r), "not compared") for r in ("rotation_aux", "selfie_advpre_linear_advft")]
+    left_out.append((PAPER.row("ensemble_advpre_full_advft"), "too slow"))
     machine = {"cpu": "Some CPU", "cores": 2, "jobs": 2}
     attempts = [
         {"run": "seed0/pretrain/rotation_adv", "kind": "pretrain", "seconds": 100.0, "outcome": "done"},
@@ -203,6 +204,8 @@ def test_report_tables_intervals_questions_and_figures_from_known_results(tmp_pa
     assert q2_epochs["per_seed"] == {"0": 4.0, "1": 4.0, "2": 3.0} and q2_epochs["unit"] == "epochs"
     missing = next(q for q in out["questions"] if q["id"] == "Q4")["comparisons"][0]
     assert missing["verdict"].startswith("not available") and missing["interval"] is None
+    not_run = next(q for q in out["questions"] if q["id"] == "Q4")["comparisons"][1]
+    assert not_run["verdict"] == "not run at this scale: ensemble_advpre_full_advft (rows left out, below)"
     folder = tmp_path / "report"
     for name in (report.MARKDOWN, report.JSON, report.SCATTER, report.DIFFERENCES):
         assert (folder / name).stat().st_size > 0

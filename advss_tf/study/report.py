@@ -115,6 +115,7 @@ def build(study: Study, identity: dict[str, Any], records: dict[str, dict[int, d
                 "num_examples": sorted({r["num_examples"] for r in per_seed.values()}),
             }
         )
+    excluded_ids = {r.id for r, _ in excluded}
     questions = []
     for qid, text in study.questions:
         comparisons = []
@@ -127,7 +128,13 @@ def build(study: Study, identity: dict[str, Any], records: dict[str, dict[int, d
             diffs = statistics.paired_differences(va, vb)
             if not diffs:
                 missing = [x for x, v in ((c.a, va), (c.b, vb)) if not v]
-                entry.update(per_seed={}, interval=None, verdict=f"not available: no finished {' / '.join(missing)}")
+                left_out = [x for x in missing if x in excluded_ids]
+                verdict = (
+                    f"not run at this scale: {' / '.join(left_out)} (rows left out, below)"
+                    if left_out
+                    else f"not available: no finished {' / '.join(missing)}"
+                )
+                entry.update(per_seed={}, interval=None, verdict=verdict)
             else:
                 interval = statistics.t_interval(list(diffs.values()))
                 attacks_a = sorted({t for r in a.values() for t in r["attacks"]})

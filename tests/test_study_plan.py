@@ -86,6 +86,14 @@ def test_scales_set_the_attacks_and_tiny_says_which_rows_it_leaves_out_and_why()
     attacks = {r.row: next(a for a in r.args if a.startswith("--attacks=")) for r in runs if r.kind == "evaluate"}
     assert attacks["at_e2e"] == attacks["ensemble_of_three"] == "--attacks=pgd20,autoattack"
     assert attacks["rotation_advpre_partial_stdft"] == "--attacks=pgd20"
+    # the runner's choice among ready runs: evaluations first, the ensemble's AutoAttack (3 models) before a
+    # single model's, AutoAttack before PGD-20 alone, and among equals the plan's order
+    weight = {r.row: r.weight for r in runs if r.kind == "evaluate"}
+    assert weight["ensemble_of_three"] == 3 * weight["at_e2e"] == 3 * plan.AUTOATTACK_WEIGHT
+    assert weight["rotation_advpre_partial_stdft"] == 1
+    first = sorted(range(len(runs)), key=lambda i: plan.priority(runs[i], i))
+    assert [runs[i].id for i in first[:2]] == ["seed0/evaluate/ensemble_of_three", "seed0/evaluate/at_e2e"]
+    assert runs[first[-1]].kind == "pretrain"
     smoke, _ = _plan(rows=["at_e2e"])
     assert all("autoattack" not in a for r in smoke for a in r.args)
     with pytest.raises(UsageError, match="no row of --rows runs at --scale=tiny"):
@@ -273,6 +281,31 @@ def test_the_runner_keeps_dependency_order_runs_k_at_once_skips_dependants_of_a_
     assert outcomes[2:] == [("seed0/finetune/b", "failed"), ("seed0/finetune/b", "done"), ("seed0/evaluate/c", "done")]
     assert all(a["cpu"] and a["cores"] >= 1 and a["jobs"] == 2 and a["seconds"] >= 0 for a in attempts)
     assert (tmp_path / "events").read_text().split() == ["start", "b", "end", "b", "start", "c", "end", "c"]
+
+
+def test_the_runner_finishes_what_it_started_first_and_does_not_rerun_what_another_process_finished(
+    tmp_path, monkeypatch
+):
+    def stand_in(run):  # records its start; b also finishes d, as a second process (--only, SLURM) would
+        finish = [run.directory(str(tmp_path))] + ([str(tmp_path / "runs/seed0/pretrain/d")] if run.row == "b" else [])
+        return [
+            sys.executable,
+            "-c",
+            f"import os\nopen({str(tmp_path / 'events')!r}, 'a').write({run.row!r} + '\\n')\n"
+            f"for d in {finish!r}:\n    os.makedirs(d, exist_ok=True); open(os.path.join(d, 'results.json'), 'w')",
+        ]
+
+    monkeypatch.setattr(plan.Run, "command", stand_in)
+    runs = [
+        plan.Run("seed0/pretrain/a", "pretrain", 0, "a", (), ()),
+        plan.Run("seed0/pretrain/d", "pretrain", 0, "d", (), ()),
+        plan.Run("seed0/finetune/b", "finetune", 0, "b", (), ("seed0/pretrain/a",)),
+        plan.Run("seed0/evaluate/c", "evaluate", 0, "c", (), ("seed0/finetune/b",)),
+    ]
+    said = []
+    assert runner.Executor(str(tmp_path), runs, jobs=1, say=said.append).run() == 0
+    assert (tmp_path / "events").read_text().split() == ["a", "b", "c"]  # b and c before the pretraining d
+    assert "study: seed0/pretrain/d was finished by another process" in said
 
 
 def test_k_runs_at_once_share_the_cores_unless_the_user_set_the_threads(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from advss_tf.study.catalogue import Row, Scale, Study
 
 RUNS = "runs"
 KINDS = ("pretrain", "finetune", "ensemble", "evaluate")
+AUTOATTACK_WEIGHT = 10  # an evaluation with AutoAttack against one with PGD-20 alone, roughly (Run.weight)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,9 @@ class Run:
     row: str | None  # the row it belongs to (None for a pretraining shared by several rows)
     args: tuple[str, ...]  # the binary's arguments
     deps: tuple[str, ...]
+    # Relative expected cost, for the runner's choice among ready runs only (not part of what the run is): an
+    # evaluation with AutoAttack costs ~10× one without, an ensemble's ×its members.
+    weight: int = 1
 
     def directory(self, workdir: str) -> str:
         return os.path.join(workdir, RUNS, *self.id.split("/"))
@@ -163,6 +167,7 @@ def build(
                 model = f"{where(head)}/export/{row.export}"
             eid = run_id(seed, "evaluate", row.id)
             c10c = scale.cifar10c_source if cifar10c else "none"
+            attacks = scale.attacks_for(row, autoattack)
             add(
                 Run(
                     eid,
@@ -171,7 +176,7 @@ def build(
                     row.id,
                     (
                         f"--flagfile={os.path.join(flagfiles, 'evaluate.flags')}",
-                        f"--attacks={','.join(scale.attacks_for(row, autoattack))}",
+                        f"--attacks={','.join(attacks)}",
                         f"--cifar10c_source={c10c}",
                         *scale.evaluate,
                         *common,
@@ -180,6 +185,7 @@ def build(
                         f"--output_dir={where(eid)}",
                     ),
                     (head,),
+                    weight=len(row.members or (row.id,)) * (AUTOATTACK_WEIGHT if "autoattack" in attacks else 1),
                 )
             )
     return order(list(runs.values()))
@@ -200,6 +206,14 @@ def order(runs: list[Run]) -> list[Run]:
             out.append(r)
         pending = [r for r in pending if r.id not in done]
     return out
+
+
+def priority(run: Run, position: int) -> tuple[int, int, int]:
+    """Which ready run the runner starts first (smallest): the kind furthest down the pipeline (what is started
+    gets finished before new pretrainings start, so results come seed by seed and little is half-done at any
+    time), then the heaviest (the longest evaluations do not end up last, alone on one core), then `position`
+    (the plan's order)."""
+    return (-KINDS.index(run.kind), -run.weight, position)
 
 
 def levels(runs: list[Run]) -> list[list[Run]]:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from advss_tf.errors import UsageError
-from advss_tf.study.plan import RUNS, Run, levels
+from advss_tf.study.plan import RUNS, Run, levels, priority
 
 STUDY_FILE = "study.json"
 LOGS = "logs"
@@ -165,7 +165,9 @@ def _last_error(log_path: str) -> str:
 class Executor:
     """Runs `runs` (already in dependency order) with at most `jobs` at once; finished ones are skipped.
 
-    A run starts when every run it needs has finished; a failed run's dependants are skipped. Returns the exit
+    A run starts when every run it needs has finished (among those, by `plan.priority`: furthest down the
+    pipeline, then heaviest); a failed run's dependants are skipped; one found finished when its turn comes
+    (another process ran it) is not run again. Returns the exit
     status: 0 all finished, 1 a run failed (or was busy elsewhere), 128+signal when stopped by a signal.
     """
 
@@ -224,20 +226,23 @@ class Executor:
                         state[r.id] = "skipped"
                         self._say(f"skip {r.id}: a run it needs did not finish")
                 while self.signum is None and len(running) < self.jobs:
-                    ready = next(
-                        (
-                            r
-                            for r in self.runs
-                            if state[r.id] == "todo" and all(state.get(d, "done") == "done" for d in r.deps)
-                        ),
-                        None,
-                    )
-                    if ready is None:
+                    candidates = [
+                        (priority(r, i), r)
+                        for i, r in enumerate(self.runs)
+                        if state[r.id] == "todo" and all(state.get(d, "done") == "done" for d in r.deps)
+                    ]
+                    if not candidates:
                         break
+                    ready = min(candidates, key=lambda c: c[0])[1]
                     lock = self._lock(ready)
                     if lock is None:
                         state[ready.id] = "busy"
                         self._say(f"skip {ready.id}: another process is running it")
+                        continue
+                    if ready.finished(self.workdir):  # another process (--only, a SLURM task) finished it meanwhile
+                        lock.close()
+                        state[ready.id] = "done"
+                        self._say(f"{ready.id} was finished by another process")
                         continue
                     proc, log_path = self._start(ready)
                     state[ready.id] = "running"

@@ -229,6 +229,16 @@ def test_report_tables_intervals_questions_and_figures_from_known_results(tmp_pa
     assert "summed: 0.08 h — pretrain 0.03 h (1 run), finetune 0.06 h (1 run)" in md
 
 
+def _four_runs() -> list[plan.Run]:
+    """Pretrainings a and d, b fine-tuned from a, c evaluating b (the runner tests' stand-in study)."""
+    return [
+        plan.Run("seed0/pretrain/a", "pretrain", 0, "a", (), ()),
+        plan.Run("seed0/pretrain/d", "pretrain", 0, "d", (), ()),
+        plan.Run("seed0/finetune/b", "finetune", 0, "b", (), ("seed0/pretrain/a",)),
+        plan.Run("seed0/evaluate/c", "evaluate", 0, "c", (), ("seed0/finetune/b",)),
+    ]
+
+
 def test_the_runner_keeps_dependency_order_runs_k_at_once_skips_dependants_of_a_failure_and_resumes(
     tmp_path, monkeypatch
 ):
@@ -253,12 +263,7 @@ def test_the_runner_keeps_dependency_order_runs_k_at_once_skips_dependants_of_a_
         ]
 
     monkeypatch.setattr(plan.Run, "command", stand_in)
-    runs = [
-        plan.Run("seed0/pretrain/a", "pretrain", 0, "a", (), ()),
-        plan.Run("seed0/pretrain/d", "pretrain", 0, "d", (), ()),
-        plan.Run("seed0/finetune/b", "finetune", 0, "b", (), ("seed0/pretrain/a",)),
-        plan.Run("seed0/evaluate/c", "evaluate", 0, "c", (), ("seed0/finetune/b",)),
-    ]
+    runs = _four_runs()
     (tmp_path / "fail-b").touch()
     said = []
     assert runner.Executor(str(tmp_path), runs, jobs=2, say=said.append).run() == 1
@@ -296,12 +301,7 @@ def test_the_runner_finishes_what_it_started_first_and_does_not_rerun_what_anoth
         ]
 
     monkeypatch.setattr(plan.Run, "command", stand_in)
-    runs = [
-        plan.Run("seed0/pretrain/a", "pretrain", 0, "a", (), ()),
-        plan.Run("seed0/pretrain/d", "pretrain", 0, "d", (), ()),
-        plan.Run("seed0/finetune/b", "finetune", 0, "b", (), ("seed0/pretrain/a",)),
-        plan.Run("seed0/evaluate/c", "evaluate", 0, "c", (), ("seed0/finetune/b",)),
-    ]
+    runs = _four_runs()
     said = []
     assert runner.Executor(str(tmp_path), runs, jobs=1, say=said.append).run() == 0
     assert (tmp_path / "events").read_text().split() == ["a", "b", "c"]  # b and c before the pretraining d

@@ -288,26 +288,32 @@ def plot(report: dict, folder: str) -> None:
             return None, 0.0
         return interval["mean"], interval["half_width"] or 0.0
 
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for r in report["rows"]:
-        x, xe = mean_hw(r["metrics"]["worst_case"]["interval"])
-        y, ye = mean_hw(r["metrics"]["standard"]["interval"])
-        if x is None or y is None:
-            continue
-        epochs, _ = mean_hw(r["metrics"]["epochs_to_best"]["interval"])
-        size = 20.0 + 40.0 * (epochs if epochs is not None else 0.0)
-        ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="none", ecolor="0.6", lw=1)
-        ax.scatter([x], [y], s=size, alpha=0.7, marker="o" if epochs is not None else "D")
-        ax.annotate(r["id"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        if "standard" in r["paper"] and "pgd20" in r["paper"]:
-            ax.scatter([r["paper"]["pgd20"]], [r["paper"]["standard"]], s=25, marker="s", color="0.5")
-    ax.set_xlabel("robust accuracy, worst case at L∞ 8/255 (%)")
-    ax.set_ylabel("standard accuracy (%)")
+    # Left: this study's rows on their own scale; right: the same beside the paper's models (grey squares), whose
+    # numbers at the paper's scale would otherwise squeeze a small-scale study's points into one corner.
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [3, 2]})
+    for panel, ax in enumerate(axes):
+        for i, r in enumerate(report["rows"]):
+            x, xe = mean_hw(r["metrics"]["worst_case"]["interval"])
+            y, ye = mean_hw(r["metrics"]["standard"]["interval"])
+            if x is None or y is None:
+                continue
+            epochs, _ = mean_hw(r["metrics"]["epochs_to_best"]["interval"])
+            size = 20.0 + 40.0 * (epochs if epochs is not None else 0.0)
+            ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="none", ecolor="0.6", lw=1)
+            ax.scatter([x], [y], s=size, alpha=0.7, marker="o" if epochs is not None else "D", color=f"C{i % 10}")
+            if panel == 0:
+                ax.annotate(r["id"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            if panel == 1 and "standard" in r["paper"] and "pgd20" in r["paper"]:
+                ax.scatter([r["paper"]["pgd20"]], [r["paper"]["standard"]], s=25, marker="s", color=f"C{i % 10}")
+        ax.set_xlabel("robust accuracy, worst case at L∞ 8/255 (%)")
+        ax.set_ylabel("standard accuracy (%)")
+    axes[1].set_xlim(0, 100)
+    axes[1].set_ylim(0, 100)
     ident = report["identity"]
-    ax.set_title(
-        f"{ident['study']} at {ident['scale']}: mean ± 95% interval; area ∝ epochs to best RA; grey squares: paper",
-        fontsize=8,
+    axes[0].set_title(
+        f"{ident['study']} at {ident['scale']}: mean ± 95% interval; marker area ∝ epochs to best RA", fontsize=8
     )
+    axes[1].set_title("beside the paper's models (squares: PGD-20 RA, same colour = same row)", fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(folder, SCATTER), dpi=120)
     plt.close(fig)

@@ -3,6 +3,7 @@ training anything (the end-to-end study is tests/test_study_e2e.py)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -333,3 +334,26 @@ def test_k_runs_at_once_share_the_cores_unless_the_user_set_the_threads(tmp_path
     assert not any(v in runner.job_environment(1, {}) for v in runner.THREAD_VARIABLES)  # one run: TF's default
     mine = runner.job_environment(2, {"OMP_NUM_THREADS": "3"})
     assert mine == {"OMP_NUM_THREADS": "3"}  # the user's choice, untouched
+
+
+def test_the_readme_results_are_the_report_of_the_committed_tiny_study(tmp_path):
+    """README's results table and question lines are what `study report` makes of docs/study_tiny: the tiny study's
+    per-run results.json (the runs themselves are too large to keep), so the numbers cannot drift from their runs."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = os.path.join(root, "docs", "study_tiny")
+    shutil.copytree(source, tmp_path / "study", ignore=shutil.ignore_patterns(report.REPORT))
+    made = command_lib.write_report(str(tmp_path / "study"), say=lambda _: None)
+    assert {r["id"] for r in made["rows"]} == {
+        r.id for r in plan.select_rows(PAPER, catalogue.SCALES["tiny"], None)[0]
+    }  # every row the tiny scale runs
+    assert all(r["metrics"]["standard"]["interval"]["n"] == 3 for r in made["rows"])  # 3 seeds each
+    text = (tmp_path / "study" / report.REPORT / report.MARKDOWN).read_text(encoding="utf-8")
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    table = [line for line in text.split("## The questions")[0].splitlines() if line.startswith("| ")]
+    answers = [line for line in text.splitlines() if line.startswith("- `")]
+    assert len(table) >= 9 and len(answers) >= 8
+    for line in table + answers:
+        assert line in readme, line
+    with open(os.path.join(source, report.REPORT, report.MARKDOWN), encoding="utf-8") as f:
+        assert f.read().split("## Time")[0] == text.split("## Time")[0]  # the committed report is this one

@@ -288,7 +288,7 @@ def plot(report: dict, folder: str) -> None:
             return None, 0.0
         return interval["mean"], interval["half_width"] or 0.0
 
-    # Left: this study's rows on their own scale; right: the same beside the paper's models (grey squares), whose
+    # Left: this study's rows on their own scale; right: the same beside the paper's models (squares), whose
     # numbers at the paper's scale would otherwise squeeze a small-scale study's points into one corner.
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [3, 2]})
     for panel, ax in enumerate(axes):

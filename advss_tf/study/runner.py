@@ -167,8 +167,8 @@ class Executor:
 
     A run starts when every run it needs has finished (among those, by `plan.priority`: furthest down the
     pipeline, then heaviest); a failed run's dependants are skipped; one found finished when its turn comes
-    (another process ran it) is not run again. Returns the exit
-    status: 0 all finished, 1 a run failed (or was busy elsewhere), 128+signal when stopped by a signal.
+    (another process ran it) is not run again. Returns the exit status: 0 all finished, 1 a run failed (or was
+    busy elsewhere), 128+signal when stopped by a signal.
     """
 
     def __init__(
@@ -227,13 +227,13 @@ class Executor:
                         self._say(f"skip {r.id}: a run it needs did not finish")
                 while self.signum is None and len(running) < self.jobs:
                     candidates = [
-                        (priority(r, i), r)
+                        i
                         for i, r in enumerate(self.runs)
                         if state[r.id] == "todo" and all(state.get(d, "done") == "done" for d in r.deps)
                     ]
                     if not candidates:
                         break
-                    ready = min(candidates, key=lambda c: c[0])[1]
+                    ready = self.runs[min(candidates, key=lambda i: priority(self.runs[i], i))]
                     lock = self._lock(ready)
                     if lock is None:
                         state[ready.id] = "busy"

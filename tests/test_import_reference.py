@@ -289,6 +289,13 @@ def test_bad_inputs_are_refused_with_one_line_and_nothing_written(finetune_file,
     assert os.listdir(out) == ["keep.txt"]
 
 
+def test_an_option_a_format_does_not_take_is_refused_naming_the_formats_that_do(finetune_file):
+    with pytest.raises(UsageError, match=r"--permutations is for --format=jigsaw or ensemble_pretrain, not rotation"):
+        formats.load(finetune_file[1], "rotation", permutations="permutation.npy")
+    with pytest.raises(UsageError, match=r"--selfie_heads is for --format=selfie or ensemble_pretrain, not finetune"):
+        formats.load(finetune_file[1], "finetune", selfie_heads=4)
+
+
 @pytest.mark.slow
 def test_the_binary_exits_2_with_one_line(tmp_path):
     (tmp_path / "x.pt").write_bytes(pickle.dumps({"state_dict": Opaque()}))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from absl import flags
 
 from advss_tf import common_flags
-from advss_tf.importers.reference import FORMATS
+from advss_tf.importers.formats import FORMATS
 
 flags.DEFINE_list(
     "checkpoint",
@@ -24,7 +24,7 @@ flags.DEFINE_enum(
     "format",
     None,
     list(FORMATS),
-    "Which reference script wrote it: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()),
+    "Which reference script wrote it: " + "; ".join(f"{k}: {v.description}" for k, v in FORMATS.items()),
 )
 flags.DEFINE_string("output", None, "The export directory to write (refused if it holds anything, unless --overwrite).")
 flags.DEFINE_string(
@@ -44,9 +44,9 @@ FLAGS = flags.FLAGS
 
 
 def main() -> None:
-    from advss_tf.importers import reference
+    from advss_tf.importers import formats
 
-    result = reference.import_checkpoint(
+    result = formats.import_checkpoint(
         FLAGS.checkpoint,
         FLAGS.format,
         FLAGS.output,

@@ -44,7 +44,7 @@ os.dup2(null, 0)
 os.dup2(null, 1)
 import advss_tf, tensorflow, keras  # noqa: F401,E401
 import advss_tf.training.pretraining, advss_tf.training.finetuning, advss_tf.evaluation.evaluator  # noqa: E401
-import advss_tf.study.runner, advss_tf.importers.reference, advss_tf.corruptions.cifar10c  # noqa: E401
+import advss_tf.study.runner, advss_tf.importers.formats, advss_tf.corruptions.cifar10c  # noqa: E401
 protocol_out.write("ready\n")
 protocol_out.flush()
 for line in protocol_in:

@@ -20,7 +20,7 @@ from advss_tf.training import finetuning
 torch = import_torch()
 pytestmark = pytest.mark.peer
 
-from advss_tf.importers import reference  # noqa: E402
+from advss_tf.importers import formats, pretext  # noqa: E402
 from advss_tf.peer import reference_models as R  # noqa: E402
 
 TINY = dict(kind="basic", blocks=(1, 1, 1, 1), planes=(16, 32, 64, 128), stem=16)
@@ -59,7 +59,7 @@ def finetune_file(tmp_path_factory):
 
 def test_finetune_classifier_is_layer_exact(finetune_file, images):
     net, path = finetune_file
-    imported = reference.load(path, "finetune")
+    imported = formats.load(path, "finetune")
     model = imported.models["classifier"]
     with torch.no_grad():
         theirs = net(nchw(images)).numpy()
@@ -81,14 +81,14 @@ def test_rotation_and_jigsaw_are_layer_exact(task, classes, images, tmp_path):
         perms = np.array([np.random.default_rng(i).permutation(16) for i in range(classes - 1)])
         np.save(tmp_path / "permutation.npy", perms)
         kwargs["permutations"] = str(tmp_path / "permutation.npy")
-    model = reference.load(path, task, **kwargs).models["model"]
+    model = formats.load(path, task, **kwargs).models["model"]
     with torch.no_grad():
         theirs_logits = net(nchw(images)).numpy()
         theirs_features = net[1].feature_map(net[0](nchw(images))).mean(dim=(2, 3)).numpy()
     assert_close(model(images, training=False), theirs_logits)
     np.testing.assert_allclose(model.features(images, training=False), theirs_features, atol=TOLERANCE, rtol=0)
     if task == "jigsaw":  # class 0 the identity, class k the file's row k-1, as the reference's jigsaw()
-        np.testing.assert_array_equal(reference._read_permutations(kwargs["permutations"])[1:], perms)
+        np.testing.assert_array_equal(pretext.read_permutations(kwargs["permutations"])[1:], perms)
 
 
 def test_selfie_is_layer_exact(images, tmp_path):
@@ -98,7 +98,7 @@ def test_selfie_is_layer_exact(images, tmp_path):
     torch.save(
         {"epoch": 3, "P_state": p_model.state_dict(), "selfie_state": selfie.state_dict(), "best_prec1": 1.0}, path
     )
-    imported = reference.load(path, "selfie", selfie_heads=4)
+    imported = formats.load(path, "selfie", selfie_heads=4)
     model = imported.models["model"]
     order = np.random.default_rng(5).permutation(16)
     with torch.no_grad():
@@ -113,7 +113,7 @@ def test_ensemble_pretraining_is_layer_exact(images, tmp_path):
     path = str(tmp_path / "model.pt")
     torch.save({"epoch": 2, "selfie_state": selfie.state_dict(), "state_dict": ensemble.state_dict()}, path)
     np.save(tmp_path / "permutation.npy", np.array([np.random.default_rng(i).permutation(16) + 1 for i in range(30)]))
-    imported = reference.load(path, "ensemble_pretrain", permutations=str(tmp_path / "permutation.npy"), selfie_heads=4)
+    imported = formats.load(path, "ensemble_pretrain", permutations=str(tmp_path / "permutation.npy"), selfie_heads=4)
     model = imported.models["model"]
     assert not imported.backbone.stem_norm  # the reference ensemble's trunk: conv1 straight into layer1
     order = np.random.default_rng(9).permutation(16)
@@ -132,7 +132,7 @@ def test_robustbench_ensemble_is_layer_exact(images, tmp_path):
     path = str(tmp_path / "Chen2020Adversarial.pt")
     torch.save(net.state_dict(), path)
     assert any(k.startswith("models.2.") for k in net.state_dict())  # the duplicate registration is in the file
-    branches = reference.load(path, "robustbench").models
+    branches = formats.load(path, "robustbench").models
     ours = np.mean([tf.nn.softmax(branches[f"branch{i + 1}"](images, training=False)) for i in range(3)], axis=0)
     with torch.no_grad():
         theirs = net(nchw(images)).numpy()
@@ -142,7 +142,7 @@ def test_robustbench_ensemble_is_layer_exact(images, tmp_path):
     state["models.1.linear.bias"] = state["models.1.linear.bias"] + 1.0  # the two registrations disagree
     torch.save(state, path)
     with pytest.raises(UsageError, match=r"models\.1\.linear\.bias is not the same tensor as branch2\.linear\.bias"):
-        reference.load(path, "robustbench")
+        formats.load(path, "robustbench")
 
 
 @pytest.mark.slow
@@ -151,7 +151,7 @@ def test_an_imported_ensemble_export_serves_the_mean_softmax_and_evaluates(image
     path = str(tmp_path / "Chen2020Adversarial.pt")
     torch.save({"state_dict": net.state_dict()}, path)
     out = str(tmp_path / "imported")
-    reference.import_checkpoint(path, "robustbench", out)
+    formats.import_checkpoint(path, "robustbench", out)
     probabilities = tf.saved_model.load(out).signatures["serving_default"](images=tf.constant(images))["probabilities"]
     with torch.no_grad():
         theirs = net(nchw(images)).numpy()
@@ -178,7 +178,7 @@ def test_finetune_ensemble_of_three_files_matches_the_mean_softmax(finetune_file
         paths.append(str(tmp_path / f"branch{i}.pt"))
         torch.save({"epoch": 1, "state_dict": net.state_dict(), "best_prec1": 0.0}, paths[-1])
         nets.append(net)
-    branches = reference.load(paths, "finetune_ensemble").models
+    branches = formats.load(paths, "finetune_ensemble").models
     ours = np.mean([tf.nn.softmax(branches[f"branch{i + 1}"](images, training=False)) for i in range(3)], axis=0)
     with torch.no_grad():
         theirs = np.mean([torch.softmax(n(nchw(images)), 1).numpy() for n in nets], axis=0)
@@ -189,7 +189,7 @@ def test_finetune_ensemble_of_three_files_matches_the_mean_softmax(finetune_file
     for i, net in enumerate(nets):
         getattr(whole, f"branch{i + 1}").load_state_dict({k[2:]: v for k, v in net.state_dict().items() if k[0] == "1"})
     torch.save(whole.state_dict(), tmp_path / "ensemble.pt")
-    branches = reference.load(str(tmp_path / "ensemble.pt"), "finetune_ensemble").models
+    branches = formats.load(str(tmp_path / "ensemble.pt"), "finetune_ensemble").models
     ours = np.mean([tf.nn.softmax(branches[f"branch{i + 1}"](images, training=False)) for i in range(3)], axis=0)
     with torch.no_grad():
         np.testing.assert_allclose(whole(nchw(images)).numpy(), theirs, atol=1e-6, rtol=0)
@@ -202,7 +202,7 @@ def test_an_imported_jigsaw_export_fine_tunes(tmp_path):
     path = str(tmp_path / "model.pt")
     torch.save({"epoch": 1, "state_dict": net.state_dict(), "best_prec1": 0.0}, path)
     out = str(tmp_path / "pretrain")
-    reference.import_checkpoint(path, "jigsaw", out)  # no permutation set: features import, the head is unusable
+    formats.import_checkpoint(path, "jigsaw", out)  # no permutation set: features import, the head is unusable
     info = export.read_info(out)
     assert info["jigsaw_head"].startswith("unusable") and info["backbone"]["arch_version"] == 2
     done = run_binary(
@@ -223,7 +223,7 @@ def test_an_imported_ensemble_pretraining_export_restores_its_trunk_for_finetuni
     path = str(tmp_path / "model.pt")
     torch.save({"epoch": 2, "selfie_state": selfie.state_dict(), "state_dict": ensemble.state_dict()}, path)
     out = str(tmp_path / "pretrain")
-    reference.import_checkpoint(path, "ensemble_pretrain", out, selfie_heads=4)
+    formats.import_checkpoint(path, "ensemble_pretrain", out, selfie_heads=4)
     cfg, info = finetuning.resolve_backbone(finetuning.FinetuneConfig(model_dir=str(tmp_path / "ft"), pretrained=out))
     assert not cfg.backbone.stem_norm and info["jigsaw_head"].startswith("unusable")
     classifier = ImageClassifier(cfg.backbone, 10)
@@ -247,7 +247,7 @@ def test_bad_inputs_are_refused_with_one_line_and_nothing_written(finetune_file,
 
     def refused(pattern, checkpoint, fmt="finetune", **kwargs):
         with pytest.raises(UsageError, match=pattern) as e:
-            reference.import_checkpoint(checkpoint, fmt, str(out), **kwargs)
+            formats.import_checkpoint(checkpoint, fmt, str(out), **kwargs)
         assert "\n" not in str(e.value) and not out.exists()
 
     refused("is not a file", str(tmp_path / "nope.pt"))
@@ -258,7 +258,7 @@ def test_bad_inputs_are_refused_with_one_line_and_nothing_written(finetune_file,
     refused("missing P_state, selfie_state", finetune_file[1], fmt="selfie")
     refused("takes one --checkpoint file, got 2", [finetune_file[1]] * 2)
     with pytest.raises(UsageError, match="unknown --format 'resnet'"):
-        reference.load(finetune_file[1], "resnet")
+        formats.load(finetune_file[1], "resnet")
 
     state = _state(finetune_file)
     del state["1.layer2.0.shortcut.1.running_var"]
@@ -285,8 +285,15 @@ def test_bad_inputs_are_refused_with_one_line_and_nothing_written(finetune_file,
     out.mkdir()
     (out / "keep.txt").write_text("someone's file")
     with pytest.raises(UsageError, match="is not empty; pass --overwrite"):
-        reference.import_checkpoint(finetune_file[1], "finetune", str(out))
+        formats.import_checkpoint(finetune_file[1], "finetune", str(out))
     assert os.listdir(out) == ["keep.txt"]
+
+
+def test_an_option_a_format_does_not_take_is_refused_naming_the_formats_that_do(finetune_file):
+    with pytest.raises(UsageError, match=r"--permutations is for --format=jigsaw or ensemble_pretrain, not rotation"):
+        formats.load(finetune_file[1], "rotation", permutations="permutation.npy")
+    with pytest.raises(UsageError, match=r"--selfie_heads is for --format=selfie or ensemble_pretrain, not finetune"):
+        formats.load(finetune_file[1], "finetune", selfie_heads=4)
 
 
 @pytest.mark.slow

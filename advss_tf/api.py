@@ -215,7 +215,7 @@ def evaluate_robustness(
         model, x, y, list(attacks), norm=_check_norm(norm), epsilon=epsilon, batch_size=batch_size, seed=seed,
         progress=progress, restarts=restarts, targets=targets, square_queries=square_queries,
     )  # fmt: skip
-    worst, _ = worst_case.worst_case(run.clean["correct"], run.outcomes)
+    worst = run.worst_case
     details = {outcome_name(o): o.to_dict() for o in run.outcomes}
     return RobustnessResult(
         num_examples=len(run.labels),
@@ -237,6 +237,7 @@ class _Run:
     epsilon: float
     clean: dict[str, np.ndarray]
     outcomes: list
+    worst_case: dict[str, Any]
     checks: dict[str, Any]
     adversarial: np.ndarray
     seconds: float
@@ -281,7 +282,8 @@ def _run(model, x, y, names, *, norm, epsilon, batch_size, seed, progress, resta
                 "message": "the model outputs probabilities, not logits: attacked through their logarithm",
             },
         ]
-    return _Run(labels, eps, run.clean, run.outcomes, checks, run.adversarial, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return _Run(labels, eps, run.clean, run.outcomes, run.worst_case, checks, run.adversarial, seconds)
 
 
 __all__ = ["AutoAttackResult", "RobustnessResult", "autoattack", "evaluate_robustness"]

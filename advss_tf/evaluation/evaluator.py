@@ -1,5 +1,7 @@
 """A whole evaluation: test data → classifier SavedModel → clean, attacks, CIFAR-10-C → results.json + report.
 
+The evaluate binary's door onto the evaluation core (`core.evaluate`, which the Python API calls too): this module
+adds only the data loading, the resume records, CIFAR-10-C and the files written.
 Everything that can be wrong with the input (flags, model, test data, CIFAR-10-C source, an existing result,
 another evaluation's partial results) is checked before the first attack, so bad input costs seconds and leaves
 nothing behind. Every finished batch is recorded under <output_dir>/partial/ (`records`), so the same command

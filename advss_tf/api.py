@@ -6,44 +6,28 @@
 
 `model` is a Keras model, a SavedModel (a path, or the object `tf.saved_model.load` returned) or any callable
 float32 images [N, H, W, C] in [0, 1] → logits [N, K]; `x` NumPy, a tensor or a `tf.data.Dataset` of
-(image, label) pairs. It is the evaluate binary's machinery (`evaluation.evaluator.run_plan`, the same attacks,
-seeds, survivors-only stages, worst case and checks), without the files: the binary adds the data sources,
+(image, label) pairs. It is a thin door onto the evaluation core the evaluate binary also calls
+(`evaluation.core.evaluate`: the same plan builder `config.attack_plan` and defaults, model opening, input checks,
+attacks, seeds, survivors-only stages, worst case and checks), without the files: the binary adds the data sources,
 resumable records and the written outputs. Every bad argument raises one `UsageError` with one sentence.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
-import warnings
 from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
-from absl import logging
 
-from advss_tf.attacks.registry import (
-    AUTOATTACK_VERSIONS,
-    AttackSpec,
-    autoattack_composite,
-    check_classes,
-    components,
-    configure,
-    parse_attacks,
-    with_budgets,
-)
+from advss_tf.attacks.registry import AUTOATTACK_VERSIONS, autoattack_composite
+from advss_tf.config import DEFAULT_EPSILON, DEFAULT_SQUARE_QUERIES, DEFAULT_TARGETS, attack_plan
 from advss_tf.errors import UsageError
-from advss_tf.evaluation import evaluator, robustness, worst_case
-from advss_tf.evaluation.model import as_logits, classifier_from_saved_model, load_classifier, looks_like_probabilities
+from advss_tf.evaluation import core, worst_case
+from advss_tf.evaluation.worst_case import outcome_name
 
 VERSIONS = tuple(AUTOATTACK_VERSIONS)
 NORMS = ("linf", "l2")
-DEFAULT_EPSILON = {"linf": 8 / 255, "l2": 0.5}
-STANDARD_TARGETS = 9
-STANDARD_SQUARE_QUERIES = 5000
-_PROBE = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +122,8 @@ def autoattack(
     seed: int = 0,
     progress: bool = True,
     restarts: int = 1,
-    targets: int = STANDARD_TARGETS,
-    square_queries: int = STANDARD_SQUARE_QUERIES,
+    targets: int = DEFAULT_TARGETS,
+    square_queries: int = DEFAULT_SQUARE_QUERIES,
 ) -> AutoAttackResult:
     """AutoAttack (Croce & Hein, ICML 2020) on `model`: the field's robust accuracy, as the evaluate binary runs it.
 
@@ -161,16 +145,17 @@ def autoattack(
       seed: every random start derives from it: the same seed, the same result.
       progress: progress bars and one line per stage (False: log lines only).
       restarts, targets, square_queries: the evaluate binary's --restarts, --targets, --square_queries: other
-        values than the standard 1, 9 (the K − 1 other classes when K < 10) and 5,000 make the result's version
-        "custom" (quick looks; not AutoAttack's number).
+        values than the standard 1, 9 and 5,000 make the result's version "custom" (quick looks; not AutoAttack's
+        number). `targets` must be at most K − 1 (a model with fewer than 10 classes: pass targets=K − 1), as in the
+        binary.
 
     Returns:
       An `AutoAttackResult`. A randomised model (the randomness check) with version="standard" warns: use "rand".
 
     Raises:
       UsageError: bad input (images not in [0, 1] or of the wrong rank, labels out of range or of another length,
-        fewer than 4 classes, an unknown version or norm, ε out of range, a model that does not map the images to
-        [N, K] finite scores).
+        fewer than 4 classes, more targets than K − 1, an unknown version or norm, ε out of range, a model that does
+        not map the images to [N, K] finite scores).
     """
     if version not in VERSIONS:
         raise UsageError(f"unknown AutoAttack version {version!r}; valid: {', '.join(VERSIONS)}")
@@ -181,13 +166,6 @@ def autoattack(
     outcome = run.outcomes[0]
     entry = outcome.to_dict()
     breaking = np.where(run.clean["correct"], outcome.breaking_stage(), worst_case.CLEAN_MISTAKE).astype(str)
-    if run.checks["randomised"] and version == "standard":
-        warnings.warn(
-            "the model is randomised (forward passes of the same inputs differ): the standard AutoAttack does not "
-            "give its robust accuracy; use version='rand'",
-            RuntimeWarning,
-            stacklevel=2,
-        )
     return AutoAttackResult(
         attack=name,
         version=entry["version"],
@@ -221,8 +199,8 @@ def evaluate_robustness(
     seed: int = 0,
     progress: bool = True,
     restarts: int = 1,
-    targets: int = STANDARD_TARGETS,
-    square_queries: int = STANDARD_SQUARE_QUERIES,
+    targets: int = DEFAULT_TARGETS,
+    square_queries: int = DEFAULT_SQUARE_QUERIES,
 ) -> RobustnessResult:
     """Clean accuracy, robust accuracy under each of `attacks` and the worst case over them: `evaluate
     --attacks=...` from Python (the same names: pgd20, fgsm, pgd100, cw_linf, apgd_ce, ..., autoattack, a+b
@@ -237,14 +215,14 @@ def evaluate_robustness(
         model, x, y, list(attacks), norm=_check_norm(norm), epsilon=epsilon, batch_size=batch_size, seed=seed,
         progress=progress, restarts=restarts, targets=targets, square_queries=square_queries,
     )  # fmt: skip
-    worst, _ = worst_case.worst_case(run.clean["correct"], run.outcomes)
-    details = {_name(o): o.to_dict() for o in run.outcomes}
+    worst = run.worst_case
+    details = {outcome_name(o): o.to_dict() for o in run.outcomes}
     return RobustnessResult(
         num_examples=len(run.labels),
         clean_accuracy=float(np.mean(run.clean["correct"])),
         robust_accuracy={k: d["accuracy"] for k, d in details.items()},
         worst_case_accuracy=worst["accuracy"],
-        robust={_name(o): o.robust.copy() for o in run.outcomes},
+        robust={outcome_name(o): o.robust.copy() for o in run.outcomes},
         worst_case=worst,
         checks=run.checks,
         details=details,
@@ -259,13 +237,10 @@ class _Run:
     epsilon: float
     clean: dict[str, np.ndarray]
     outcomes: list
+    worst_case: dict[str, Any]
     checks: dict[str, Any]
     adversarial: np.ndarray
     seconds: float
-
-
-def _name(outcome) -> str:
-    return outcome.name if isinstance(outcome, worst_case.CompositeOutcome) else outcome.spec.name
 
 
 def _check_norm(norm: str) -> str:
@@ -275,7 +250,8 @@ def _check_norm(norm: str) -> str:
 
 
 def _run(model, x, y, names, *, norm, epsilon, batch_size, seed, progress, restarts, targets, square_queries) -> _Run:
-    """Checks every input, then the evaluate binary's clean pass, randomness check and attack plan."""
+    """The Python door onto `evaluation.core`: checks the arguments' types, then the core's plan, model, inputs and
+    evaluation (no files, no resume)."""
     start = time.perf_counter()
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -284,141 +260,30 @@ def _run(model, x, y, names, *, norm, epsilon, batch_size, seed, progress, resta
     for what, value in (("restarts", restarts), ("targets", targets), ("square_queries", square_queries)):
         if not isinstance(value, int | np.integer) or value < 1:
             raise UsageError(f"{what} must be a positive integer, got {value!r}")
-    images, labels = _arrays(x, y)
+    images, labels = core.as_arrays(x, y)
     eps = DEFAULT_EPSILON[norm] if epsilon is None else float(epsilon)
-    limit = 1.0 if norm == "linf" else float(np.sqrt(np.prod(images.shape[1:])))
-    if not 0.0 < eps <= limit:
-        raise UsageError(f"{norm} epsilon must be in (0, {limit:g}] on the [0, 1] pixel scale, got {epsilon}")
-    model_fn, fixed_batch, probability_outputs, num_classes = _model_fn(model, images[:_PROBE])
-    if labels.max() >= num_classes:
-        raise UsageError(
-            f"labels must be in [0, {num_classes}) for a model with {num_classes} outputs, got {labels.max()}"
-        )
-    plan = _plan(names, norm, eps, num_classes, restarts, targets, square_queries)
-    if fixed_batch is not None:
-        batch_size = fixed_batch
-    say = print if progress else logging.info
-    common = dict(batch_size=batch_size, fixed_batch=fixed_batch)
-    randomness = evaluator.check_randomness(model_fn, plan, images, labels, seed=seed, **common)
-    clean = robustness.clean_evaluation(model_fn, images, labels, progress=progress, **common)
-    adversarial = images.copy()
-    outcomes = evaluator.run_plan(
-        model_fn, plan, images, labels, clean["correct"], say=say, seed=seed, progress=progress,
-        adversarial=adversarial, **common,
+    plan = attack_plan(
+        names, restarts=int(restarts), epsilons={norm: eps}, autoattack_norm=norm, targets=int(targets),
+        square_queries=int(square_queries),
     )  # fmt: skip
-    worst, _ = worst_case.worst_case(clean["correct"], outcomes)
-    masking = evaluator.gradient_masking(clean, outcomes, worst, randomness)
-    checks = {
-        "randomised": randomness["randomised"],
-        "probability_outputs": probability_outputs,
-        **masking,
-    }
+    opened = core.open_model(model, images[: core.PROBE_IMAGES])
+    run = core.evaluate(
+        opened, images, labels, plan, door=core.PYTHON, seed=int(seed), batch_size=batch_size, progress=progress,
+        keep_adversarial=True,
+    )  # fmt: skip
+    probability_outputs = opened.output_kind == "probabilities"
+    checks = {"randomised": run.checks["randomness"]["randomised"], "probability_outputs": probability_outputs}
+    checks.update(run.checks)
     if probability_outputs:
         checks["flags"] = [
-            *masking["flags"],
+            *run.checks["flags"],
             {
                 "check": "probability_outputs",
                 "message": "the model outputs probabilities, not logits: attacked through their logarithm",
             },
         ]
-    return _Run(labels, eps, clean, outcomes, checks, adversarial, time.perf_counter() - start)
-
-
-def _plan(
-    names: list[str], norm: str, eps: float, num_classes: int, restarts: int, targets: int, square_queries: int
-) -> list[tuple[str, list[AttackSpec]]]:
-    """(name, specs) per attack, as `EvaluateConfig.attack_plan`: `norm`'s attacks at `eps`, targeted attacks on
-    min(`targets`, K − 1) targets, Square with `square_queries`; DLR-based attacks need K ≥ 4."""
-    budget = "linf" if norm == "linf" else "l2"
-    plan = []
-    for name in parse_attacks(names, autoattack_norm=norm):
-        specs = configure(components(name) or (name,), restarts=restarts, epsilons={budget: eps}, autoattack_norm=norm)
-        out = []
-        for spec in specs:
-            check_classes(spec, num_classes, "the model")
-            out.append(with_budgets(spec, targets=min(targets, num_classes - 1), square_queries=square_queries))
-        plan.append((name, out))
-    return plan
-
-
-def _arrays(x, y) -> tuple[np.ndarray, np.ndarray]:
-    """float32 images [N, H, W, C] in [0, 1] and int64 labels [N] from arrays, tensors or a Dataset (checked)."""
-    if isinstance(x, tf.data.Dataset):
-        if y is not None:
-            raise UsageError("with a tf.data.Dataset give the labels inside it ((image, label) pairs), not as y")
-        xs, ys = [], []
-        for element in x.as_numpy_iterator():
-            if not isinstance(element, tuple) or len(element) != 2:
-                raise UsageError("the dataset must yield (image, label) pairs or batches of them")
-            image, label = np.asarray(element[0]), np.asarray(element[1])
-            xs.append(image[None] if image.ndim == 3 else image)
-            ys.append(label.reshape(-1))
-        if not xs:
-            raise UsageError("the dataset is empty")
-        images, labels = np.concatenate(xs), np.concatenate(ys)
-    else:
-        if y is None:
-            raise UsageError("give the labels y (or a tf.data.Dataset of (image, label) pairs as x)")
-        images, labels = np.asarray(x), np.asarray(y)
-    if images.ndim != 4:
-        raise UsageError(f"images must be [N, height, width, channels], got shape {list(images.shape)}")
-    if images.dtype == np.uint8:
-        raise UsageError("images are uint8: give float images in [0, 1] (x / 255)")
-    if not np.issubdtype(images.dtype, np.floating):
-        raise UsageError(f"images must be floats in [0, 1], got dtype {images.dtype}")
-    images = images.astype(np.float32)
-    if not len(images):
-        raise UsageError("no images")
-    if not np.all(np.isfinite(images)) or images.min() < 0.0 or images.max() > 1.0:
-        raise UsageError(
-            f"images must lie in [0, 1] (got values in [{np.nanmin(images):g}, {np.nanmax(images):g}]); wrap a model "
-            "that takes another range so that it takes [0, 1] images"
-        )
-    if labels.ndim != 1 or len(labels) != len(images):
-        raise UsageError(f"labels must be [N] = [{len(images)}] integers, got shape {list(labels.shape)}")
-    if not (np.issubdtype(labels.dtype, np.integer) or np.all(np.mod(labels, 1) == 0)):
-        raise UsageError(f"labels must be integers, got dtype {labels.dtype}")
-    labels = labels.astype(np.int64)
-    if labels.min() < 0:
-        raise UsageError(f"labels must be >= 0, got {labels.min()}")
-    return images, labels
-
-
-def _model_fn(model, probe: np.ndarray):
-    """(images → logits, fixed batch size or None, whether it outputs probabilities, class count K), checked on
-    `probe`."""
-    if isinstance(model, str | os.PathLike):
-        classifier = load_classifier(os.fspath(model), _probe_images(probe), num_classes=None)
-        return classifier, classifier.batch_size, classifier.output_kind == "probabilities", _classes(classifier, probe)
-    if not isinstance(model, keras.Model | keras.layers.Layer) and getattr(model, "signatures", None):
-        # A loaded SavedModel: the Classifier holds the object, so its variables live as long as the attack runs.
-        classifier = classifier_from_saved_model(model, _probe_images(probe), num_classes=None)
-        return classifier, classifier.batch_size, classifier.output_kind == "probabilities", _classes(classifier, probe)
-    if isinstance(model, keras.Model | keras.layers.Layer):
-        call = lambda images: model(images, training=False)  # noqa: E731
-    elif callable(model):
-        call = model
-    else:
-        raise UsageError(f"model must be a Keras model, a SavedModel (path or loaded) or a callable, got {type(model)}")
-    try:
-        scores = np.asarray(call(tf.constant(probe)))
-    except Exception as e:  # the user's model: any error type
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UsageError(f"the model failed on {len(probe)} of the images: {first[:200]}") from e
-    if scores.ndim != 2 or scores.shape[0] != len(probe) or scores.shape[1] < 2:
-        raise UsageError(f"the model must map [N, H, W, C] images to [N, K ≥ 2] logits, got {list(scores.shape)}")
-    if not np.all(np.isfinite(scores)):
-        raise UsageError("the model gives non-finite outputs on the clean images")
-    kind = "probabilities" if looks_like_probabilities(scores) else "logits"
-    return (lambda images: as_logits(call(images), images, kind)), None, kind == "probabilities", scores.shape[1]
-
-
-def _probe_images(probe: np.ndarray) -> np.ndarray:
-    return probe if len(probe) >= 2 else np.concatenate([probe, probe])
-
-
-def _classes(classifier, probe: np.ndarray) -> int:
-    return int(classifier(tf.constant(robustness.padded(probe, classifier.batch_size))).shape[-1])
+    seconds = time.perf_counter() - start
+    return _Run(labels, eps, run.clean, run.outcomes, run.worst_case, checks, run.adversarial, seconds)
 
 
 __all__ = ["AutoAttackResult", "RobustnessResult", "autoattack", "evaluate_robustness"]

@@ -8,10 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from advss_tf.attacks.pgd import check_budget
+from advss_tf.attacks.registry import (
+    DEFAULT_ATTACKS,
+    AttackSpec,
+    autoattack_composite,
+    components,
+    configure,
+    parse_attacks,
+    with_budgets,
+)
+from advss_tf.corruptions.cifar10c import HEADLINE_CORRUPTIONS, SEVERITIES, parse_corruptions, parse_severities
+from advss_tf.corruptions.sources import CIFAR10C_SOURCES
 from advss_tf.data.datasets import LEGACY_DEFAULTS, DataSource
 from advss_tf.errors import UsageError
 from advss_tf.models.resnet import BackboneConfig
@@ -192,3 +205,140 @@ def dumps(config, data_info: dict[str, Any] | None = None) -> str:
     """config.json's text: the config, the versions, and (when given) what the data holds."""
     extra = {"data_info": data_info} if data_info is not None else {}
     return json.dumps({**to_dict(config), **extra, "versions": versions()}, indent=2, sort_keys=True)
+
+
+# -- Evaluation: the settings of `python -m advss_tf.evaluate`, and the one set of defaults and the one attack plan
+# that the evaluate binary and the Python API (`advss_tf.autoattack`, `evaluate_robustness`) share -----------------
+DEFAULT_TARGETS = 9  # AutoAttack's standard version: the top 9 non-true classes
+DEFAULT_SQUARE_QUERIES = 5000  # AutoAttack's standard version
+DEFAULT_EPSILON = {"linf": 8 / 255, "l2": 0.5}  # per norm, on the [0, 1] pixel scale
+DEFAULT_EPSILON_LARGE = 16 / 255  # pgd20_eps16's L∞ radius
+NO_CIFAR10C = "none"
+EVAL_STRATEGIES = ("auto", "mirrored", "one_device")
+
+
+def attack_plan(
+    attacks: Iterable[str],
+    *,
+    restarts: int = 1,
+    epsilons: Mapping[str, float] | None = None,
+    autoattack_norm: str = "linf",
+    autoattack_version: str = "standard",
+    targets: int = DEFAULT_TARGETS,
+    square_queries: int = DEFAULT_SQUARE_QUERIES,
+) -> list[tuple[str, list[AttackSpec]]]:
+    """(name, specs) per attack: one spec for an attack, the stages in order for a composite — the one plan builder.
+
+    Args:
+      attacks: names as `--attacks` takes them ('all', composites, a+b chains; `autoattack` becomes the composite of
+        `autoattack_version` and `autoattack_norm`).
+      restarts: random restarts per attack.
+      epsilons: radius per budget ("linf", "linf_large", "l2"); a budget left out keeps the registry's.
+      targets: target classes of the targeted attacks (APGD-T, FAB-T); the class count bounds it
+        (`evaluation.core.check_class_count`).
+      square_queries: Square's query budget.
+
+    Raises:
+      UsageError: an unknown name, budget, version or norm, ε out of range, restarts < 1.
+    """
+    plan = []
+    for name in parse_attacks(attacks, autoattack_norm, autoattack_version):
+        specs = configure(
+            components(name) or (name,),
+            restarts=restarts,
+            epsilons=epsilons,
+            autoattack_norm=autoattack_norm,
+            autoattack_version=autoattack_version,
+        )
+        plan.append((name, [with_budgets(s, targets=targets, square_queries=square_queries) for s in specs]))
+    return plan
+
+
+def default_model_name(path: str) -> str:
+    """A short label for plots: the run directory's name for <run>/export/<x>, else the folder name."""
+    parts = os.path.abspath(path).rstrip(os.sep).split(os.sep)
+    if len(parts) >= 3 and parts[-2] == "export":
+        return parts[-3]
+    return parts[-1] or "model"
+
+
+def default_output_dir(model: str, model_name: str | None = None) -> str:
+    """runs/<name>_eval, <name> the model's label (`--model_name`, or the run directory of <run>/export/<x>)."""
+    return os.path.join("runs", f"{model_name or default_model_name(model)}_eval")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """Everything an evaluation depends on; ε on the [0, 1] pixel scale."""
+
+    model: str
+    output_dir: str | None = None  # None: default_output_dir(model, model_name)
+    model_name: str | None = None
+    data: DataSource = DataSource()
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS
+    restarts: int = 1
+    linf_epsilon: float = DEFAULT_EPSILON["linf"]
+    linf_epsilon_large: float = DEFAULT_EPSILON_LARGE
+    l2_epsilon: float = DEFAULT_EPSILON["l2"]
+    autoattack_norm: str = "linf"  # which AutoAttack `autoattack` names: linf (autoattack) or l2 (autoattack_l2)
+    autoattack_version: str = "standard"  # standard, or rand (randomised models: APGD-CE, APGD-DLR with EOT)
+    batch_size: int = 128
+    max_examples: int = 0  # 0: the whole test set
+    cifar10c_source: str = NO_CIFAR10C
+    cifar10c_dir: str | None = None
+    corruptions: tuple[str, ...] = HEADLINE_CORRUPTIONS
+    severities: tuple[int, ...] = SEVERITIES
+    seed: int = 0
+    targets: int = DEFAULT_TARGETS
+    square_queries: int = DEFAULT_SQUARE_QUERIES
+    strategy: str = "auto"
+    num_cpu_devices: int = 1
+    overwrite: bool = False
+    quiet: bool = False
+
+    def __post_init__(self):
+        if self.output_dir is None:
+            object.__setattr__(self, "output_dir", default_output_dir(self.model, self.model_name))
+        if self.targets < 1:  # the upper bound is the data's class count - 1: `evaluation.core.check_class_count`
+            raise UsageError(f"--targets must be >= 1 (and below the model's class count), got {self.targets}")
+        if self.square_queries < 1:
+            raise UsageError(f"--square_queries must be >= 1, got {self.square_queries}")
+        if self.strategy not in EVAL_STRATEGIES:
+            raise UsageError(f"unknown strategy {self.strategy!r}; valid: {', '.join(EVAL_STRATEGIES)}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if self.max_examples < 0:
+            raise UsageError(f"--max_examples must be >= 0 (0: all), got {self.max_examples}")
+        if self.cifar10c_source not in (NO_CIFAR10C, *CIFAR10C_SOURCES):
+            valid = ", ".join((NO_CIFAR10C, *CIFAR10C_SOURCES))
+            raise UsageError(f"unknown CIFAR-10-C source {self.cifar10c_source!r}; valid: {valid}")
+        autoattack_composite(self.autoattack_version, self.autoattack_norm)  # validates both
+        self.attack_specs()  # validates names, radii and restarts
+        # Normalised in place ('all' → names, "5" → 5): results.json records what actually ran.
+        attacks = parse_attacks(self.attacks, self.autoattack_norm, self.autoattack_version)
+        object.__setattr__(self, "attacks", tuple(attacks))
+        object.__setattr__(self, "corruptions", parse_corruptions(self.corruptions))
+        object.__setattr__(self, "severities", parse_severities(self.severities))
+
+    def attack_specs(self) -> list[AttackSpec]:
+        """Every single attack to run, composites' components included, in order."""
+        return [spec for _, specs in self.attack_plan() for spec in specs]
+
+    def attack_plan(self) -> list[tuple[str, list[AttackSpec]]]:
+        """(name, specs) per `--attacks` entry (`attack_plan`)."""
+        return attack_plan(
+            self.attacks,
+            restarts=self.restarts,
+            epsilons={"linf": self.linf_epsilon, "linf_large": self.linf_epsilon_large, "l2": self.l2_epsilon},
+            autoattack_norm=self.autoattack_norm,
+            autoattack_version=self.autoattack_version,
+            targets=self.targets,
+            square_queries=self.square_queries,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """The settings results.json records (output location and verbosity left out)."""
+        d = dataclasses.asdict(self)
+        for k in ("output_dir", "overwrite", "quiet"):
+            d.pop(k)
+        return d

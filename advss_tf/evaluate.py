@@ -26,14 +26,9 @@ from advss_tf.attacks.registry import (
     DEFAULT_ATTACKS,
     MAX_L2_EPS,
 )
+from advss_tf.config import DEFAULT_SQUARE_QUERIES, DEFAULT_TARGETS, EVAL_STRATEGIES, NO_CIFAR10C
 from advss_tf.corruptions.cifar10c import ALL_CORRUPTIONS, SEVERITIES
 from advss_tf.corruptions.sources import CIFAR10C_SOURCES
-from advss_tf.evaluation.evaluator import (
-    DEFAULT_SQUARE_QUERIES,
-    DEFAULT_TARGETS,
-    EVAL_STRATEGIES,
-    NO_CIFAR10C,
-)
 
 FLAGS = flags.FLAGS
 
@@ -119,7 +114,7 @@ flags.register_validator("num_cpu_devices", lambda v: v >= 1, "--num_cpu_devices
 
 
 def config_from_flags():
-    from advss_tf.evaluation.evaluator import EvaluateConfig
+    from advss_tf.config import EvaluateConfig
 
     return EvaluateConfig(
         model=FLAGS.model,

@@ -161,7 +161,7 @@ def _masked(model, how):
 
 @pytest.mark.parametrize("how", ["stop_gradient", "quantize"])
 def test_a_model_with_masked_gradients_is_flagged(trained_classifier, how):
-    from advss_tf.evaluation.model import Classifier
+    from advss_tf.serving import Classifier
 
     model, x, y = trained_classifier
     x_u8, y = np.round(x[:64] * 255).astype(np.uint8), y[:64]

@@ -21,7 +21,7 @@ import advss_tf
 from advss_tf.attacks import apgd, registry
 from advss_tf.data import cifar10
 from advss_tf.errors import UsageError
-from advss_tf.evaluation import evaluator, report, worst_case
+from advss_tf.evaluation import core, evaluator, report, worst_case
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D = 32 * 32 * 3
@@ -216,17 +216,23 @@ def test_the_readmes_python_example_runs(linear, capsys):
     assert np.abs(result.adversarial_images - x_test).max() > 0
 
 
-def test_the_evaluate_binary_and_the_api_are_one_implementation(tmp_path):
-    """The same model and images through `evaluator.run` (what the binary calls) and `advss_tf.autoattack`: the
-    same per-example outcome; the binary labels the cut budgets "custom", and keeps them off the model card."""
+def _centroid_export(tmp_path, n=16):
+    """A nearest-centroid classifier of the first `n` CIFAR-10 test images (a linear SavedModel), and those images."""
     keras.utils.set_random_seed(0)
     xt, yt = cifar10.load_arrays(cifar10.DataSource(), "test")
-    x, y = xt[:16].astype(np.float32) / 255.0, yt[:16]
+    x, y = xt[:n].astype(np.float32) / 255.0, yt[:n]
     model, _ = _linear_model()
     centroids = np.stack([x[y == k].mean(0).reshape(-1) if np.any(y == k) else np.zeros(D) for k in range(10)])
     model.layers[-1].set_weights([centroids.T.astype(np.float32) * 5, -2.5 * (centroids**2).sum(1).astype(np.float32)])
     path = str(tmp_path / "centroids")
     model.export(path, verbose=False)
+    return path, x, y
+
+
+def test_the_evaluate_binary_and_the_api_are_one_implementation(tmp_path):
+    """The same model and images through `evaluator.run` (what the binary calls) and `advss_tf.autoattack`: the
+    same per-example outcome; the binary labels the cut budgets "custom", and keeps them off the model card."""
+    path, x, y = _centroid_export(tmp_path)
     cfg = evaluator.EvaluateConfig(
         model=path, output_dir=str(tmp_path / "eval"), attacks=("autoattack",), max_examples=16, batch_size=8,
         targets=1, square_queries=10, quiet=True,
@@ -244,6 +250,62 @@ def test_the_evaluate_binary_and_the_api_are_one_implementation(tmp_path):
     table = report.combined_table([results], ["centroids"])
     assert f"{100 * aa['accuracy']:.2f} (custom)" in table and table.splitlines()[2].split("|")[-5].strip() == "–"
     assert results["gradient_masking"]["randomness"]["randomised"] is False
+
+
+SHARED = ("pgd20", "apgd_ce", "square", "autoattack")
+
+
+def test_both_doors_call_one_core_and_give_equal_outcomes_on_four_attacks(tmp_path, monkeypatch):
+    """PGD-20, APGD-CE, Square and AutoAttack on the same images and SavedModel through the evaluate binary's
+    `evaluator.run` and `advss_tf.evaluate_robustness`: both pass through `evaluation.core.evaluate` with the same
+    plan, and give the same per-example outcomes, robust accuracies, clean accuracy and worst case."""
+    path, x, y = _centroid_export(tmp_path)
+    calls = []
+    evaluate = core.evaluate
+
+    def spy(model, images, labels, plan, **kwargs):
+        calls.append((kwargs["door"], [(name, [s.to_dict() for s in specs]) for name, specs in plan]))
+        return evaluate(model, images, labels, plan, **kwargs)
+
+    monkeypatch.setattr(core, "evaluate", spy)
+    budgets = dict(targets=1, square_queries=10)  # cut: equality is the question, not AutoAttack's number
+    cfg = evaluator.EvaluateConfig(
+        model=path, output_dir=str(tmp_path / "eval"), attacks=SHARED, max_examples=len(x), batch_size=8, quiet=True,
+        **budgets,
+    )  # fmt: skip
+    results = evaluator.run(cfg)
+    ours = advss_tf.evaluate_robustness(path, x, y, attacks=SHARED, batch_size=8, progress=False, **budgets)
+    assert [door for door, _ in calls] == [core.CLI, core.PYTHON]
+    assert calls[0][1] == calls[1][1]  # one plan: the same names, stages, radii and budgets
+    per_example = np.load(tmp_path / "eval" / worst_case.PER_EXAMPLE)
+    assert list(ours.robust_accuracy) == list(results["robust_accuracy"]) == list(SHARED)
+    for name in SHARED:
+        np.testing.assert_array_equal(per_example[f"robust_{name}"], ours.robust[name], err_msg=name)
+        assert ours.robust_accuracy[name] == results["robust_accuracy"][name]["accuracy"], name
+        assert ours.details[name].get("version") == results["robust_accuracy"][name].get("version"), name
+    assert ours.clean_accuracy == results["standard_accuracy"] > 0.2
+    assert ours.worst_case == results["worst_case"]
+    # Not a case where every attack finds nothing or everything: the outcomes compared vary.
+    assert 0 < results["worst_case"]["accuracy"] < results["standard_accuracy"]
+
+
+def test_too_many_targets_are_refused_by_both_doors_with_one_sentence(tmp_path):
+    path, x, y = _centroid_export(tmp_path, n=8)
+    cfg = evaluator.EvaluateConfig(
+        model=path, output_dir=str(tmp_path / "eval"), attacks=("apgd_t",), max_examples=len(x), targets=10,
+        quiet=True,
+    )  # fmt: skip
+    with pytest.raises(UsageError, match="pass --targets=9") as cli:
+        evaluator.run(cfg)
+    with pytest.raises(UsageError, match="pass targets=9") as api:
+        advss_tf.evaluate_robustness(path, x, y, attacks=("apgd_t",), targets=10, progress=False)
+    with pytest.raises(UsageError, match="pass targets=9"):
+        advss_tf.autoattack(path, x, y, targets=10, progress=False)
+    # The same sentence, each naming its own door's setting and where it read the class count.
+    expected = str(cli.value).replace("--targets", "targets").replace("the data's", "the model's")
+    assert str(api.value) == expected
+    assert str(api.value).startswith("targets=10 but apgd_t can target at most 9 classes")
+    assert not os.path.exists(tmp_path / "eval")  # refused before anything is written
 
 
 class _NoisyModule(tf.Module):

@@ -12,12 +12,13 @@ from binaries import run_binary, run_script
 
 from advss_tf import serving
 from advss_tf.attacks.registry import ATTACKS, EOT_ATTACKS
+from advss_tf.corruptions import cifar10c
 from advss_tf.data import cifar10
 from advss_tf.errors import UsageError
-from advss_tf.evaluation import corruption, evaluator, robustness
-from advss_tf.evaluation.model import load_classifier
+from advss_tf.evaluation import evaluator, robustness
 from advss_tf.models.classifier import ImageClassifier
 from advss_tf.models.resnet import BackboneConfig
+from advss_tf.serving import load_classifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = np.random.default_rng(0).uniform(size=(4, 32, 32, 3)).astype(np.float32)
@@ -115,14 +116,14 @@ def test_signatures_that_are_not_images_to_logits_are_refused(tmp_path, fn, matc
 
 
 def test_corruption_and_severity_lists():
-    assert len(corruption.parse_corruptions(["headline"])) == 15
-    assert len(corruption.parse_corruptions(["all"])) == 19
-    assert corruption.parse_corruptions(["fog", "extra", "fog"])[:2] == ("fog", "speckle_noise")
-    assert corruption.parse_severities(["5", "1", "5"]) == (1, 5)
+    assert len(cifar10c.parse_corruptions(["headline"])) == 15
+    assert len(cifar10c.parse_corruptions(["all"])) == 19
+    assert cifar10c.parse_corruptions(["fog", "extra", "fog"])[:2] == ("fog", "speckle_noise")
+    assert cifar10c.parse_severities(["5", "1", "5"]) == (1, 5)
     with pytest.raises(UsageError, match="valid: gaussian_noise"):
-        corruption.parse_corruptions(["fogg"])
+        cifar10c.parse_corruptions(["fogg"])
     with pytest.raises(UsageError, match="severity"):
-        corruption.parse_severities(["6"])
+        cifar10c.parse_severities(["6"])
 
 
 # -- the binary ------------------------------------------------------------------------------------------------------

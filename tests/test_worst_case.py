@@ -17,8 +17,8 @@ from binaries import PipedProcess, run_binary
 from advss_tf.attacks.registry import ATTACKS, COMPOSITES
 from advss_tf.errors import UsageError
 from advss_tf.evaluation import evaluator, robustness, worst_case
-from advss_tf.evaluation.model import Classifier
 from advss_tf.evaluation.records import PartialStore
+from advss_tf.serving import Classifier
 
 
 def _silent(_line: str) -> None:

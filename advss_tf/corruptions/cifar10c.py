@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -40,6 +40,52 @@ HEADLINE_CORRUPTIONS: tuple[str, ...] = (
 EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 ALL_CORRUPTIONS: tuple[str, ...] = HEADLINE_CORRUPTIONS + EXTRA_CORRUPTIONS
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+CORRUPTION_GROUPS = {"headline": HEADLINE_CORRUPTIONS, "all": ALL_CORRUPTIONS, "extra": EXTRA_CORRUPTIONS}
+
+
+def parse_corruptions(names: Iterable[str]) -> tuple[str, ...]:
+    """Corruption names from `--corruptions`: names and/or the groups headline (15), extra (4), all (19).
+
+    Raises:
+      UsageError: an unknown name (the message lists the valid ones), or none given.
+    """
+    out: list[str] = []
+    for raw in names:
+        name = raw.strip().lower()
+        if not name:
+            continue
+        if name in CORRUPTION_GROUPS:
+            out.extend(c for c in CORRUPTION_GROUPS[name] if c not in out)
+        elif name in ALL_CORRUPTIONS:
+            if name not in out:
+                out.append(name)
+        else:
+            raise UsageError(
+                f"unknown corruption {raw!r}; valid: {', '.join(ALL_CORRUPTIONS)}, or {', '.join(CORRUPTION_GROUPS)}"
+            )
+    if not out:
+        raise UsageError("--corruptions is empty; give corruption names, headline, extra or all")
+    return tuple(out)
+
+
+def parse_severities(values: Iterable[str | int]) -> tuple[int, ...]:
+    """Severities from `--severities` (1..5), sorted, without repeats.
+
+    Raises:
+      UsageError: a value that is not 1..5, or none given.
+    """
+    out = set()
+    for raw in values:
+        text = str(raw).strip()
+        if not text:
+            continue
+        if not text.isdigit() or int(text) not in SEVERITIES:
+            raise UsageError(f"unknown severity {text!r}; valid: {', '.join(map(str, SEVERITIES))}")
+        out.add(int(text))
+    if not out:
+        raise UsageError("--severities is empty; give some of 1,2,3,4,5")
+    return tuple(sorted(out))
+
 
 # (images uint8 [N, 32, 32, 3], severity, one generator per image) -> float [N, 32, 32, 3] on the 0..255 scale
 Corruption = Callable[[np.ndarray, int, list[np.random.Generator]], np.ndarray]

@@ -8,65 +8,18 @@ or TFDS); the per-set accuracies are aggregated with `aggregate_cifar10c` into t
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import keras
 import numpy as np
 
-from advss_tf.corruptions.cifar10c import ALL_CORRUPTIONS, EXTRA_CORRUPTIONS, HEADLINE_CORRUPTIONS, SEVERITIES
+from advss_tf.corruptions.cifar10c import HEADLINE_CORRUPTIONS, SEVERITIES
 from advss_tf.corruptions.sources import aggregate_cifar10c, load_cifar10c
 from advss_tf.errors import UsageError
 from advss_tf.evaluation.records import PartialStore, write_text
 from advss_tf.evaluation.robustness import ModelFn, Predictor, check_stop
 
 HEADLINE_SETS = len(HEADLINE_CORRUPTIONS) * len(SEVERITIES)  # 75
-
-CORRUPTION_GROUPS = {"headline": HEADLINE_CORRUPTIONS, "all": ALL_CORRUPTIONS, "extra": EXTRA_CORRUPTIONS}
-
-
-def parse_corruptions(names: Iterable[str]) -> tuple[str, ...]:
-    """Corruption names from `--corruptions`: names and/or the groups headline (15), extra (4), all (19).
-
-    Raises:
-      UsageError: an unknown name (the message lists the valid ones), or none given.
-    """
-    out: list[str] = []
-    for raw in names:
-        name = raw.strip().lower()
-        if not name:
-            continue
-        if name in CORRUPTION_GROUPS:
-            out.extend(c for c in CORRUPTION_GROUPS[name] if c not in out)
-        elif name in ALL_CORRUPTIONS:
-            if name not in out:
-                out.append(name)
-        else:
-            raise UsageError(
-                f"unknown corruption {raw!r}; valid: {', '.join(ALL_CORRUPTIONS)}, or {', '.join(CORRUPTION_GROUPS)}"
-            )
-    if not out:
-        raise UsageError("--corruptions is empty; give corruption names, headline, extra or all")
-    return tuple(out)
-
-
-def parse_severities(values: Iterable[str | int]) -> tuple[int, ...]:
-    """Severities from `--severities` (1..5), sorted, without repeats.
-
-    Raises:
-      UsageError: a value that is not 1..5, or none given.
-    """
-    out = set()
-    for raw in values:
-        text = str(raw).strip()
-        if not text:
-            continue
-        if not text.isdigit() or int(text) not in SEVERITIES:
-            raise UsageError(f"unknown severity {text!r}; valid: {', '.join(map(str, SEVERITIES))}")
-        out.add(int(text))
-    if not out:
-        raise UsageError("--severities is empty; give some of 1,2,3,4,5")
-    return tuple(sorted(out))
 
 
 def evaluate_cifar10c(

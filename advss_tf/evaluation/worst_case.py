@@ -198,7 +198,7 @@ def threat_model(outcome: AttackOutcome | CompositeOutcome) -> str:
 def headline_threat_model(outcomes: Sequence[AttackOutcome | CompositeOutcome]) -> str | None:
     """The threat model the headline worst case is taken in: AutoAttack's (the L∞ one first) if it ran, else
     PGD-20's, else the first attack's that bounds one norm and radius (MIXED only if nothing else ran)."""
-    by_name = {_name(o): o for o in outcomes}
+    by_name = {outcome_name(o): o for o in outcomes}
     for name in (*AUTOATTACK_NAMES, "pgd20"):
         if name in by_name and threat_model(by_name[name]) != MIXED:
             return threat_model(by_name[name])
@@ -242,7 +242,7 @@ def worst_case(
         arrays["worst_case_robust"], arrays["breaking_attack"] = robust, breaking
     else:
         top = {k: v for k, v in by_model[headline].items() if k != "threat_model"}
-    names = [_name(o) for o in outcomes]
+    names = [outcome_name(o) for o in outcomes]
     arrays["attacks"] = np.array(names, dtype=str)
     for o, name in zip(outcomes, names):
         arrays[f"robust_{name}"] = o.robust
@@ -257,7 +257,7 @@ def _worst_case_of(
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """(section, robust mask, breaking attack per example) over `outcomes` taken together."""
     n = len(clean_correct)
-    names = [_name(o) for o in outcomes]
+    names = [outcome_name(o) for o in outcomes]
     masks = np.stack([o.robust for o in outcomes]) if outcomes else np.ones([0, n], bool)
     robust = clean_correct & masks.all(axis=0)
     only = {}
@@ -286,7 +286,8 @@ def _worst_case_of(
     return section, robust, breaking
 
 
-def _name(outcome: AttackOutcome | CompositeOutcome) -> str:
+def outcome_name(outcome: AttackOutcome | CompositeOutcome) -> str:
+    """The results key of an outcome: a composite's name, or its single attack's."""
     return outcome.name if isinstance(outcome, CompositeOutcome) else outcome.spec.name
 
 

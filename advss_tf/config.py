@@ -14,7 +14,7 @@ from typing import Any
 from advss_tf.attacks.pgd import check_budget
 from advss_tf.data.datasets import LEGACY_DEFAULTS, DataSource
 from advss_tf.errors import UsageError
-from advss_tf.models.resnet import BackboneConfig
+from advss_tf.models.backbones import BackboneConfig
 
 ATTACK_BN_MODES = ("train", "eval")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")

@@ -16,8 +16,8 @@ from advss_tf.data import cifar10
 from advss_tf.errors import UsageError
 from advss_tf.evaluation import corruption, evaluator, robustness
 from advss_tf.evaluation.model import load_classifier
+from advss_tf.models.backbones import BackboneConfig
 from advss_tf.models.classifier import ImageClassifier
-from advss_tf.models.resnet import BackboneConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = np.random.default_rng(0).uniform(size=(4, 32, 32, 3)).astype(np.float32)

@@ -27,7 +27,7 @@ def _assemble(cfg, strategy, mixed_precision, batch_norm, jit_compile, build, *,
     """The part both builders share: precision, strategy, real images, the model built by `build()` in the scope
     (→ task, model, trainable variables), its optimizer, the `Trainer` and an endless distributed batch iterator."""
     from advss_tf.data import cifar10, pipeline
-    from advss_tf.models.resnet import batch_norm_layer
+    from advss_tf.models.layers import batch_norm_layer
     from advss_tf.training import loop
     from advss_tf.training.runs import make_optimizer, set_precision
     from advss_tf.training.strategy import make_strategy
@@ -60,7 +60,7 @@ def _assemble(cfg, strategy, mixed_precision, batch_norm, jit_compile, build, *,
 
 def _backbone(name: str, arch_version: int | None):
     """BackboneConfig(name) with the given block definition (None: the default, the reference's)."""
-    from advss_tf.models.resnet import BackboneConfig
+    from advss_tf.models.backbones import BackboneConfig
 
     return BackboneConfig(name) if arch_version is None else BackboneConfig(name, arch_version=arch_version)
 

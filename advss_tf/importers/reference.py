@@ -28,8 +28,10 @@ from advss_tf import serving
 from advss_tf.config import PretrainConfig, to_dict, versions
 from advss_tf.data import cifar10
 from advss_tf.errors import UsageError
+from advss_tf.models.backbones import BACKBONES, BackboneConfig
 from advss_tf.models.classifier import ImageClassifier
-from advss_tf.models.resnet import BACKBONES, MEAN, STAGE_STRIDES, STD, BackboneConfig
+from advss_tf.models.layers import MEAN, STD
+from advss_tf.models.resnet import STAGE_STRIDES
 from advss_tf.models.selfie import SelfieModel
 from advss_tf.patches import GRID, NUM_PATCHES
 from advss_tf.tasks.classification import jigsaw_task, rotation_task

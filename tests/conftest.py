@@ -89,7 +89,7 @@ def shared_dir(tmp_path_factory):
     return path
 
 
-# The attack fixture's backbone: tiny's block at half its widths (resnet.BACKBONES). The attack-strength tests run
+# The attack fixture's backbone: tiny's block at half its widths (backbones.BACKBONES). The attack-strength tests run
 # it tens of thousands of times (Square alone ~76k image-forwards), so its width is most of their time.
 FIXTURE_BACKBONE = "micro"
 

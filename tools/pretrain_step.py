@@ -82,7 +82,7 @@ def build_pretrain_step(
 ) -> PretrainStep:
     """Builds the task's model and the same `Trainer` the pretrain binary uses, fed by its real input pipeline.
 
-    `batch_norm` forces a BatchNormalization layer (advss_tf.models.resnet.BATCH_NORM_LAYERS) to time either;
+    `batch_norm` forces a BatchNormalization layer (advss_tf.models.layers.BATCH_NORM_LAYERS) to time either;
     "auto" keeps the binary's choice. `arch_version` chooses the block definition (models/resnet.py).
     """
     from advss_tf.config import AttackConfig, PretrainConfig

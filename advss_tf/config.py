@@ -27,7 +27,7 @@ from advss_tf.corruptions.cifar10c import HEADLINE_CORRUPTIONS, SEVERITIES, pars
 from advss_tf.corruptions.sources import CIFAR10C_SOURCES
 from advss_tf.data.datasets import LEGACY_DEFAULTS, DataSource
 from advss_tf.errors import UsageError
-from advss_tf.models.resnet import BackboneConfig
+from advss_tf.models.backbones import BackboneConfig
 
 ATTACK_BN_MODES = ("train", "eval")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")

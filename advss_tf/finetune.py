@@ -16,7 +16,7 @@ from absl import flags
 
 import advss_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported)
 from advss_tf import common_flags
-from advss_tf.models.resnet import BACKBONES
+from advss_tf.models.backbones import BACKBONES
 from advss_tf.tasks.finetune import MODES, OBJECTIVES
 
 FLAGS = flags.FLAGS
@@ -72,7 +72,7 @@ def default_model_dir(pretrained: str | None, aux_rotation_weight: float) -> str
 
 
 def config_from_flags():
-    from advss_tf.models.resnet import BackboneConfig
+    from advss_tf.models.backbones import BackboneConfig
     from advss_tf.training.finetuning import FinetuneConfig
 
     return FinetuneConfig(

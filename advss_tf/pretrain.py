@@ -12,7 +12,7 @@ from absl import flags
 
 import advss_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported)
 from advss_tf import common_flags
-from advss_tf.models.resnet import BACKBONES
+from advss_tf.models.backbones import BACKBONES
 from advss_tf.tasks.table import TASKS
 
 FLAGS = flags.FLAGS
@@ -51,7 +51,7 @@ common_flags.define_runtime_flags()
 
 def config_from_flags():
     from advss_tf.config import PretrainConfig
-    from advss_tf.models.resnet import BackboneConfig
+    from advss_tf.models.backbones import BackboneConfig
 
     return PretrainConfig(
         task=FLAGS.task,

@@ -10,7 +10,7 @@ from typing import Any
 
 from advss_tf import config as config_lib
 from advss_tf.errors import UsageError
-from advss_tf.models.resnet import LEGACY_ARCH_VERSION
+from advss_tf.models.backbones import LEGACY_ARCH_VERSION
 
 CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"

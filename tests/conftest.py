@@ -89,7 +89,7 @@ def shared_dir(tmp_path_factory):
     return path
 
 
-# The attack fixture's backbone: tiny's block at half its widths (resnet.BACKBONES). The attack-strength tests run
+# The attack fixture's backbone: tiny's block at half its widths (backbones.BACKBONES). The attack-strength tests run
 # it tens of thousands of times (Square alone ~76k image-forwards), so its width is most of their time.
 FIXTURE_BACKBONE = "micro"
 
@@ -112,8 +112,8 @@ def fit_trained_classifier(images, labels):
 def _trained_classifier_model(images):
     import keras
 
+    from advss_tf.models.backbones import BackboneConfig
     from advss_tf.models.classifier import ImageClassifier
-    from advss_tf.models.resnet import BackboneConfig
 
     keras.utils.set_random_seed(0)
     model = ImageClassifier(BackboneConfig(FIXTURE_BACKBONE), 10)
@@ -132,7 +132,7 @@ def trained_classifier_data(sample_arrays):
 def committed_weights_path() -> str:
     """tests/data's fitted weights of `trained_classifier`, named by the block definition they were fitted with
     (a new ARCH_VERSION finds no file and fits anew; tests/make_trained_classifier.py writes it)."""
-    from advss_tf.models.resnet import ARCH_VERSION
+    from advss_tf.models.backbones import ARCH_VERSION
 
     return os.path.join(REPO, "tests", "data", f"trained_classifier_{FIXTURE_BACKBONE}_v{ARCH_VERSION}.npz")
 

@@ -2,7 +2,7 @@
 
     python tests/make_trained_classifier.py
 
-Run it when the block definition changes (a new resnet.ARCH_VERSION: the fixture then finds no file and fits the
+Run it when the block definition changes (a new backbones.ARCH_VERSION: the fixture then finds no file and fits the
 model in every test run until this is run and the file committed). Fitting takes about half a minute on the 2-core CPU;
 the weights are float32 and the same on every machine once written.
 """

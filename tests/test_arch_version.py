@@ -7,7 +7,7 @@ import pytest
 
 from advss_tf import workspace
 from advss_tf.errors import UsageError
-from advss_tf.models.resnet import BackboneConfig
+from advss_tf.models.backbones import BackboneConfig
 from advss_tf.training.finetuning import FinetuneConfig
 
 

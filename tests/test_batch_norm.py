@@ -7,8 +7,9 @@ import tensorflow as tf
 
 from advss_tf.config import AttackConfig, OptimizerConfig, PretrainConfig
 from advss_tf.data import pipeline
-from advss_tf.models import resnet
+from advss_tf.models.backbones import BackboneConfig, build_trunk
 from advss_tf.models.batch_norm import FusedBatchNormalization
+from advss_tf.models.layers import AUTO, batch_norm_layer
 from advss_tf.tasks.table import build_task
 from advss_tf.training import loop
 
@@ -87,19 +88,19 @@ def test_synchronized_and_3d_inputs_fall_back_to_keras():
 def test_checkpoints_restore_across_keras_and_fused_trunks(tmp_path):
     """A trunk written with Keras' layer (every existing checkpoint and export) restores into ours, and back."""
     images = tf.constant(np.random.default_rng(4).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32))
-    cfg = resnet.BackboneConfig("tiny")
-    with resnet.batch_norm_layer("keras"):
-        old = resnet.build_trunk(cfg)
+    cfg = BackboneConfig("tiny")
+    with batch_norm_layer("keras"):
+        old = build_trunk(cfg)
     old(images, training=True)  # move the BatchNorm statistics off their initial values
     path = tf.train.Checkpoint(trunk=old).write(str(tmp_path / "old"))
-    new = resnet.build_trunk(cfg)
+    new = build_trunk(cfg)
     assert any(isinstance(layer, FusedBatchNormalization) for layer in new.layers)
     tf.train.Checkpoint(trunk=new).read(path).assert_existing_objects_matched().assert_consumed()
     for training in (False, True):
         _close(old(images, training=training), new(images, training=training))
     back = tf.train.Checkpoint(trunk=new).write(str(tmp_path / "new"))
-    with resnet.batch_norm_layer("keras"):
-        again = resnet.build_trunk(cfg)
+    with batch_norm_layer("keras"):
+        again = build_trunk(cfg)
     tf.train.Checkpoint(trunk=again).read(back).assert_existing_objects_matched().assert_consumed()
     _close(new(images), again(images))
     assert [v.path for v in again.weights] == [v.path for v in new.weights]
@@ -109,7 +110,7 @@ def test_unknown_batch_norm_layer_is_a_usage_error():
     from advss_tf.errors import UsageError
 
     with pytest.raises(UsageError, match="fused"):
-        with resnet.batch_norm_layer("cudnn"):
+        with batch_norm_layer("cudnn"):
             pass
 
 
@@ -117,12 +118,12 @@ def test_the_ensemble_builds_keras_layers_the_other_tasks_fused_ones_unless_a_ca
     """The ensemble's double backprop keeps more tensors through the fused kernel's gradient (17.7 vs 13.9 GiB,
     docs/benchmarks.md), so it prefers Keras' layer; `batch_norm_layer` still forces either for every task."""
 
-    def layers(task, choice=resnet.AUTO):
+    def layers(task, choice=AUTO):
         cfg = PretrainConfig(
-            task=task, model_dir="/tmp/unused", backbone=resnet.BackboneConfig("tiny"), batch_size=8,
+            task=task, model_dir="/tmp/unused", backbone=BackboneConfig("tiny"), batch_size=8,
             selfie_layers=1, selfie_heads=2, selfie_ff_dim=32,
         )  # fmt: skip
-        with resnet.batch_norm_layer(choice):
+        with batch_norm_layer(choice):
             model = build_task(cfg).build_model()
         found = {type(m) for m in model._flatten_layers() if isinstance(m, keras.layers.BatchNormalization)}
         assert found, task
@@ -141,7 +142,7 @@ def test_one_training_step_updates_weights_as_the_keras_layer(sample_arrays):
     cfg = PretrainConfig(
         task="jigsaw",
         model_dir="/tmp/unused",
-        backbone=resnet.BackboneConfig("tiny"),
+        backbone=BackboneConfig("tiny"),
         batch_size=8,
         train_steps=1,
         attack=AttackConfig(steps=2),
@@ -153,7 +154,7 @@ def test_one_training_step_updates_weights_as_the_keras_layer(sample_arrays):
     updated = []
     for layer in ("keras", "fused"):
         keras.utils.set_random_seed(3)
-        with resnet.batch_norm_layer(layer):
+        with batch_norm_layer(layer):
             task = build_task(cfg)
             model = task.build_model()
         opt = keras.optimizers.SGD(0.1, momentum=0.9)

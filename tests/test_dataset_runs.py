@@ -15,8 +15,8 @@ from advss_tf.config import AttackConfig, OptimizerConfig, PretrainConfig, Runti
 from advss_tf.data.datasets import DataSource
 from advss_tf.errors import UsageError
 from advss_tf.evaluation import evaluator
+from advss_tf.models.backbones import BackboneConfig
 from advss_tf.models.classifier import ImageClassifier
-from advss_tf.models.resnet import BackboneConfig
 from advss_tf.training import finetuning, pretraining
 
 SIZE = 96

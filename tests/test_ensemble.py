@@ -15,7 +15,7 @@ from advss_tf.attacks import diversity
 from advss_tf.attacks.pgd import pgd_linf
 from advss_tf.config import AttackConfig, OptimizerConfig, PretrainConfig, RuntimeConfig
 from advss_tf.data import pipeline
-from advss_tf.models.resnet import BackboneConfig, build_trunk
+from advss_tf.models.backbones import BackboneConfig, build_trunk
 from advss_tf.tasks.ensemble import ENSEMBLE_TASKS
 from advss_tf.tasks.table import AUGMENTATION, build_task
 from advss_tf.training import loop, pretraining

@@ -16,8 +16,8 @@ from advss_tf.corruptions import cifar10c
 from advss_tf.data import cifar10
 from advss_tf.errors import UsageError
 from advss_tf.evaluation import evaluator, robustness
+from advss_tf.models.backbones import BackboneConfig
 from advss_tf.models.classifier import ImageClassifier
-from advss_tf.models.resnet import BackboneConfig
 from advss_tf.serving import load_classifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,8 +17,8 @@ from advss_tf.attacks.pgd import pgd_linf
 from advss_tf.config import AttackConfig, PretrainConfig, to_dict
 from advss_tf.data import pipeline
 from advss_tf.errors import UsageError
+from advss_tf.models.backbones import BackboneConfig
 from advss_tf.models.classifier import ImageClassifier
-from advss_tf.models.resnet import BackboneConfig
 from advss_tf.tasks.finetune import FROZEN_PARTS, FinetuneTask, kl_divergence, trainable_variables
 from advss_tf.tasks.table import build_task
 from advss_tf.training import finetuning, loop, validation

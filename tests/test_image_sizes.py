@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from advss_tf import patches
 from advss_tf.errors import UsageError
-from advss_tf.models.resnet import BackboneConfig
+from advss_tf.models.backbones import BackboneConfig
 from advss_tf.models.selfie import SelfieModel
 from advss_tf.pretext import jigsaw, rotation
 from advss_tf.pretext import selfie as selfie_lib

@@ -6,8 +6,9 @@ import pytest
 import tensorflow as tf
 
 from advss_tf.errors import UsageError
+from advss_tf.models.backbones import BackboneConfig, build_stage4, build_trunk
 from advss_tf.models.classifier import ImageClassifier
-from advss_tf.models.resnet import BackboneConfig, ImageNormalization, build_stage4, build_trunk
+from advss_tf.models.layers import ImageNormalization
 
 
 # Parameters + BatchNorm statistics of the reference's models (version 2) and of the pre-issue-18 ones (version 1,

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from conftest import import_torch
 
+from advss_tf.models.backbones import BackboneConfig
 from advss_tf.models.classifier import ImageClassifier
-from advss_tf.models.resnet import BackboneConfig
 
 torch = import_torch()
 pytestmark = pytest.mark.peer

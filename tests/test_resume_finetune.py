@@ -8,7 +8,7 @@ import pytest
 from test_resume import RUNTIME, STEPS, straight_and_resumed
 
 from advss_tf.config import AttackConfig, OptimizerConfig, RuntimeConfig
-from advss_tf.models.resnet import BackboneConfig
+from advss_tf.models.backbones import BackboneConfig
 from advss_tf.training import finetuning
 
 

@@ -13,7 +13,7 @@ from pretrain_binary import assert_sigterm_saves_and_rerun_finishes, assert_usag
 
 from advss_tf.config import AttackConfig, OptimizerConfig, PretrainConfig, RuntimeConfig
 from advss_tf.data import pipeline
-from advss_tf.models.resnet import BackboneConfig, build_trunk
+from advss_tf.models.backbones import BackboneConfig, build_trunk
 from advss_tf.models.selfie import SelfieHead, SelfieModel, TransformerEncoderLayer, query_logits
 from advss_tf.pretext import selfie as selfie_lib
 from advss_tf.tasks.selfie import selfie_accuracy, selfie_loss

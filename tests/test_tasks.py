@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from advss_tf.config import AttackConfig, OptimizerConfig, PretrainConfig, RuntimeConfig
 from advss_tf.errors import UsageError
-from advss_tf.models.resnet import BackboneConfig
+from advss_tf.models.backbones import BackboneConfig
 from advss_tf.tasks import table
 from advss_tf.tasks.base import FinetuningTask, PretrainingTask, Task
 from advss_tf.tasks.classification import ClassificationPretextTask

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from advss_tf.config import AttackConfig, OptimizerConfig, PretrainConfig, RuntimeConfig
 from advss_tf.data import pipeline
-from advss_tf.models.resnet import BackboneConfig
+from advss_tf.models.backbones import BackboneConfig
 from advss_tf.tasks.table import build_task
 from advss_tf.training import loop, pretraining
 

@@ -12,16 +12,9 @@ from test_finetune import pretrain_export, values  # the export `pretraining.run
 from test_tasks import tiny_config
 
 from advss_tf.models import wide_resnet
+from advss_tf.models.backbones import BACKBONES, BackboneConfig, build_stage4, build_trunk
 from advss_tf.models.classifier import ImageClassifier
-from advss_tf.models.resnet import (
-    BACKBONES,
-    MEAN,
-    STD,
-    BackboneConfig,
-    ImageNormalization,
-    build_stage4,
-    build_trunk,
-)
+from advss_tf.models.layers import MEAN, STD, ImageNormalization
 from advss_tf.tasks import table
 from advss_tf.tasks.finetune import MODES, trainable_variables
 from advss_tf.training import finetuning

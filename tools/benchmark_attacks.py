@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from advss_tf.attacks import registry  # noqa: E402
+from advss_tf.models.backbones import BackboneConfig  # noqa: E402
 from advss_tf.models.classifier import ImageClassifier  # noqa: E402
-from advss_tf.models.resnet import BackboneConfig  # noqa: E402
 
 STAGES = ("apgd_ce", "apgd_t", "fab_t", "square")
 _SIGNATURE = [tf.TensorSpec([None, 32, 32, 3]), tf.TensorSpec([None], tf.int64), tf.TensorSpec([2], tf.int64)]

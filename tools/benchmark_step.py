@@ -21,7 +21,8 @@ from absl import app, flags
 
 import advss_tf  # noqa: F401  (TF_ENABLE_ONEDNN_OPTS before TensorFlow)
 from advss_tf.config import MIXED_PRECISION
-from advss_tf.models.resnet import AUTO, BACKBONES, BATCH_NORM_LAYERS
+from advss_tf.models.backbones import BACKBONES
+from advss_tf.models.layers import AUTO, BATCH_NORM_LAYERS
 from advss_tf.tasks.finetune import MODES, OBJECTIVES
 from advss_tf.tasks.table import TASKS
 
@@ -67,7 +68,7 @@ def main(argv):
     import tensorflow as tf
     from pretrain_step import build_finetune_step, build_pretrain_step
 
-    from advss_tf.models.resnet import ARCH_VERSIONS
+    from advss_tf.models.backbones import ARCH_VERSIONS
 
     versions = [int(v) for v in FLAGS.arch_versions]
     if not versions or any(v not in ARCH_VERSIONS for v in versions):

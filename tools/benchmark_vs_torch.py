@@ -100,8 +100,8 @@ def prepare_inputs(workdir: str, backbone: str, batch_size: int) -> dict:
     import torch
 
     from advss_tf.data import cifar10, pipeline
+    from advss_tf.models.backbones import BackboneConfig
     from advss_tf.models.classifier import ImageClassifier
-    from advss_tf.models.resnet import BackboneConfig
     from advss_tf.peer import torch_resnet
     from advss_tf.pretext import jigsaw
 
@@ -210,8 +210,9 @@ def _tf_worker(workdir: str, threads: int, batch_norm: str, inter_op_threads: in
 
     from advss_tf.attacks.registry import ATTACKS
     from advss_tf.evaluation import robustness
+    from advss_tf.models.backbones import BackboneConfig
     from advss_tf.models.classifier import ImageClassifier
-    from advss_tf.models.resnet import BackboneConfig, batch_norm_layer
+    from advss_tf.models.layers import batch_norm_layer
     from advss_tf.training import loop
 
     B = FLAGS.batch_size

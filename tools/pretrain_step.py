@@ -27,7 +27,7 @@ def _assemble(cfg, strategy, mixed_precision, batch_norm, jit_compile, build, *,
     """The part both builders share: precision, strategy, real images, the model built by `build()` in the scope
     (→ task, model, trainable variables), its optimizer, the `Trainer` and an endless distributed batch iterator."""
     from advss_tf.data import cifar10, pipeline
-    from advss_tf.models.resnet import batch_norm_layer
+    from advss_tf.models.layers import batch_norm_layer
     from advss_tf.training import loop
     from advss_tf.training.runs import make_optimizer, set_precision
     from advss_tf.training.strategy import make_strategy
@@ -60,7 +60,7 @@ def _assemble(cfg, strategy, mixed_precision, batch_norm, jit_compile, build, *,
 
 def _backbone(name: str, arch_version: int | None):
     """BackboneConfig(name) with the given block definition (None: the default, the reference's)."""
-    from advss_tf.models.resnet import BackboneConfig
+    from advss_tf.models.backbones import BackboneConfig
 
     return BackboneConfig(name) if arch_version is None else BackboneConfig(name, arch_version=arch_version)
 
@@ -82,7 +82,7 @@ def build_pretrain_step(
 ) -> PretrainStep:
     """Builds the task's model and the same `Trainer` the pretrain binary uses, fed by its real input pipeline.
 
-    `batch_norm` forces a BatchNormalization layer (advss_tf.models.resnet.BATCH_NORM_LAYERS) to time either;
+    `batch_norm` forces a BatchNormalization layer (advss_tf.models.layers.BATCH_NORM_LAYERS) to time either;
     "auto" keeps the binary's choice. `arch_version` chooses the block definition (models/resnet.py).
     """
     from advss_tf.config import AttackConfig, PretrainConfig

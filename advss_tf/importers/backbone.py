@@ -7,8 +7,9 @@ import numpy as np
 
 from advss_tf.errors import UsageError
 from advss_tf.importers.slots import Slot, bn_slots, conv_slot, dense_slots
+from advss_tf.models.backbones import BACKBONES, BackboneConfig
 from advss_tf.models.classifier import ImageClassifier
-from advss_tf.models.resnet import BACKBONES, STAGE_STRIDES, BackboneConfig
+from advss_tf.models.resnet import STAGE_STRIDES
 
 
 def infer_backbone(

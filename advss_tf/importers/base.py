@@ -10,7 +10,8 @@ from typing import Any
 
 from advss_tf.config import PretrainConfig
 from advss_tf.importers.checkpoint import sha256
-from advss_tf.models.resnet import MEAN, STD, BackboneConfig
+from advss_tf.models.backbones import BackboneConfig
+from advss_tf.models.layers import MEAN, STD
 
 REFERENCE = "Adv-SS-Pretraining (Chen et al., CVPR 2020), the paper's PyTorch code"
 

@@ -11,7 +11,7 @@ from advss_tf.importers.backbone import infer_backbone, resnet_slots
 from advss_tf.importers.base import Format, Imported, pretrain_config, provenance
 from advss_tf.importers.checkpoint import one_file, read_state_dicts
 from advss_tf.importers.slots import Slot, apply_slots, assign, normaliser_slots
-from advss_tf.models.resnet import BackboneConfig
+from advss_tf.models.backbones import BackboneConfig
 from advss_tf.models.selfie import SelfieModel
 from advss_tf.patches import GRID
 from advss_tf.tasks.selfie import SelfieTask

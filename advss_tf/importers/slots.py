@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from advss_tf.errors import UsageError
-from advss_tf.models.resnet import MEAN, STD
+from advss_tf.models.layers import MEAN, STD
 
 _BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var")
 

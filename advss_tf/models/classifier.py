@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from advss_tf.models.resnet import BackboneConfig, build_stage4, build_trunk
+from advss_tf.models.backbones import BackboneConfig, build_stage4, build_trunk
 
 
 class ImageClassifier(keras.Model):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import keras
 
+from advss_tf.models.backbones import BackboneConfig, build_trunk
 from advss_tf.models.classifier import ImageClassifier
-from advss_tf.models.resnet import BackboneConfig, build_trunk
 from advss_tf.models.selfie import SelfieModel
 
 

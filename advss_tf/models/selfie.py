@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 
 from advss_tf import patches as selfie_lib  # Selfie's patch grid and its split of a patch order
-from advss_tf.models.resnet import BackboneConfig, build_trunk
+from advss_tf.models.backbones import BackboneConfig, build_trunk
 
 _LN_EPSILON = 1e-5  # PyTorch's LayerNorm default, as the reference
 

@@ -18,15 +18,17 @@ what each head owns. The part is still called `stage4` (that is its role in ever
     stage4 = stage 3 + the final BN + ReLU                    → [N, H/4, W/4, 64k]
 
 Layers keep the WRN's own stage numbers (`stage3_block1_conv1` lives in the part `stage4`).
+
+A family of models/backbones.py: built from an `ArchSpec` and explicit arguments; imports only models/layers.py.
 """
 
 from __future__ import annotations
 
 import keras
 
-from advss_tf.models import resnet
+from advss_tf.models.layers import ArchSpec, ImageNormalization, batch_norm
 
-BLOCK = "wide"  # resnet.ArchSpec.block of the WideResNets in resnet.BACKBONES
+BLOCK = "wide"  # ArchSpec.block of the WideResNets in models/backbones.BACKBONES
 STAGE_STRIDES = (1, 2, 2)
 
 
@@ -52,49 +54,53 @@ def _conv3x3(x, filters: int, stride: int, name: str):
 
 def _block(x, channels: int, stride: int, sync: bool, name: str):
     """One pre-activation basic block; the 1x1 shortcut (if any) starts from the pre-activation, as `convShortcut`."""
-    pre = keras.layers.ReLU(name=f"{name}_pre_relu")(resnet._bn(sync, f"{name}_pre_bn")(x))
+    pre = keras.layers.ReLU(name=f"{name}_pre_relu")(batch_norm(sync, f"{name}_pre_bn")(x))
     if stride != 1 or x.shape[-1] != channels:
         shortcut = _conv(channels, 1, stride, f"{name}_shortcut")(pre)
     else:
         shortcut = x
     h = _conv3x3(pre, channels, stride, f"{name}_conv1")
-    h = keras.layers.ReLU(name=f"{name}_relu2")(resnet._bn(sync, f"{name}_bn2")(h))
+    h = keras.layers.ReLU(name=f"{name}_relu2")(batch_norm(sync, f"{name}_bn2")(h))
     h = _conv3x3(h, channels, 1, f"{name}_conv2")
     return keras.layers.Add(name=f"{name}_add")([h, shortcut])
 
 
-def _stage(x, cfg: resnet.BackboneConfig, stage: int):
-    spec = _wide_spec(cfg)
+def _stage(x, spec: ArchSpec, stage: int, sync_bn: bool):
     for i in range(spec.blocks[stage - 1]):
         stride = STAGE_STRIDES[stage - 1] if i == 0 else 1
-        x = _block(x, spec.planes[stage - 1], stride, cfg.sync_bn, name=f"stage{stage}_block{i + 1}")
+        x = _block(x, spec.planes[stage - 1], stride, sync_bn, name=f"stage{stage}_block{i + 1}")
     return x
 
 
-def _wide_spec(cfg: resnet.BackboneConfig) -> resnet.ArchSpec:
-    if cfg.spec.block != BLOCK or len(cfg.spec.blocks) != len(STAGE_STRIDES):
-        raise ValueError(f"backbone {cfg.name!r} is not a WideResNet")
-    return cfg.spec
+def _check(spec: ArchSpec) -> None:
+    if spec.block != BLOCK or len(spec.blocks) != len(STAGE_STRIDES):
+        raise ValueError(f"{spec} is not a WideResNet")
 
 
-def build_trunk(cfg: resnet.BackboneConfig, name: str = "trunk") -> keras.Model:
+def stage_channels(spec: ArchSpec, stage: int) -> int:
+    """Output channels of stage 1..3."""
+    return spec.planes[stage - 1]
+
+
+def build_trunk(spec: ArchSpec, *, sync_bn: bool, name: str = "trunk") -> keras.Model:
     """Normalisation + stem conv + stages 1-2: images [N, H, W, 3] in [0, 1] → [N, H/2, W/2, 32k].
 
     Spatial size is left open so Selfie can encode 8x8 patches with the same weights (→ 4x4 maps).
     """
-    spec = _wide_spec(cfg)
+    _check(spec)
     images = keras.Input((None, None, 3), name="images")
-    x = resnet.ImageNormalization(name="normalize")(images)
+    x = ImageNormalization(name="normalize")(images)
     x = _conv(spec.stem, 3, 1, "stem_conv")(x)  # no BN/ReLU here: stage 1's first pre-activation is that
     for stage in range(1, len(STAGE_STRIDES)):
-        x = _stage(x, cfg, stage)
+        x = _stage(x, spec, stage, sync_bn)
     return keras.Model(images, x, name=name)
 
 
-def build_stage4(cfg: resnet.BackboneConfig, name: str = "stage4") -> keras.Model:
+def build_stage4(spec: ArchSpec, *, sync_bn: bool, name: str = "stage4") -> keras.Model:
     """The part each head owns: stage 3 + the final BN + ReLU, trunk features → [N, H/4, W/4, 64k]."""
-    _wide_spec(cfg)
-    features = keras.Input((None, None, cfg.trunk_channels), name="trunk_features")
-    x = _stage(features, cfg, len(STAGE_STRIDES))
-    x = keras.layers.ReLU(name="final_relu")(resnet._bn(cfg.sync_bn, "final_bn")(x))
+    _check(spec)
+    last = len(STAGE_STRIDES)
+    features = keras.Input((None, None, stage_channels(spec, last - 1)), name="trunk_features")
+    x = _stage(features, spec, last, sync_bn)
+    x = keras.layers.ReLU(name="final_relu")(batch_norm(sync_bn, "final_bn")(x))
     return keras.Model(features, x, name=name)

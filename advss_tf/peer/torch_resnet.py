@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advss_tf.models import resnet
+from advss_tf.models import backbones, resnet
+from advss_tf.models.layers import BN_EPSILON, BN_MOMENTUM, MEAN, STD
 
-_TORCH_BN_MOMENTUM = 1.0 - resnet.BN_MOMENTUM  # PyTorch counts momentum the other way round
+_TORCH_BN_MOMENTUM = 1.0 - BN_MOMENTUM  # PyTorch counts momentum the other way round
 
 
 def _tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -58,13 +59,15 @@ class SameConv2d(nn.Conv2d):
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=resnet.BN_EPSILON, momentum=_TORCH_BN_MOMENTUM)
+    return nn.BatchNorm2d(channels, eps=BN_EPSILON, momentum=_TORCH_BN_MOMENTUM)
 
 
 class PreActBlock(nn.Module):
     """One pre-activation block (basic or bottleneck), as `advss_tf.models.resnet._block`."""
 
-    def __init__(self, kind: str, in_channels: int, planes: int, stride: int, arch_version: int = resnet.ARCH_VERSION):
+    def __init__(
+        self, kind: str, in_channels: int, planes: int, stride: int, arch_version: int = backbones.ARCH_VERSION
+    ):
         super().__init__()
         self.kind = kind
         tf_same = arch_version < 2
@@ -100,14 +103,14 @@ class Normalize(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(resnet.MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(resnet.STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
 
-def _stage(cfg: resnet.BackboneConfig, stage: int, in_channels: int) -> nn.Sequential:
+def _stage(cfg: backbones.BackboneConfig, stage: int, in_channels: int) -> nn.Sequential:
     spec = cfg.spec
     blocks = []
     for i in range(spec.blocks[stage - 1]):
@@ -120,7 +123,7 @@ def _stage(cfg: resnet.BackboneConfig, stage: int, in_channels: int) -> nn.Seque
 class TorchClassifier(nn.Module):
     """NCHW images in [0, 1] → logits: `trunk` (normalise, stem, stages 1-3) → `stage4` → mean pool → `head`."""
 
-    def __init__(self, cfg: resnet.BackboneConfig, num_classes: int):
+    def __init__(self, cfg: backbones.BackboneConfig, num_classes: int):
         super().__init__()
         self.backbone = cfg
         stem = cfg.spec.stem
@@ -140,9 +143,9 @@ class TorchClassifier(nn.Module):
         return self.head(self.stage4(self.trunk(images)).mean(dim=(2, 3)))
 
 
-def build_torch_classifier(backbone: resnet.BackboneConfig | str, num_classes: int) -> TorchClassifier:
+def build_torch_classifier(backbone: backbones.BackboneConfig | str, num_classes: int) -> TorchClassifier:
     """The PyTorch twin of `ImageClassifier(backbone, num_classes)` (PyTorch's own initialisation)."""
-    cfg = backbone if isinstance(backbone, resnet.BackboneConfig) else resnet.BackboneConfig(backbone)
+    cfg = backbone if isinstance(backbone, backbones.BackboneConfig) else backbones.BackboneConfig(backbone)
     if cfg.spec.block == "wide":
         raise ValueError(f"{cfg.name} is a WideResNet: its twin is advss_tf.peer.torch_wide_resnet")
     if not cfg.stem_norm:

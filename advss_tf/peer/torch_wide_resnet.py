@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advss_tf.models import resnet, wide_resnet
+from advss_tf.models import backbones, wide_resnet
+from advss_tf.models.layers import ArchSpec
 from advss_tf.peer import torch_resnet
 
 
@@ -48,7 +49,7 @@ class WideBlock(nn.Module):
         return self.conv2(F.relu(self.bn2(self.conv1(pre)))) + shortcut
 
 
-def _stage(spec: resnet.ArchSpec, stage: int, in_channels: int) -> nn.Sequential:
+def _stage(spec: ArchSpec, stage: int, in_channels: int) -> nn.Sequential:
     blocks = []
     for i in range(spec.blocks[stage - 1]):
         stride = wide_resnet.STAGE_STRIDES[stage - 1] if i == 0 else 1
@@ -61,7 +62,7 @@ class TorchWideClassifier(nn.Module):
     """NCHW images in [0, 1] → logits: `trunk` (normalise, stem, stages 1-2) → `stage4` (stage 3, BN, ReLU) → mean
     pool → `head`."""
 
-    def __init__(self, cfg: resnet.BackboneConfig, num_classes: int):
+    def __init__(self, cfg: backbones.BackboneConfig, num_classes: int):
         super().__init__()
         spec = cfg.spec
         if spec.block != wide_resnet.BLOCK:
@@ -88,13 +89,13 @@ class TorchWideClassifier(nn.Module):
         return self.head(self.stage4(self.trunk(images)).mean(dim=(2, 3)))
 
 
-def build_torch_classifier(backbone: resnet.BackboneConfig | str, num_classes: int) -> TorchWideClassifier:
+def build_torch_classifier(backbone: backbones.BackboneConfig | str, num_classes: int) -> TorchWideClassifier:
     """The PyTorch twin of `ImageClassifier(backbone, num_classes)` for a WideResNet backbone.
 
     Raises:
       ValueError: the backbone is not a WideResNet.
     """
-    cfg = backbone if isinstance(backbone, resnet.BackboneConfig) else resnet.BackboneConfig(backbone)
+    cfg = backbone if isinstance(backbone, backbones.BackboneConfig) else backbones.BackboneConfig(backbone)
     return TorchWideClassifier(cfg, num_classes)
 
 

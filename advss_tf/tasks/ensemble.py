@@ -15,8 +15,8 @@ from advss_tf.attacks import diversity
 from advss_tf.attacks.joint_pgd import joint_pgd_linf
 from advss_tf.attacks.pgd import cross_entropy
 from advss_tf.config import PretrainConfig
-from advss_tf.models import resnet
 from advss_tf.models.ensemble import EnsembleModel
+from advss_tf.models.layers import preferred_batch_norm_layer
 from advss_tf.pretext import jigsaw, rotation
 from advss_tf.pretext import selfie as selfie_lib
 from advss_tf.tasks.base import accuracy
@@ -67,7 +67,7 @@ class EnsembleTask:
     def build_model(self) -> EnsembleModel:
         c = self.config
         # Keras' BatchNormalization: the same speed here, less memory under the diversity term's double backprop.
-        with resnet.preferred_batch_norm_layer("keras"):
+        with preferred_batch_norm_layer("keras"):
             self._model = EnsembleModel(
                 c.backbone,
                 len(self.permutations),

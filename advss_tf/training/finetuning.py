@@ -21,8 +21,8 @@ from advss_tf.config import AttackConfig, OptimizerConfig, RuntimeConfig, to_dic
 from advss_tf.data import pipeline
 from advss_tf.data.datasets import DataSource
 from advss_tf.errors import UsageError
+from advss_tf.models.backbones import BackboneConfig
 from advss_tf.models.classifier import ImageClassifier
-from advss_tf.models.resnet import BackboneConfig
 from advss_tf.tasks.finetune import FROZEN_PARTS, MODES, OBJECTIVES, FinetuneTask, trainable_variables
 from advss_tf.tasks.table import check_image_shape
 from advss_tf.training import cluster, loop

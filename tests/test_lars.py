@@ -115,12 +115,12 @@ def test_under_two_replicas_the_trust_ratio_sees_the_summed_gradient(mirrored_st
         opt.build(list(variables.values()))
     names = list(variables)
 
-    @tf.function
-    def step(halves):
-        mirrored_strategy.run(lambda: opt.apply_gradients([(halves[k], variables[k]) for k in names]))
+    def step(halves):  # the halves become constants inside each replica (the gradients every replica computes)
+        replica = lambda: opt.apply_gradients([(tf.constant(halves[k]), variables[k]) for k in names])  # noqa: E731
+        tf.function(lambda: mirrored_strategy.run(replica))()
 
     for g in GRADS:
-        step({k: tf.constant(g[k] / 2, tf.float32) for k in names})
+        step({k: (g[k] / 2).astype(np.float32) for k in names})
     expected = acl_lars(W0, GRADS, lr=5.0, weight_decay=1e-2)
     for k, v in variables.items():
         np.testing.assert_allclose(v.numpy(), expected[k], rtol=1e-5, atol=1e-7)

@@ -100,3 +100,18 @@ def batch_norm(sync: bool, name: str) -> keras.layers.BatchNormalization:
     synchronised across replicas."""
     layer = BATCH_NORM_LAYERS[_batch_norm_layer or _preferred_layer]
     return layer(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=sync, name=name)
+
+
+def fan_out_conv(filters: int, kernel: int, stride: int, name: str) -> keras.layers.Conv2D:
+    """A bias-free convolution initialised N(0, 2 / (k·k·out)) (PyTorch ResNets' kaiming_normal_, fan_out), padded
+    as PyTorch's padding=kernel//2 at stride 1; strided convs get "valid" — a strided 3x3 is padded explicitly by its
+    block, a strided 1x1 shortcut needs none. The WideResNets' and the post-activation ResNets' convolution."""
+    return keras.layers.Conv2D(
+        filters,
+        kernel,
+        strides=stride,
+        padding="same" if stride == 1 else "valid",
+        use_bias=False,
+        kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal"),
+        name=name,
+    )

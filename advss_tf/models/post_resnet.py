@@ -31,11 +31,7 @@ from collections.abc import Sequence
 import keras
 
 from advss_tf.models.batch_norm import FusedBatchNormalization
-from advss_tf.models.resnet import BN_EPSILON, BN_MOMENTUM, ImageNormalization
-
-# ACL's convolutions are the WideResNets': no bias, N(0, 2 / (k·k·out)), PyTorch's padding=kernel//2 ("same" at
-# stride 1; "valid" when strided, a strided 3x3 being padded explicitly by its block).
-from advss_tf.models.wide_resnet import _conv
+from advss_tf.models.layers import BN_EPSILON, BN_MOMENTUM, ImageNormalization, fan_out_conv
 
 CLEAN = "clean"  # ACL's bn_name 'normal'
 ADVERSARIAL = "adversarial"  # ACL's bn_name 'pgd'
@@ -95,16 +91,16 @@ class PostActivationBlock(keras.layers.Layer):
         super().__init__(**kwargs)
         self.filters, self.stride, self.routes, self.sync_bn = filters, stride, tuple(routes), sync_bn
         self.pad = keras.layers.ZeroPadding2D(1) if stride != 1 else None
-        self.conv1 = _conv(filters, 3, stride, f"{self.name}_conv1")
+        self.conv1 = fan_out_conv(filters, 3, stride, f"{self.name}_conv1")
         self.bn1 = DualBatchNormalization(self.routes, sync_bn, name=f"{self.name}_bn1")
-        self.conv2 = _conv(filters, 3, 1, f"{self.name}_conv2")
+        self.conv2 = fan_out_conv(filters, 3, 1, f"{self.name}_conv2")
         self.bn2 = DualBatchNormalization(self.routes, sync_bn, name=f"{self.name}_bn2")
         self.shortcut = None
         self.shortcut_bn = None
 
     def build(self, input_shape):
         if self.stride != 1 or input_shape[-1] != self.filters:  # ACL's Downsample_multiple
-            self.shortcut = _conv(self.filters, 1, self.stride, f"{self.name}_shortcut")
+            self.shortcut = fan_out_conv(self.filters, 1, self.stride, f"{self.name}_shortcut")
             self.shortcut_bn = DualBatchNormalization(self.routes, self.sync_bn, name=f"{self.name}_shortcut_bn")
 
     def call(self, x, training=None, route: str | None = None):
@@ -214,7 +210,7 @@ class DualBNResNet(keras.Model):
         self.blocks, self.planes, self.stem = tuple(blocks), tuple(planes), stem
         stem_layers = [
             ImageNormalization(name="normalize"),
-            _conv(stem, 3, 1, "stem_conv"),
+            fan_out_conv(stem, 3, 1, "stem_conv"),
             DualBatchNormalization(self.routes, sync_bn, name="stem_bn"),
             keras.layers.ReLU(name="stem_relu"),
         ]

@@ -26,37 +26,24 @@ from __future__ import annotations
 
 import keras
 
-from advss_tf.models.layers import ArchSpec, ImageNormalization, batch_norm
+from advss_tf.models.layers import ArchSpec, ImageNormalization, batch_norm, fan_out_conv
 
 BLOCK = "wide"  # ArchSpec.block of the WideResNets in models/backbones.BACKBONES
 STAGE_STRIDES = (1, 2, 2)
-
-
-def _conv(filters: int, kernel: int, stride: int, name: str) -> keras.layers.Conv2D:
-    # Strided convs get "valid": the 3x3 ones are padded explicitly (`_conv3x3`), the 1x1 shortcut needs none.
-    return keras.layers.Conv2D(
-        filters,
-        kernel,
-        strides=stride,
-        padding="same" if stride == 1 else "valid",
-        use_bias=False,
-        kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal"),
-        name=name,
-    )
 
 
 def _conv3x3(x, filters: int, stride: int, name: str):
     """3x3 conv padded by 1 on every side: "same" does that at stride 1; strided, pad explicitly then "valid"."""
     if stride != 1:
         x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
-    return _conv(filters, 3, stride, name)(x)
+    return fan_out_conv(filters, 3, stride, name)(x)
 
 
 def _block(x, channels: int, stride: int, sync: bool, name: str):
     """One pre-activation basic block; the 1x1 shortcut (if any) starts from the pre-activation, as `convShortcut`."""
     pre = keras.layers.ReLU(name=f"{name}_pre_relu")(batch_norm(sync, f"{name}_pre_bn")(x))
     if stride != 1 or x.shape[-1] != channels:
-        shortcut = _conv(channels, 1, stride, f"{name}_shortcut")(pre)
+        shortcut = fan_out_conv(channels, 1, stride, f"{name}_shortcut")(pre)
     else:
         shortcut = x
     h = _conv3x3(pre, channels, stride, f"{name}_conv1")
@@ -90,7 +77,7 @@ def build_trunk(spec: ArchSpec, *, sync_bn: bool, name: str = "trunk") -> keras.
     _check(spec)
     images = keras.Input((None, None, 3), name="images")
     x = ImageNormalization(name="normalize")(images)
-    x = _conv(spec.stem, 3, 1, "stem_conv")(x)  # no BN/ReLU here: stage 1's first pre-activation is that
+    x = fan_out_conv(spec.stem, 3, 1, "stem_conv")(x)  # no BN/ReLU here: stage 1's first pre-activation is that
     for stage in range(1, len(STAGE_STRIDES)):
         x = _stage(x, spec, stage, sync_bn)
     return keras.Model(images, x, name=name)

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from advss_tf.models import post_resnet, resnet
+from advss_tf.models import post_resnet
+from advss_tf.models.layers import MEAN, STD
 
 BN_NAMES = ("normal", "pgd")  # ACL train_simCLR.py:63
 ROUTE_OF = dict(zip(BN_NAMES, post_resnet.ROUTES, strict=True))  # ACL's bn_name → the Keras model's route
@@ -106,7 +107,7 @@ class AclResNet(nn.Module):
 
     def __init__(self, blocks=(2, 2, 2, 2), planes=(64, 128, 256, 512), stem: int = 64):
         super().__init__()
-        self.normalize = NormalizeByChannelMeanStd(list(resnet.MEAN), list(resnet.STD))
+        self.normalize = NormalizeByChannelMeanStd(list(MEAN), list(STD))
         self.conv1 = nn.Conv2d(3, stem, 3, 1, 1, bias=False)
         self.bn1 = BatchNormMultiple(nn.BatchNorm2d, stem)
         cin = stem
@@ -188,7 +189,7 @@ def copy_torch_weights(net: AclResNet, model: post_resnet.DualBNResNet) -> None:
     missing = sorted(set(names.values()) - set(state))
     if unused or missing:
         raise ValueError(f"the networks differ: unused torch tensors {sorted(unused)}, missing {missing}")
-    for key, expected in (("normalize.mean", resnet.MEAN), ("normalize.std", resnet.STD)):
+    for key, expected in (("normalize.mean", MEAN), ("normalize.std", STD)):
         if not np.allclose(state[key], expected, rtol=0, atol=1e-6):
             raise ValueError(f"{key} is {state[key].tolist()}, the Keras model normalises with {list(expected)}")
     for var in model.weights:

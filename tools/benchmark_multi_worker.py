@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from advss_tf.machine import cpu_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,17 +37,6 @@ def scalars(logdir: str, tag: str) -> list[float]:
                 if v.tag == tag:
                     values.append((event.step, float(tf.make_ndarray(v.tensor))))
     return [v for _, v in sorted(values)]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed_run(command: list[str]) -> float:

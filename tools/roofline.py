@@ -14,7 +14,6 @@ it leaves out what the profiler has no cost for (gather, random numbers) and the
 from __future__ import annotations
 
 import json
-import platform
 import time
 
 import advss_tf  # noqa: F401  (TF_ENABLE_ONEDNN_OPTS before TensorFlow)
@@ -22,6 +21,8 @@ import advss_tf  # noqa: F401  (TF_ENABLE_ONEDNN_OPTS before TensorFlow)
 # isort: split
 import tensorflow as tf
 from tensorflow.python.profiler import model_analyzer, option_builder
+
+from advss_tf.machine import cpu_model
 
 MATMUL_SIZE = 2048  # float32 [n, n] @ [n, n]: large enough that the kernel, not the call, is timed
 CONV_SHAPE = (64, 32, 32, 128)  # a ResNet-18 stage-2-like 3x3 convolution: batch, height, width, channels in = out
@@ -67,18 +68,6 @@ def conv_gflops(shape: tuple[int, int, int, int] = CONV_SHAPE, repeats: int = 5)
     conv = tf.function(lambda: tf.reduce_sum(tf.nn.conv2d(x, kernel, 1, "SAME")))
     seconds = _best_seconds(lambda: conv().numpy(), repeats)
     return 2 * n * h * w * 9 * c * c / seconds / 1e9
-
-
-def cpu_model() -> str:
-    """The CPU's model name (lscpu's), for every number printed beside it."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def ceilings() -> dict[str, float]:

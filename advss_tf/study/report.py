@@ -322,8 +322,8 @@ def markdown(report: dict, scale_description: str, time: dict | None = None) -> 
         lines += [
             "## Rows not run yet",
             "",
-            "The plan runs them at this scale, but no evaluation of theirs has finished (re-run the study command "
-            "to run them): " + ", ".join(f"`{x}`" for x in report["not_run_yet"]) + ".",
+            "This scale runs them, but no evaluation of theirs has finished (the study command runs them; with "
+            "--rows, name them): " + ", ".join(f"`{x}`" for x in report["not_run_yet"]) + ".",
             "",
         ]
     if report["excluded"]:

@@ -383,15 +383,15 @@ def _seeds_needed_line(c: dict, confidence: float) -> str:
     paper = ""
     if need["paper_difference"] is not None:
         name = "PGD-20 RA" if need["paper_metric"] == "pgd20" else METRICS[need["paper_metric"]][0]
-        paper = f"the paper's ({need['paper_difference']:+.2f}, {name})"
+        paper = f"({need['paper_difference']:+.2f}, {name})"
     if need["sd"] is None:
         why = "no seed of both rows yet" if c["interval"] is None else "one seed: a second measures the spread"
-        return f"{head}: {why}" + (f"; {paper}" if paper else "")
+        return f"{head}: {why}" + (f"; the paper's difference {paper}" if paper else "")
     text = (
         f"{head}, at the seeds' spread (sd {need['sd']:.2f} {unit}): this difference ({c['interval']['mean']:+.2f}) "
         f"{seeds(need['observed'], c['interval']['mean'])}"
     )
-    return text + (f"; {paper} {seeds(need['paper'], need['paper_difference'])}" if paper else "")
+    return text + (f"; the paper's {paper} {seeds(need['paper'], need['paper_difference'])}" if paper else "")
 
 
 def plot(report: dict, folder: str) -> None:

@@ -18,8 +18,8 @@ from conftest import REPO
 from test_cli_defaults import ENV
 
 from advss_tf import faults
+from advss_tf.study import catalogue, report
 from advss_tf.study import command as command_lib
-from advss_tf.study import report
 
 ROWS = "at_e2e,rotation_advpre_full_advft"
 
@@ -93,3 +93,52 @@ def test_a_killed_study_resumes_to_the_report_of_an_uninterrupted_one(tmp_path, 
     resumed = rows["rotation_advpre_full_advft"]
     for m, values in reference["metrics"].items():
         assert resumed["metrics"][m]["per_seed"].get("0") == values["per_seed"].get("0"), m
+
+
+# Q5's two rows and the resolution ablation's (its 64×64 pretraining export fine-tuned and evaluated at 64×64: the
+# one new row whose runs pass something new between the binaries). The data-fraction and TRADES rows differ from
+# rotation_advpre_full_advft in one flag each (tests/test_study_plan.py checks them in the plan; the binaries'
+# own tests run them): kept out to keep the test short.
+NEW_ROWS = ["rotation_advpre_full_advft", "rotation_aux", catalogue.RESOLUTION_ROW]
+
+
+@pytest.mark.slow
+def test_q5_and_the_resolution_ablation_run_at_smoke_scale_and_a_stopped_study_resumes(tmp_path, capsys):
+    """One seed: the runner is stopped (SIGTERM, forwarded to its running binaries) as soon as a first run has
+    finished, and the same study re-run finishes the rest and reports the new questions."""
+    workdir = str(tmp_path / "study")
+    stopped = []
+
+    def say(line):  # the runner's progress lines; the first "done" stops it
+        print(line)
+        if line.startswith("study: done") and not stopped:
+            stopped.append(line)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    status = command_lib.run_study(workdir, "smoke", seeds=1, rows=NEW_ROWS, jobs=2, start=start_run, say=say)
+    assert status == 128 + signal.SIGTERM and stopped
+    assert command_lib.run_study(workdir, "smoke", seeds=1, rows=NEW_ROWS, jobs=2, start=start_run) == 0
+    out = capsys.readouterr().out
+    finished = int(out.split("study: 8 runs, ")[-1].split(" already finished")[0])
+    assert 1 <= finished < 8, out[-3000:]
+
+    made = json.loads((tmp_path / "study" / "report" / report.JSON).read_text())
+    rows = {r["id"]: r for r in made["rows"]}
+    assert set(rows) == set(NEW_ROWS) and set(NEW_ROWS).isdisjoint(made["not_run_yet"])
+    assert "at_e2e" in made["not_run_yet"]  # a row of the scale that --rows left out
+    # the scale decides the unforeseen attacks: FGSM alone at smoke, on Q5's two rows
+    assert rows["rotation_aux"]["attacks"] == rows["rotation_advpre_full_advft"]["attacks"] == ["fgsm", "pgd20"]
+    runs = tmp_path / "study" / "runs" / "seed0"
+    for kind, name in (("pretrain", "rotation_adv_px64"), ("finetune", catalogue.RESOLUTION_ROW)):
+        assert json.loads((runs / kind / name / "config.json").read_text())["data"]["image_size"] == 64
+    assert rows[catalogue.RESOLUTION_ROW]["num_examples"] == [16]
+    q = {(c["metric"], c["a"], c["b"]): c for q in made["questions"] for c in q["comparisons"]}
+    q5 = q[("fgsm", "rotation_advpre_full_advft", "rotation_aux")]
+    assert set(q5["per_seed"]) == {"0"} and "one seed" in q5["verdict"]
+    worst = q[(catalogue.UNFORESEEN_WORST, "rotation_advpre_full_advft", "rotation_aux")]
+    assert worst["per_seed"] == q5["per_seed"]  # FGSM is the only unforeseen attack here
+    assert "not among its unforeseen attacks" in q[("pgd100", "rotation_advpre_full_advft", "rotation_aux")]["verdict"]
+    q7 = q[("worst_case", catalogue.RESOLUTION_ROW, "rotation_advpre_full_advft")]
+    assert set(q7["per_seed"]) == {"0"} and q7["seeds_needed"]["sd"] is None
+    md = (tmp_path / "study" / "report" / report.MARKDOWN).read_text()
+    assert md.count("  - seeds to resolve at 95 %") == sum(len(q["comparisons"]) for q in made["questions"])

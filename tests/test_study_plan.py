@@ -24,7 +24,7 @@ def _plan(scale="smoke", rows=None, seeds=2, workdir="/w"):
 
 def test_the_paper_study_has_the_papers_rows():
     ids = [r.id for r in PAPER.rows]
-    assert len(ids) == len(set(ids)) == 2 + 3 * 2 * 3 * 2 + 2
+    assert len(ids) == len(set(ids)) == 2 + 3 * 2 * 3 * 2 + 2 + len(catalogue.ABLATION_FRACTIONS) + 2
     assert {"at_e2e", "rotation_aux", "ensemble_advpre_full_advft", "ensemble_of_three"} <= set(ids)
     for task in catalogue.TASKS:
         for pre in (False, True):
@@ -42,6 +42,32 @@ def test_the_paper_study_has_the_papers_rows():
         assert c.metric in report.METRICS and c.question in dict(PAPER.questions)
     with pytest.raises(UsageError, match="no row 'nope'; its rows: at_e2e, rotation_aux"):
         PAPER.row("nope")
+    # the ablations: each varies adversarial Rotation → adversarial full fine-tuning in one thing, and a question
+    # compares it with that row
+    base = PAPER.row("rotation_advpre_full_advft")
+    varied = {
+        catalogue.fraction_row_id(0.25): catalogue.Pretraining("rotation", True, fraction=0.25),
+        catalogue.fraction_row_id(0.5): catalogue.Pretraining("rotation", True, fraction=0.5),
+        catalogue.RESOLUTION_ROW: catalogue.Pretraining("rotation", True, image_size=catalogue.ABLATION_IMAGE_SIZE),
+        catalogue.TRADES_ROW: base.pretraining,
+    }
+    for row_id, pretraining in varied.items():
+        row = PAPER.row(row_id)
+        assert row.pretraining == pretraining
+        assert row.finetuning == (
+            catalogue.Finetuning("full", True, trades=True) if row_id == catalogue.TRADES_ROW else base.finetuning
+        )
+        assert {(c.a, c.b) for c in PAPER.comparisons if row_id in (c.a, c.b)} <= {(row_id, base.id), (base.id, row_id)}
+        assert any(row_id in (c.a, c.b) for c in PAPER.comparisons)
+    assert PAPER.row(catalogue.RESOLUTION_ROW).image_size == catalogue.ABLATION_IMAGE_SIZE
+    # Q5: the pipeline against the one-shot baseline under each unforeseen attack and their worst
+    q5 = [c for c in PAPER.comparisons if c.question == "Q5"]
+    assert {(c.a, c.b) for c in q5} == {(base.id, "rotation_aux")}
+    assert [c.metric for c in q5] == [*catalogue.UNFORESEEN, catalogue.UNFORESEEN_WORST]
+    with pytest.raises(ValueError, match="fraction"):
+        catalogue.Pretraining("rotation", fraction=0.0)
+    with pytest.raises(ValueError, match="TRADES"):
+        catalogue.Finetuning("full", adversarial=False, trades=True)
 
 
 def test_the_plan_runs_pretraining_before_its_fine_tunings_and_evaluates_the_right_export():
@@ -77,28 +103,82 @@ def test_the_plan_runs_pretraining_before_its_fine_tunings_and_evaluates_the_rig
 def test_scales_set_the_attacks_and_tiny_says_which_rows_it_leaves_out_and_why():
     runs, excluded = _plan(scale="tiny", seeds=1)
     reasons = {r.id: why for r, why in excluded}
-    assert "ensemble_advpre_full_advft" in reasons and "CPU budget" in reasons["ensemble_advpre_full_advft"]
+    assert set(reasons) & PAPER.compared() == {catalogue.RESOLUTION_ROW}  # too costly, with the reason
+    assert "4×" in reasons[catalogue.RESOLUTION_ROW] and "Q7" in reasons[catalogue.RESOLUTION_ROW]
     # tiny runs only what the questions compare: a row no comparison names is left out, with the reason
     tiny = catalogue.SCALES["tiny"]
-    assert reasons["selfie_advpre_linear_advft"] == reasons["rotation_aux"] == tiny.questions_only
-    compared = {c.a for c in PAPER.comparisons} | {c.b for c in PAPER.comparisons}
-    assert {r.row for r in runs if r.kind == "evaluate"} == compared - {"ensemble_advpre_full_advft"}
+    assert reasons["selfie_advpre_linear_advft"] == tiny.questions_only
+    assert {r.row for r in runs if r.kind == "evaluate"} == PAPER.compared() - {catalogue.RESOLUTION_ROW}
     assert not any(r.row in reasons for r in runs)
     attacks = {r.row: next(a for a in r.args if a.startswith("--attacks=")) for r in runs if r.kind == "evaluate"}
-    assert attacks["at_e2e"] == attacks["ensemble_of_three"] == "--attacks=pgd20,autoattack"
-    assert attacks["rotation_advpre_partial_stdft"] == "--attacks=pgd20"
-    # the runner's choice among ready runs: evaluations first, the ensemble's AutoAttack (3 models) before a
-    # single model's, AutoAttack before PGD-20 alone, and among equals the plan's order
+    c10c = {r.row: next(a for a in r.args if a.startswith("--cifar10c_source=")) for r in runs if r.kind == "evaluate"}
+    # AutoAttack on every compared row (the Q2 pair too); the unforeseen attacks and CIFAR-10-C on Q5's two rows
+    unforeseen = "fgsm,pgd100,pgd20_eps16,pgd_l2,cw_linf"
+    assert attacks["at_e2e"] == attacks["rotation_advpre_partial_stdft"] == "--attacks=pgd20,autoattack"
+    assert (
+        attacks["rotation_aux"] == attacks["rotation_advpre_full_advft"] == f"--attacks=pgd20,{unforeseen},autoattack"
+    )
+    assert c10c["rotation_aux"] == "--cifar10c_source=generate" and c10c["at_e2e"] == "--cifar10c_source=none"
+    by_id = {r.id: r for r in runs}
+    # the ablations' flags: the data fraction on the pretraining only, TRADES as the fine-tuning objective
+    pre25 = by_id["seed0/pretrain/rotation_adv_f25"]
+    assert "--train_fraction=0.25" in pre25.args and "--adversarial" in pre25.args
+    ft25 = by_id[f"seed0/finetune/{catalogue.fraction_row_id(0.25)}"]
+    assert ft25.deps == (pre25.id,) and not any(a.startswith("--train_fraction") for a in ft25.args)
+    assert "--objective=trades" in by_id[f"seed0/finetune/{catalogue.TRADES_ROW}"].args
+    assert by_id[f"seed0/finetune/{catalogue.TRADES_ROW}"].deps == ("seed0/pretrain/rotation_adv",)
+    assert "seed0/pretrain/ensemble_adv" in by_id  # Q4's ensemble pretraining runs at tiny now
+    # Run.weight: the measured tiny-scale seconds (docs/study.md) — AutoAttack's ×the ensemble's members
     weight = {r.row: r.weight for r in runs if r.kind == "evaluate"}
-    assert weight["ensemble_of_three"] == 3 * weight["at_e2e"] == 3 * plan.AUTOATTACK_WEIGHT
-    assert weight["rotation_advpre_partial_stdft"] == 1
-    first = sorted(range(len(runs)), key=lambda i: plan.priority(runs[i], i))
-    assert [runs[i].id for i in first[:2]] == ["seed0/evaluate/ensemble_of_three", "seed0/evaluate/at_e2e"]
-    assert runs[first[-1]].kind == "pretrain"
-    smoke, _ = _plan(rows=["at_e2e"])
+    assert weight["ensemble_of_three"] == 3 * weight["at_e2e"] == 3 * (plan.EVALUATE_SECONDS + plan.AUTOATTACK_WEIGHT)
+    assert weight["rotation_aux"] > weight["at_e2e"]  # the unforeseen attacks and CIFAR-10-C on top
+    assert pre25.weight == round(plan.PRETRAIN_SECONDS[True] / 4)
+    # the whole tiny study fits the issue's ~6 hours of wall time on the 2-core machine with --jobs=2
+    full, _ = _plan(scale="tiny", seeds=3)
+    assert plan.simulate(full, 2) <= 6 * 3600 < sum(r.weight for r in full)
+    # the runner's choice among ready runs: the longest weighted path to the end of the study first
+    key = plan.critical_path(runs)
+    first = sorted(range(len(runs)), key=lambda i: key(runs[i], i))
+    # first a member's pretraining: its path runs through the ensemble of three's AutoAttack (3 models)
+    assert runs[first[0]].id in {f"seed0/pretrain/{t}_adv" for t in catalogue.TASKS}
+    longest = plan.PRETRAIN_SECONDS[True] + plan.FINETUNE_SECONDS["adversarial"] + plan.EXPORT_SECONDS
+    assert plan.bottom_levels(runs)[runs[first[0]].id] == longest + weight["ensemble_of_three"]
+    assert runs[first[-1]].kind == "evaluate"
+    smoke, _ = _plan(rows=["at_e2e", "rotation_aux"])
     assert all("autoattack" not in a for r in smoke for a in r.args)
+    smoke_attacks = {
+        r.row: next(a for a in r.args if a.startswith("--attacks=")) for r in smoke if r.kind == "evaluate"
+    }
+    assert smoke_attacks == {"at_e2e": "--attacks=pgd20,fgsm", "rotation_aux": "--attacks=pgd20,fgsm"}
     with pytest.raises(UsageError, match="no row of --rows runs at --scale=tiny"):
-        plan.select_rows(PAPER, catalogue.SCALES["tiny"], ["ensemble_advpre_full_advft"])
+        plan.select_rows(PAPER, catalogue.SCALES["tiny"], [catalogue.RESOLUTION_ROW])
+
+
+def test_the_critical_path_priority_ends_a_study_sooner_than_finishing_what_started_first():
+    """Two cores; a long chain (pretraining → fine-tuning → evaluation) beside short evaluations that are ready at
+    once: the old rule (furthest down the pipeline, then heaviest) runs the short ones first and leaves the chain
+    alone on one core at the end; the critical path starts the chain at once."""
+    chain = [
+        plan.Run("p", "pretrain", 0, None, (), (), weight=100),
+        plan.Run("f", "finetune", 0, "f", (), ("p",), weight=100),
+        plan.Run("e", "evaluate", 0, "f", (), ("f",), weight=20),
+    ]
+    short = [plan.Run(f"e{i}", "evaluate", 0, f"r{i}", (), (), weight=30) for i in range(4)]
+    runs = chain + short
+
+    def old_rule(run, position):  # the runner's rule before issue 34
+        return (-plan.KINDS.index(run.kind), -run.weight, position)
+
+    assert plan.bottom_levels(runs) == {"p": 220, "f": 120, "e": 20, **{f"e{i}": 30 for i in range(4)}}
+    # old: e0+e1, e2+e3 side by side (60), then p, f, e alone (220): 280; critical path: p, f, e on one core while
+    # the other runs the four short ones: 220, the chain's own length (the lower bound)
+    assert plan.simulate(runs, 2, old_rule) == 280
+    assert plan.simulate(runs, 2) == 220 == plan.bottom_levels(runs)["p"]
+    assert plan.simulate(runs, 1) == sum(r.weight for r in runs)  # one core: the sum, whatever the order
+    with pytest.raises(ValueError, match="cycle"):
+        plan.simulate(
+            [plan.Run("a", "finetune", 0, None, (), ("b",)), plan.Run("b", "finetune", 0, None, (), ("a",))], 1
+        )
 
 
 def test_a_foreign_study_folder_is_refused_and_overwrite_replaces_only_the_study(tmp_path):
@@ -209,6 +289,13 @@ def test_report_tables_intervals_questions_and_figures_from_known_results(tmp_pa
     assert (q1["a"], q1["b"], q1["metric"]) == (rot, e2e, "worst_case")
     assert q1["per_seed"] == {"0": pytest.approx(4.0), "1": pytest.approx(4.0), "2": pytest.approx(6.0)}
     assert "supports the claim" in q1["verdict"]
+    # the seeds each difference needs, at the observed spread: this one's and the paper's (PGD-20 RA, a − b)
+    from advss_tf.study.statistics import seeds_to_resolve
+
+    need, sd = q1["seeds_needed"], t_interval([4.0, 4.0, 6.0]).sd
+    paper = dict(PAPER.row(rot).paper)["pgd20"] - dict(PAPER.row(e2e).paper)["pgd20"]
+    assert need["sd"] == pytest.approx(sd) and need["paper_difference"] == pytest.approx(paper)
+    assert need["observed"] == seeds_to_resolve(14 / 3, sd) and need["paper"] == seeds_to_resolve(paper, sd)
     q2_epochs = next(c for q in out["questions"] for c in q["comparisons"] if c["metric"] == "epochs_to_best")
     assert q2_epochs["per_seed"] == {"0": 4.0, "1": 4.0, "2": 3.0} and q2_epochs["unit"] == "epochs"
     missing = next(q for q in out["questions"] if q["id"] == "Q4")["comparisons"][0]
@@ -228,6 +315,47 @@ def test_report_tables_intervals_questions_and_figures_from_known_results(tmp_pa
     assert (time["stopped_or_failed"], time["not_in_plan"], time["unreadable_lines"]) == (50.0, 30.0, 1)
     assert time["machines"] == ["Some CPU (2 cores)"] and (time["first_ended"], time["last_ended"]) == ("t0", "t3")
     assert "summed: 0.08 h — pretrain 0.03 h (1 run), finetune 0.06 h (1 run)" in md
+    assert (
+        f"  - seeds to resolve at 95 % (paired t interval excluding 0), at the seeds' spread (sd {sd:.2f} points): "
+        in md
+    )
+    assert f"the paper's ({paper:+.2f}, PGD-20 RA) {need['paper']} seeds" in md
+
+
+def test_q5_judges_the_pipeline_and_the_one_shot_baseline_by_each_unforeseen_attack_and_their_worst(tmp_path):
+    """Known accuracies under FGSM and L2 PGD for Q5's two rows: a difference per attack, the worst unforeseen
+    attack per seed (the lowest of them), and what the scale did not run said as such."""
+    pipeline, one_shot = "rotation_advpre_full_advft", "rotation_aux"
+    known = {pipeline: [(0.30, 0.20), (0.32, 0.25), (0.31, 0.22)], one_shot: [(0.28, 0.21), (0.27, 0.20), (0.30, 0.18)]}
+    for row, per_seed in known.items():
+        for seed, (fgsm, l2) in enumerate(per_seed):
+            evaluation = _evaluation(0.6, 0.25)
+            evaluation["robust_accuracy"].update(fgsm={"accuracy": fgsm}, pgd_l2={"accuracy": l2})
+            path = tmp_path / "runs" / f"seed{seed}" / "evaluate" / row / "results.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(evaluation))
+    planned = {f"seed0/evaluate/{r}" for r in (pipeline, one_shot, "at_e2e")}
+    for scale in ("tiny", "smoke"):
+        ident = {"study": "paper", "scale": scale, "seeds": 3}
+        out = report.write(str(tmp_path), PAPER, ident, [], "made-up numbers", None, planned)
+        q5 = {c["metric"]: c for q in out["questions"] if q["id"] == "Q5" for c in q["comparisons"]}
+        assert q5["fgsm"]["per_seed"] == {"0": pytest.approx(2.0), "1": pytest.approx(5.0), "2": pytest.approx(1.0)}
+        worst = q5[catalogue.UNFORESEEN_WORST]["per_seed"]  # min(fgsm, l2) per seed: 20 − 21, 25 − 20, 22 − 18
+        assert worst == {"0": pytest.approx(-1.0), "1": pytest.approx(5.0), "2": pytest.approx(4.0)}
+        assert out["not_run_yet"] == ["at_e2e"] and out["unforeseen"] == list(catalogue.SCALES[scale].unforeseen)
+        md = (tmp_path / "report" / report.MARKDOWN).read_text()
+        assert "## Rows not run yet" in md and "`at_e2e`." in md
+        assert "| `rotation_aux` | 3 | 28.33 ± " in md  # the unforeseen attacks' table
+    # at smoke, PGD-100 is not among the scale's unforeseen attacks: the report says so; at tiny it is, but the
+    # rows ran without it
+    assert q5["pgd100"]["verdict"] == "not run at this scale: PGD-100 is not among its unforeseen attacks"
+    assert "this scale runs FGSM)" in md
+    tiny = report.build(
+        PAPER, {"study": "paper", "scale": "tiny", "seeds": 3}, report.collect(str(tmp_path), PAPER, 3), []
+    )
+    tiny_q5 = {c["metric"]: c for q in tiny["questions"] if q["id"] == "Q5" for c in q["comparisons"]}
+    assert tiny_q5["pgd100"]["verdict"] == f"not available: {pipeline} / {one_shot} ran without PGD-100"
+    assert tiny_q5["pgd100"]["seeds_needed"]["sd"] is None and tiny_q5["pgd100"]["interval"] is None
 
 
 def _four_runs() -> list[plan.Run]:
@@ -343,15 +471,18 @@ def test_the_readme_results_are_the_report_of_the_committed_tiny_study(tmp_path)
     source = os.path.join(root, "docs", "study_tiny")
     shutil.copytree(source, tmp_path / "study", ignore=shutil.ignore_patterns(report.REPORT))
     made = command_lib.write_report(str(tmp_path / "study"), say=lambda _: None)
-    assert {r["id"] for r in made["rows"]} == {
+    # every row the tiny scale runs is in the table, or listed as not run yet (rows added since the study ran)
+    reported = {r["id"] for r in made["rows"]}
+    assert reported.isdisjoint(made["not_run_yet"])
+    assert reported | set(made["not_run_yet"]) == {
         r.id for r in plan.select_rows(PAPER, catalogue.SCALES["tiny"], None)[0]
-    }  # every row the tiny scale runs
+    }
     assert all(r["metrics"]["standard"]["interval"]["n"] == 3 for r in made["rows"])  # 3 seeds each
     text = (tmp_path / "study" / report.REPORT / report.MARKDOWN).read_text(encoding="utf-8")
     with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
         readme = f.read()
     table = [line for line in text.split("## The questions")[0].splitlines() if line.startswith("| ")]
-    answers = [line for line in text.splitlines() if line.startswith("- `")]
+    answers = [line for line in text.splitlines() if line.startswith(("- `", "  - seeds"))]
     assert len(table) >= 9 and len(answers) >= 8
     for line in table + answers:
         assert line in readme, line

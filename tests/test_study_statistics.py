@@ -50,3 +50,30 @@ def test_verdict_says_not_resolved_when_the_interval_contains_zero():
     assert "contradicts the claim that x helps" in against and "epochs" in against
     single = statistics.verdict(statistics.t_interval([1.5]), "x helps", "points")
     assert "one seed" in single and "not resolved" in single
+
+
+def test_seeds_to_resolve_is_the_fewest_n_whose_t_interval_excludes_zero():
+    # d = 1, sd = 1: t_{0.975,5}/sqrt(6) = 2.571/2.449 = 1.050 (not below 1), t_{0.975,6}/sqrt(7) = 2.447/2.646 =
+    # 0.925 (below): 7 seeds (t table values)
+    assert statistics.seeds_to_resolve(1.0, 1.0) == 7
+    assert statistics.seeds_to_resolve(-1.0, 1.0) == 7  # the sign does not matter
+    for difference, sd in ((3.94, 0.71), (-1.18, 2.19), (2.83, 2.19), (0.79, 9.08)):
+        n = statistics.seeds_to_resolve(difference, sd)
+        # the direct formula: resolved at n, not at n - 1
+        half = [stats.t.ppf(0.975, k - 1) * sd / math.sqrt(k) if k >= 2 else math.inf for k in (n - 1, n)]
+        assert half[1] < abs(difference) <= half[0], (difference, sd, n)
+    # the observed spread of a known sample, and its interval: resolved exactly when the interval excludes 0
+    sample = [4.72, 3.74, 3.35]
+    interval = statistics.t_interval(sample)
+    assert statistics.seeds_to_resolve(interval.mean, interval.sd) <= 3 and not interval.contains_zero()
+    assert statistics.resolves(interval.mean, interval.sd, 3) == (not interval.contains_zero())
+    unresolved = statistics.t_interval([1.0, -1.0, 2.0])
+    assert statistics.seeds_to_resolve(unresolved.mean, unresolved.sd) > 3 and unresolved.contains_zero()
+    assert statistics.seeds_to_resolve(2.0, 0.0) == 2  # no spread: the fewest seeds an interval has
+    assert statistics.seeds_to_resolve(0.0, 1.0) is None  # a difference of 0 never is
+    assert statistics.seeds_to_resolve(0.01, 10.0, max_seeds=1000) is None  # beyond the search bound
+    assert statistics.seeds_to_resolve(1.0, 1.0, confidence=0.99) > 7
+    with pytest.raises(ValueError, match="sd >= 0"):
+        statistics.seeds_to_resolve(1.0, -1.0)
+    with pytest.raises(ValueError, match="n >= 2"):
+        statistics.resolves(1.0, 1.0, 1)

@@ -46,7 +46,7 @@ flags.DEFINE_enum(
     "autoattack",
     None,
     catalogue.AUTOATTACK_POLICIES,
-    "Which rows AutoAttack evaluates (default: the scale's; smoke none, tiny headline, resnet18/paper all).",
+    "Which rows AutoAttack evaluates (default: the scale's; smoke none, tiny compared, resnet18/paper all).",
 )
 flags.DEFINE_enum("dataset", None, ("sample", "binary", "tfds"), "CIFAR-10 source of every run (default: the scale's).")
 flags.DEFINE_string(

@@ -18,7 +18,15 @@ TASKS = ("selfie", "rotation", "jigsaw")
 # `partial` stage 4 + head ("partial: last stage + head"), `full` everything.
 MODES = ("linear", "partial", "full")
 MODE_LABELS = {"linear": "head only", "partial": "last stage + head", "full": "full"}
-AUTOATTACK_POLICIES = ("all", "headline", "none")  # which rows an evaluation runs AutoAttack on
+# which rows an evaluation runs AutoAttack on: every row, every row a question compares (with the members of a
+# compared ensemble), the headline rows (those the questions compare by the worst case), none
+AUTOATTACK_POLICIES = ("all", "compared", "headline", "none")
+# The paper's unforeseen attacks (SPEC §6), as evaluate names them, and CIFAR-10-C (evaluate's --cifar10c_source):
+# a row a question judges by one of them is evaluated with those of them its scale runs (`Scale.unforeseen`).
+UNFORESEEN_ATTACKS = ("fgsm", "pgd100", "pgd20_eps16", "pgd_l2", "cw_linf")
+CIFAR10C = "cifar10c"
+UNFORESEEN = (*UNFORESEEN_ATTACKS, CIFAR10C)
+UNFORESEEN_WORST = "unforeseen_worst"  # the report's metric: the lowest accuracy among the unforeseen attacks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,10 +35,26 @@ class Pretraining:
 
     task: str  # selfie, rotation, jigsaw or ensemble
     adversarial: bool = True
+    # The ablations' knobs: a class-balanced fraction of the training split (pretrain's --train_fraction, the
+    # reference's `percent`: the first `percent` of each class's images), and the input size (--image_size; 0:
+    # the data's own 32×32).
+    fraction: float = 1.0
+    image_size: int = 0
+
+    def __post_init__(self):
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"pretraining {self.task}: fraction must be in (0, 1], got {self.fraction}")
 
     @property
     def name(self) -> str:
-        return f"{self.task}_{'adv' if self.adversarial else 'std'}"
+        name = f"{self.task}_{'adv' if self.adversarial else 'std'}"
+        if self.fraction < 1.0:
+            name += f"_f{round(100 * self.fraction)}"
+        return name + (f"_px{self.image_size}" if self.image_size else "")
+
+    def flags(self) -> tuple[str, ...]:
+        """pretrain's flags for the fraction (the size is the row's: `Row.size_flags`)."""
+        return (f"--train_fraction={self.fraction:g}",) if self.fraction < 1.0 else ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +62,18 @@ class Finetuning:
     """How a row's classifier is trained by `python -m advss_tf.finetune`."""
 
     mode: str = "full"  # linear, partial or full
-    adversarial: bool = True  # --objective=adversarial, else standard
+    adversarial: bool = True  # --objective=adversarial (or trades), else standard
     aux_rotation_weight: float = 0.0  # > 0: the rotation-auxiliary baseline
+    trades: bool = False  # --objective=trades (TRADES, β from finetune's default) instead of PGD adversarial training
+
+    def __post_init__(self):
+        if self.trades and not self.adversarial:
+            raise ValueError("TRADES is an adversarial objective: give adversarial=True with trades=True")
+
+    @property
+    def objective(self) -> str:
+        """finetune's --objective."""
+        return "trades" if self.trades else "adversarial" if self.adversarial else "standard"
 
     def flagfile(self, pretrained: bool) -> str:
         """The paper flagfile whose recipe the run uses (the objective and the backbone are set by the plan)."""
@@ -66,12 +100,19 @@ class Row:
     members: tuple[str, ...] = ()
     paper: tuple[tuple[str, float], ...] = ()
     headline: bool = False  # evaluated with AutoAttack where a scale limits it to the headline rows
+    image_size: int = 0  # > 0: pretrained (its pretraining's size), fine-tuned and evaluated at this input size
 
     def __post_init__(self):
         if (self.finetuning is None) == (not self.members):
             raise ValueError(f"row {self.id}: give a finetuning or ensemble members, not both or neither")
         if self.members and self.pretraining is not None:
             raise ValueError(f"row {self.id}: an ensemble row has no pretraining of its own")
+        if self.pretraining is not None and self.pretraining.image_size != self.image_size:
+            raise ValueError(f"row {self.id}: its pretraining's image_size differs from the row's")
+
+    def size_flags(self) -> tuple[str, ...]:
+        """The binaries' --image_size for this row's runs (none at the data's own size)."""
+        return (f"--image_size={self.image_size}",) if self.image_size else ()
 
     @property
     def export(self) -> str:
@@ -83,7 +124,7 @@ class Row:
 class Comparison:
     """One paired difference that answers a question: `a` − `b` on `metric`, seed by seed."""
 
-    question: str  # Q1 .. Q4
+    question: str  # Q1 .. Q8
     a: str
     b: str
     metric: str  # a metric of report.METRICS
@@ -102,6 +143,11 @@ class Study:
         """The rows the questions compare, with the members of compared ensemble rows."""
         ids = {c.a for c in self.comparisons} | {c.b for c in self.comparisons}
         return ids | {m for r in self.rows if r.id in ids for m in r.members}
+
+    def unforeseen(self, row_id: str) -> set[str]:
+        """The unforeseen attacks (and CIFAR-10-C) a question judges `row_id` by."""
+        metrics = {c.metric for c in self.comparisons if row_id in (c.a, c.b)}
+        return set(UNFORESEEN) if UNFORESEEN_WORST in metrics else metrics & set(UNFORESEEN)
 
     def row(self, row_id: str) -> Row:
         for r in self.rows:
@@ -173,7 +219,51 @@ def _paper_rows() -> tuple[Row, ...]:
             headline=True,
         ),
     ]
+    # The ablations, each a variation of adversarial Rotation pretraining → adversarial full fine-tuning (the
+    # cheapest pretext task; the row Q1 judges): less pretraining data, another input size, TRADES.
+    for fraction in ABLATION_FRACTIONS:
+        rows.append(
+            Row(
+                fraction_row_id(fraction),
+                f"adversarial rotation on {round(100 * fraction)} % of the training images → adversarial full "
+                "fine-tuning (on all of them)",
+                pretraining=Pretraining("rotation", True, fraction=fraction),
+                finetuning=Finetuning("full", True),
+                headline=True,
+            )
+        )
+    rows += [
+        Row(
+            RESOLUTION_ROW,
+            f"adversarial rotation → adversarial full fine-tuning, every image resized to {ABLATION_IMAGE_SIZE}×"
+            f"{ABLATION_IMAGE_SIZE}",
+            pretraining=Pretraining("rotation", True, image_size=ABLATION_IMAGE_SIZE),
+            finetuning=Finetuning("full", True),
+            headline=True,
+            image_size=ABLATION_IMAGE_SIZE,
+        ),
+        Row(
+            TRADES_ROW,
+            "adversarial rotation → TRADES full fine-tuning",
+            pretraining=Pretraining("rotation", True),
+            finetuning=Finetuning("full", True, trades=True),
+            headline=True,
+        ),
+    ]
     return tuple(rows)
+
+
+# The dataset-size ablation's pretraining fractions (100 % is the Q1 row itself), the resolution ablation's second
+# input size (the reference's ImageNet-32 vs -224 loaders; here CIFAR-10 resized to twice its size, which costs
+# four times the compute per image), and the rows they make.
+ABLATION_FRACTIONS = (0.25, 0.5)
+ABLATION_IMAGE_SIZE = 64
+RESOLUTION_ROW = f"rotation_advpre_full_advft_px{ABLATION_IMAGE_SIZE}"
+TRADES_ROW = "rotation_advpre_full_tradesft"
+
+
+def fraction_row_id(fraction: float) -> str:
+    return f"rotation_advpre{round(100 * fraction)}_full_advft"
 
 
 def _paper_comparisons() -> tuple[Comparison, ...]:
@@ -210,6 +300,52 @@ def _paper_comparisons() -> tuple[Comparison, ...]:
             "worst_case",
             "ensemble pretraining beats the best single pretext task",
         ),
+        Comparison(
+            "Q2",
+            grid_row_id("rotation", True, "partial", False),
+            grid_row_id("rotation", False, "partial", True),
+            "worst_case",
+            "adversarial pretraining buys more robustness than adversarial fine-tuning (last stage + head), "
+            "judged by the worst case",
+        ),
+        *(
+            Comparison(
+                "Q5",
+                full["rotation"],
+                "rotation_aux",
+                metric,
+                f"the pipeline is more robust than one-shot rotation-auxiliary training to {what}",
+            )
+            for metric, what in (
+                *((a, f"{a} (unforeseen)") for a in UNFORESEEN_ATTACKS),
+                (CIFAR10C, "common corruptions (CIFAR-10-C mean)"),
+                (UNFORESEEN_WORST, "the worst of the unforeseen attacks"),
+            )
+        ),
+        *(
+            Comparison(
+                "Q6",
+                full["rotation"],
+                fraction_row_id(f),
+                "worst_case",
+                f"pretraining on all the training images beats pretraining on {round(100 * f)} % of them",
+            )
+            for f in ABLATION_FRACTIONS
+        ),
+        Comparison(
+            "Q7",
+            RESOLUTION_ROW,
+            full["rotation"],
+            "worst_case",
+            f"pretraining and fine-tuning at {ABLATION_IMAGE_SIZE}×{ABLATION_IMAGE_SIZE} beats 32×32",
+        ),
+        Comparison(
+            "Q8",
+            TRADES_ROW,
+            full["rotation"],
+            "worst_case",
+            "TRADES fine-tuning beats PGD adversarial fine-tuning after the same pretraining",
+        ),
     )
 
 
@@ -222,6 +358,14 @@ PAPER = Study(
         ("Q2", "Is it pretraining or fine-tuning that buys robustness, and what does pretraining save in epochs?"),
         ("Q3", "How does the pretext task matter?"),
         ("Q4", "Does an ensemble of tasks help?"),
+        (
+            "Q5",
+            "Is adversarial pretraining + adversarial fine-tuning more robust to unforeseen attacks than one-shot "
+            "adversarial training with a rotation auxiliary loss?",
+        ),
+        ("Q6", "Ablation, dataset size: does pretraining on more images help?"),
+        ("Q7", "Ablation, input resolution: does pretraining and fine-tuning at a larger input size help?"),
+        ("Q8", "Ablation, defence: TRADES or PGD adversarial fine-tuning after the same pretraining?"),
     ),
     comparisons=_paper_comparisons(),
 )
@@ -233,8 +377,9 @@ STUDIES = {"paper": PAPER}
 class Scale:
     """Backbone, epochs, data and attacks of a study: the flags added after each run's paper flagfile.
 
-    `backbone` None keeps the flagfiles' ResNet-50v2. `autoattack` says which rows get AutoAttack: all, the
-    headline rows, or none. `excluded` maps a row id (or `task:<task>`, `task_mode:<task>:<mode>` for groups of
+    `backbone` None keeps the flagfiles' ResNet-50v2. `autoattack` says which rows get AutoAttack: all, the rows a
+    question compares, the headline rows, or none. `unforeseen`: which of the unforeseen attacks (and CIFAR-10-C,
+    `CIFAR10C`) a row a question judges by them is evaluated with at this scale. `excluded` maps a row id (or `task:<task>`, `task_mode:<task>:<mode>` for groups of
     rows) to why the row does not run at this scale; `questions_only`, when given, is why a row that no question
     of the study compares does not run.
     """
@@ -248,7 +393,8 @@ class Scale:
     finetune: tuple[str, ...]
     evaluate: tuple[str, ...]
     attacks: tuple[str, ...]
-    autoattack: str  # all, headline, none
+    autoattack: str  # one of AUTOATTACK_POLICIES
+    unforeseen: tuple[str, ...] = UNFORESEEN
     excluded: tuple[tuple[str, str], ...] = ()
     questions_only: str = ""  # non-empty: only the rows the study's questions compare run, the others for this reason
     cifar10c_source: str = "generate"  # what --cifar10c means at this scale
@@ -273,12 +419,27 @@ class Scale:
             why = self.questions_only
         return why
 
-    def attacks_for(self, row: Row, autoattack: str | None = None) -> tuple[str, ...]:
-        """The attacks `row` is evaluated with; `autoattack` (all, headline, none) overrides the scale's choice."""
+    def attacks_for(self, study: Study, row: Row, autoattack: str | None = None) -> tuple[str, ...]:
+        """The attacks `row` of `study` is evaluated with: the scale's, the unforeseen ones its questions judge it by
+        (those this scale runs), AutoAttack by the policy (`autoattack`, one of AUTOATTACK_POLICIES, overrides the
+        scale's)."""
         policy = autoattack or self.autoattack
-        if policy == "all" or (policy == "headline" and row.headline):
-            return (*self.attacks, "autoattack")
-        return self.attacks
+        wanted = study.unforeseen(row.id)
+        attacks = [*self.attacks, *(a for a in UNFORESEEN_ATTACKS if a in wanted and a in self.unforeseen)]
+        if (
+            policy == "all"
+            or (policy == "compared" and row.id in study.compared())
+            or (policy == "headline" and row.headline)
+        ):
+            attacks.append("autoattack")
+        return tuple(dict.fromkeys(attacks))
+
+    def cifar10c_for(self, study: Study, row: Row, asked: bool) -> str:
+        """evaluate's --cifar10c_source for `row`: the scale's source when the study asked for CIFAR-10-C
+        (`asked`) or a question judges the row by it and this scale runs it; else none."""
+        if asked or (CIFAR10C in study.unforeseen(row.id) and CIFAR10C in self.unforeseen):
+            return self.cifar10c_source
+        return "none"
 
     def task_flags(self, task: str) -> tuple[str, ...]:
         return dict(self.pretrain_task).get(task, ())
@@ -309,7 +470,8 @@ SCALES = {
         name="smoke",
         description=(
             "seconds per run, for tests: tiny backbone, 2 training steps of 8 images, validation on 8 images, "
-            "PGD-20 and FGSM on 16 test images (AutoAttack is not run at this scale: it would be most of the time)"
+            "PGD-20 and FGSM on 16 test images — of the unforeseen attacks Q5 judges by, FGSM only (AutoAttack, the "
+            "other unforeseen attacks and CIFAR-10-C are not run at this scale: they would be most of the time)"
         ),
         backbone="tiny",
         dataset="sample",
@@ -341,14 +503,15 @@ SCALES = {
         evaluate=("--max_examples=16", "--batch_size=16"),
         attacks=("pgd20", "fgsm"),
         autoattack="none",
+        unforeseen=("fgsm",),
     ),
     "tiny": Scale(
         name="tiny",
         description=(
             "the tiny backbone (0.3 M parameters) on the 5k real CIFAR-10 subset (give --data_dir) on a 2-core CPU: "
             "pretraining 4 epochs, fine-tuning 6 epochs (lr ×0.1 at 4 and 5; validation PGD-10), every test image; "
-            "AutoAttack on the headline rows (those the questions compare by the worst case); only the rows the "
-            "questions compare"
+            "AutoAttack on every row a question compares, the unforeseen attacks and generated CIFAR-10-C on the "
+            "rows Q5 compares; only the rows the questions compare, but the resolution ablation"
         ),
         backbone="tiny",
         dataset="sample",
@@ -370,17 +533,18 @@ SCALES = {
         ),
         evaluate=("--max_examples=0", "--batch_size=128"),
         attacks=("pgd20",),
-        autoattack="headline",
+        autoattack="compared",
         excluded=(
             (
-                "task:ensemble",
-                "ensemble pretraining (joint PGD through three heads and the second-order diversity term) costs "
-                "several times a single task per step; with its fine-tuning it alone would exceed the CPU budget",
+                RESOLUTION_ROW,
+                f"at {ABLATION_IMAGE_SIZE}×{ABLATION_IMAGE_SIZE} every run costs ~4× its 32×32 twin: ~3.2 h of the "
+                "2-core Xeon's run time for 3 seeds (plan.simulate), which would take the study past ~6 h of wall "
+                "time with --jobs=2 for one comparison (Q7); the other rows answer Q1-Q6 and Q8 in ~5 h",
             ),
         ),
         questions_only=(
             "no question compares it, and 3 seeds of every row take ~10 CPU hours at this scale: the tiny study runs "
-            "the rows Q1-Q4 compare"
+            "the rows the questions compare"
         ),
     ),
     "resnet18": _gpu_scale(

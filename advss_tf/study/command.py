@@ -60,6 +60,18 @@ def write_report(workdir: str, say: Callable[[str], None] = print) -> dict:
     return result
 
 
+def estimate(runs: list[plan.Run], jobs: int, workdir: str) -> str:
+    """One line: the expected run time and wall time of the runs still to run (`plan.simulate` on Run.weight, the
+    tiny scale's costs measured on the 2-core Xeon: at other scales only the proportions hold)."""
+    todo = [r for r in runs if not r.finished(workdir)]
+    hours = lambda s: f"{s / 3600:.1f} h"  # noqa: E731
+    return (
+        f"study: {len(todo)} of {len(runs)} runs to run: expected {hours(sum(r.weight for r in todo))} of run time, "
+        f"{hours(plan.simulate(todo, jobs))} of wall time with --jobs={jobs} (at the tiny scale's measured costs on "
+        "the 2-core Xeon; other scales: in proportion)"
+    )
+
+
 def run_study(
     workdir: str,
     scale: str,
@@ -110,6 +122,7 @@ def run_study(
     if dry_run:
         for r in runs:
             say(f"{r.id}  [{'finished' if r.finished(workdir) else 'to run'}]  {shlex.join(r.command())}")
+        say(estimate(runs, jobs, workdir))
         return 0
     runner.prepare(workdir, identity(study, scale, seeds, data, cifar10c, autoattack), overwrite)
     reasons: dict[str, list[str]] = {}

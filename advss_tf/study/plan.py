@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Callable
 
 from advss_tf.errors import UsageError
 from advss_tf.study import catalogue
@@ -18,7 +19,19 @@ from advss_tf.study.catalogue import Row, Scale, Study
 
 RUNS = "runs"
 KINDS = ("pretrain", "finetune", "ensemble", "evaluate")
-AUTOATTACK_WEIGHT = 10  # an evaluation with AutoAttack against one with PGD-20 alone, roughly (Run.weight)
+
+# What a run is expected to cost (Run.weight): its seconds at the tiny scale on the 2-core Intel Xeon with --jobs=2,
+# one thread per run, as docs/study.md measured them (2026-12-04) — at other scales only their ratios matter. A
+# factor marked "not measured" is an estimate from what the run does more per step.
+PRETRAIN_SECONDS = {True: 240, False: 50}  # adversarial (190-275 s) / standard (48 s) pretraining, one task
+ENSEMBLE_PRETRAIN_FACTOR = 4  # not measured: joint PGD through three heads + the second-order diversity term
+FINETUNE_SECONDS = {"adversarial": 300, "trades": 330, "standard": 90}  # 268-329 s, 87-88 s; TRADES not measured
+AUX_ROTATION_FACTOR = 1.5  # not measured: the rotation head's loss (and its attack term) on rotated copies
+EXPORT_SECONDS = 10  # an ensemble export (the three took 22 s)
+EVALUATE_SECONDS = 15  # PGD-20 alone on the 508 test images
+AUTOATTACK_WEIGHT = 400  # AutoAttack on one model (267-547 s); an ensemble's ×its members (1,286-1,518 s)
+UNFORESEEN_SECONDS = 60  # not measured: FGSM, PGD-100, PGD-20 at 16/255, L2 PGD-20, CW-L∞ ≈ 8× PGD-20's steps
+CIFAR10C_SECONDS = 60  # not measured: generating 95 sets of 508 images (~10 s, docs/cifar10c.md) and their passes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +61,8 @@ class Run:
     row: str | None  # the row it belongs to (None for a pretraining shared by several rows)
     args: tuple[str, ...]  # the binary's arguments
     deps: tuple[str, ...]
-    # Relative expected cost, for the runner's choice among ready runs only (not part of what the run is): an
-    # evaluation with AutoAttack costs ~10× one without, an ensemble's ×its members.
+    # Expected cost (seconds at the tiny scale, PRETRAIN_SECONDS and below), for the runner's choice among ready
+    # runs (`bottom_levels`) and the plan's time estimate (`simulate`) only: not part of what the run is.
     weight: int = 1
 
     def directory(self, workdir: str) -> str:
@@ -129,6 +142,7 @@ def build(
                         row.id,
                         (f"--members={','.join(members)}", f"--output={where(run_id(seed, 'ensemble', row.id))}"),
                         tuple(run_id(seed, "finetune", m) for m in row.members),
+                        EXPORT_SECONDS,
                     )
                 )
                 model = where(head)
@@ -151,23 +165,30 @@ def build(
                                 "--adversarial" if pre.adversarial else "--noadversarial",
                                 *scale.pretrain,
                                 *scale.task_flags(pre.task),
+                                *pre.flags(),
+                                *row.size_flags(),
                                 *common,
                                 f"--model_dir={where(pid)}",
                             ),
                             (),
+                            weight=_cost(PRETRAIN_SECONDS[pre.adversarial] * pre.fraction, row)
+                            * (ENSEMBLE_PRETRAIN_FACTOR if pre.task == "ensemble" else 1),
                         )
                     )
                     args.append(f"--pretrained={where(pid)}/export/pretrain")
                     deps = (pid,)
                 else:
                     args += backbone
-                args += [f"--objective={'adversarial' if ft.adversarial else 'standard'}", *scale.finetune, *common]
+                args += [f"--objective={ft.objective}", *scale.finetune, *row.size_flags(), *common]
                 fid = run_id(seed, "finetune", row.id)
-                head = add(Run(fid, "finetune", seed, row.id, (*args, f"--model_dir={where(fid)}"), deps))
+                cost = FINETUNE_SECONDS[ft.objective] * (AUX_ROTATION_FACTOR if ft.aux_rotation_weight else 1)
+                head = add(
+                    Run(fid, "finetune", seed, row.id, (*args, f"--model_dir={where(fid)}"), deps, _cost(cost, row))
+                )
                 model = f"{where(head)}/export/{row.export}"
             eid = run_id(seed, "evaluate", row.id)
-            c10c = scale.cifar10c_source if cifar10c else "none"
-            attacks = scale.attacks_for(row, autoattack)
+            c10c = scale.cifar10c_for(study, row, cifar10c)
+            attacks = scale.attacks_for(study, row, autoattack)
             add(
                 Run(
                     eid,
@@ -179,16 +200,32 @@ def build(
                         f"--attacks={','.join(attacks)}",
                         f"--cifar10c_source={c10c}",
                         *scale.evaluate,
+                        *row.size_flags(),
                         *common,
                         f"--model={model}",
                         f"--model_name={row.id}",
                         f"--output_dir={where(eid)}",
                     ),
                     (head,),
-                    weight=len(row.members or (row.id,)) * (AUTOATTACK_WEIGHT if "autoattack" in attacks else 1),
+                    weight=_cost(_evaluation_seconds(attacks, c10c != "none") * len(row.members or (row.id,)), row),
                 )
             )
     return order(list(runs.values()))
+
+
+def _cost(seconds: float, row: Row) -> int:
+    """`seconds` at 32×32 scaled to the row's input size (compute grows with the pixels), at least 1."""
+    scale = (row.image_size / 32) ** 2 if row.image_size else 1.0
+    return max(1, round(seconds * scale))
+
+
+def _evaluation_seconds(attacks: tuple[str, ...], cifar10c: bool) -> float:
+    """An evaluation's expected seconds on one model from its attacks (see EVALUATE_SECONDS and below)."""
+    seconds = EVALUATE_SECONDS + (AUTOATTACK_WEIGHT if "autoattack" in attacks else 0)
+    seconds += (
+        UNFORESEEN_SECONDS * sum(a in catalogue.UNFORESEEN_ATTACKS for a in attacks) / len(catalogue.UNFORESEEN_ATTACKS)
+    )
+    return seconds + (CIFAR10C_SECONDS if cifar10c else 0)
 
 
 def order(runs: list[Run]) -> list[Run]:
@@ -208,12 +245,62 @@ def order(runs: list[Run]) -> list[Run]:
     return out
 
 
-def priority(run: Run, position: int) -> tuple[int, int, int]:
-    """Which ready run the runner starts first (smallest): the kind furthest down the pipeline (what is started
-    gets finished before new pretrainings start, so results come seed by seed and little is half-done at any
-    time), then the heaviest (the longest evaluations do not end up last, alone on one core), then `position`
-    (the plan's order)."""
-    return (-KINDS.index(run.kind), -run.weight, position)
+def bottom_levels(runs: list[Run]) -> dict[str, int]:
+    """Each run's bottom level: its weight plus the heaviest chain of runs that need it, directly or not — the
+    longest weighted path from the run to the end of the study (dependencies outside `runs` count as finished)."""
+    dependants: dict[str, list[str]] = {r.id: [] for r in runs}
+    for r in runs:
+        for d in r.deps:
+            if d in dependants:
+                dependants[d].append(r.id)
+    level: dict[str, int] = {}
+    for r in reversed(order(runs)):
+        level[r.id] = r.weight + max((level[c] for c in dependants[r.id]), default=0)
+    return level
+
+
+# Which ready run starts first: (run, its position in the plan) → a key, smallest first.
+Priority = Callable[[Run, int], tuple]
+
+
+def priority(run: Run, position: int, bottom_level: int) -> tuple[int, int, int, int]:
+    """The runner's key among ready runs (smallest first): the longest weighted path to the end of the study first
+    (`bottom_levels`: critical-path list scheduling, so the study ends as early as its dependencies allow), then the
+    kind furthest down the pipeline (what has started gets finished), the heaviest, the plan's order."""
+    return (-bottom_level, -KINDS.index(run.kind), -run.weight, position)
+
+
+def critical_path(runs: list[Run]) -> Priority:
+    """`priority` with the bottom levels of `runs`."""
+    level = bottom_levels(runs)
+    return lambda run, position: priority(run, position, level[run.id])
+
+
+def simulate(runs: list[Run], jobs: int, key: Priority | None = None) -> float:
+    """When a study of `runs` would end with `jobs` at once if each took its weight: list scheduling — whenever a
+    slot is free, the ready run first by `key` (default `critical_path`) starts. In weight units (seconds at the
+    tiny scale); the time the runner itself will take, on the measured costs."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    key = key or critical_path(runs)
+    ids = {r.id for r in runs}
+    done: set[str] = set()
+    todo = list(enumerate(runs))
+    running: list[tuple[float, str]] = []
+    now = 0.0
+    while todo or running:
+        ready = [(i, r) for i, r in todo if all(d in done or d not in ids for d in r.deps)]
+        while ready and len(running) < jobs:
+            i, r = min(ready, key=lambda ir: key(ir[1], ir[0]))
+            ready.remove((i, r))
+            todo.remove((i, r))
+            running.append((now + r.weight, r.id))
+        if not running:
+            raise ValueError(f"dependency cycle among {[r.id for _, r in todo]}")
+        running.sort()
+        now, finished = running.pop(0)
+        done.add(finished)
+    return now
 
 
 def levels(runs: list[Run]) -> list[list[Run]]:

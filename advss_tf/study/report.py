@@ -15,8 +15,8 @@ import os
 from typing import Any
 
 from advss_tf.errors import UsageError
-from advss_tf.study import statistics
-from advss_tf.study.catalogue import Study
+from advss_tf.study import catalogue, statistics
+from advss_tf.study.catalogue import CIFAR10C, UNFORESEEN_ATTACKS, UNFORESEEN_WORST, Study
 
 REPORT = "report"
 MARKDOWN = "report.md"
@@ -26,15 +26,26 @@ DIFFERENCES = "questions.png"
 TIME = "time.json"
 KINDS = ("pretrain", "finetune", "ensemble", "evaluate")  # plan.Run.kind, in the study's order
 
-# metric → (column title, unit); accuracies in % of the test images, epochs as finetune counts them.
+# metric → (column title, unit); accuracies in % of the test images, epochs as finetune counts them. The main
+# table has the first six; the unforeseen attacks' table the rest (with CIFAR-10-C), for the rows that ran them.
 METRICS = {
     "standard": ("SA", "points"),
     "pgd20": ("PGD-20", "points"),
     "autoattack": ("AutoAttack", "points"),
     "worst_case": ("worst case", "points"),
-    "cifar10c": ("CIFAR-10-C", "points"),
+    CIFAR10C: ("CIFAR-10-C", "points"),
     "epochs_to_best": ("epochs to best RA", "epochs"),
+    "fgsm": ("FGSM", "points"),
+    "pgd100": ("PGD-100", "points"),
+    "pgd20_eps16": ("PGD-20 at 16/255", "points"),
+    "pgd_l2": ("L2 PGD-20 at 0.5", "points"),
+    "cw_linf": ("CW-L∞", "points"),
+    UNFORESEEN_WORST: ("worst unforeseen attack", "points"),
 }
+MAIN_TABLE = ("standard", "pgd20", "autoattack", "worst_case", CIFAR10C, "epochs_to_best")
+UNFORESEEN_TABLE = (*UNFORESEEN_ATTACKS, UNFORESEEN_WORST, CIFAR10C)
+# The paper's number a comparison's metric is set beside: its RA is PGD-20's, so the worst case's is PGD-20's too.
+PAPER_METRIC = {"standard": "standard", "pgd20": "pgd20", "autoattack": "autoattack", "worst_case": "pgd20"}
 
 
 def _read(path: str) -> dict[str, Any] | None:
@@ -57,14 +68,18 @@ def record(evaluation: dict[str, Any], finetuning: dict[str, Any] | None) -> dic
     def pct(x):
         return None if x is None else 100.0 * float(x)
 
+    unforeseen = {a: pct(robust[a]["accuracy"]) for a in UNFORESEEN_ATTACKS if a in robust}
     return {
         "metrics": {
             "standard": pct(evaluation["standard_accuracy"]),
             "pgd20": pct(robust.get("pgd20", {}).get("accuracy")),
             "autoattack": pct(robust.get("autoattack", {}).get("accuracy")),
             "worst_case": pct(worst.get("accuracy")),
-            "cifar10c": pct(c10c.get("mean_accuracy")),
+            CIFAR10C: pct(c10c.get("mean_accuracy")),
             "epochs_to_best": best.get("epoch"),
+            **{a: unforeseen.get(a) for a in UNFORESEEN_ATTACKS},
+            # each attack judged on its own (evaluate keeps threat models apart): the one that hurts the model most
+            UNFORESEEN_WORST: min(unforeseen.values()) if unforeseen else None,
         },
         "attacks": sorted(robust),
         "worst_case_threat_model": worst.get("threat_model"),
@@ -90,8 +105,15 @@ def collect(workdir: str, study: Study, seeds: int) -> dict[str, dict[int, dict[
     return out
 
 
-def build(study: Study, identity: dict[str, Any], records: dict[str, dict[int, dict[str, Any]]], excluded) -> dict:
-    """The report as one JSON-able dict (see the module docstring)."""
+def build(
+    study: Study,
+    identity: dict[str, Any],
+    records: dict[str, dict[int, dict[str, Any]]],
+    excluded,
+    planned_rows: set[str] | None = None,
+) -> dict:
+    """The report as one JSON-able dict (see the module docstring). `planned_rows`: the rows the study's plan runs
+    (those with no finished evaluation are listed as not run yet)."""
     rows = []
     for row in study.rows:
         per_seed = records.get(row.id)
@@ -99,7 +121,7 @@ def build(study: Study, identity: dict[str, Any], records: dict[str, dict[int, d
             continue
         metrics = {}
         for m in METRICS:
-            values = {s: r["metrics"][m] for s, r in per_seed.items() if r["metrics"][m] is not None}
+            values = {s: r["metrics"][m] for s, r in per_seed.items() if r["metrics"].get(m) is not None}
             metrics[m] = {
                 "per_seed": {str(s): v for s, v in values.items()},
                 "interval": statistics.t_interval(list(values.values())).to_dict() if values else None,
@@ -116,48 +138,79 @@ def build(study: Study, identity: dict[str, Any], records: dict[str, dict[int, d
             }
         )
     excluded_ids = {r.id for r, _ in excluded}
-    questions = []
-    for qid, text in study.questions:
-        comparisons = []
-        for c in (c for c in study.comparisons if c.question == qid):
-            unit = METRICS[c.metric][1]
-            entry = {"a": c.a, "b": c.b, "metric": c.metric, "unit": unit, "claim": c.claim}
-            a, b = records.get(c.a, {}), records.get(c.b, {})
-            va = {s: r["metrics"][c.metric] for s, r in a.items() if r["metrics"][c.metric] is not None}
-            vb = {s: r["metrics"][c.metric] for s, r in b.items() if r["metrics"][c.metric] is not None}
-            diffs = statistics.paired_differences(va, vb)
-            if not diffs:
-                missing = [x for x, v in ((c.a, va), (c.b, vb)) if not v]
-                left_out = [x for x in missing if x in excluded_ids]
-                verdict = (
-                    f"not run at this scale: {' / '.join(left_out)} (rows left out, below)"
-                    if left_out
-                    else f"not available: no finished {' / '.join(missing)}"
-                )
-                entry.update(per_seed={}, interval=None, verdict=verdict)
-            else:
-                interval = statistics.t_interval(list(diffs.values()))
-                attacks_a = sorted({t for r in a.values() for t in r["attacks"]})
-                attacks_b = sorted({t for r in b.values() for t in r["attacks"]})
-                note = (
-                    ""
-                    if attacks_a == attacks_b or c.metric != "worst_case"
-                    else " (the two rows ran different attacks)"
-                )
-                entry.update(
-                    per_seed={str(s): d for s, d in diffs.items()},
-                    interval=interval.to_dict(),
-                    verdict=statistics.verdict(interval, c.claim, unit) + note,
-                )
-            comparisons.append(entry)
-        questions.append({"id": qid, "question": text, "comparisons": comparisons})
+    scale = catalogue.SCALES.get(identity.get("scale"))
+    questions = [
+        {
+            "id": qid,
+            "question": text,
+            "comparisons": [
+                _comparison(study, c, records, excluded_ids, scale) for c in study.comparisons if c.question == qid
+            ],
+        }
+        for qid, text in study.questions
+    ]
     return {
         "identity": identity,
         "confidence": statistics.CONFIDENCE,
         "rows": rows,
         "excluded": [{"id": r.id, "reason": why} for r, why in excluded],
+        "not_run_yet": [r.id for r in study.rows if r.id in (planned_rows or set()) and not records.get(r.id)],
+        "unforeseen": list(scale.unforeseen) if scale else None,
         "questions": questions,
     }
+
+
+def _comparison(study: Study, c, records, excluded_ids: set[str], scale) -> dict[str, Any]:
+    """One comparison's entry: per-seed differences, interval, verdict and the seeds it needs."""
+    unit = METRICS[c.metric][1]
+    entry = {"a": c.a, "b": c.b, "metric": c.metric, "unit": unit, "claim": c.claim}
+    a, b = records.get(c.a, {}), records.get(c.b, {})
+    va = {s: r["metrics"][c.metric] for s, r in a.items() if r["metrics"].get(c.metric) is not None}
+    vb = {s: r["metrics"][c.metric] for s, r in b.items() if r["metrics"].get(c.metric) is not None}
+    diffs = statistics.paired_differences(va, vb)
+    interval = statistics.t_interval(list(diffs.values())) if diffs else None
+    if interval is None:
+        missing = [x for x, v in ((c.a, va), (c.b, vb)) if not v]
+        left_out = [x for x in missing if x in excluded_ids]
+        if scale is not None and c.metric in (*UNFORESEEN_ATTACKS, CIFAR10C) and c.metric not in scale.unforeseen:
+            verdict = f"not run at this scale: {METRICS[c.metric][0]} is not among its unforeseen attacks"
+        elif left_out:
+            verdict = f"not run at this scale: {' / '.join(left_out)} (rows left out, below)"
+        else:
+            no_run = [x for x in missing if not records.get(x)]
+            without = [x for x in missing if records.get(x)]
+            parts = [f"no finished {' / '.join(no_run)}"] if no_run else []
+            what = "any unforeseen attack" if c.metric == UNFORESEEN_WORST else METRICS[c.metric][0]
+            parts += [f"{' / '.join(without)} ran without {what}"] if without else []
+            verdict = f"not available: {'; '.join(parts)}"
+        entry.update(per_seed={}, interval=None, verdict=verdict)
+    else:
+        attacks_a = sorted({t for r in a.values() for t in r["attacks"]})
+        attacks_b = sorted({t for r in b.values() for t in r["attacks"]})
+        differ = attacks_a != attacks_b and c.metric in ("worst_case", UNFORESEEN_WORST)
+        entry.update(
+            per_seed={str(s): d for s, d in diffs.items()},
+            interval=interval.to_dict(),
+            verdict=statistics.verdict(interval, c.claim, unit)
+            + (" (the two rows ran different attacks)" if differ else ""),
+        )
+    entry["seeds_needed"] = _seeds_needed(study, c, interval)
+    return entry
+
+
+def _seeds_needed(study: Study, c, interval: statistics.Interval | None) -> dict[str, Any]:
+    """How many seeds would resolve (t interval excluding 0) the observed mean difference, and the paper's, at the
+    observed spread of the per-seed differences (`statistics.seeds_to_resolve`)."""
+    paper_metric = PAPER_METRIC.get(c.metric)
+    pa, pb = (dict(study.row(x).paper).get(paper_metric) for x in (c.a, c.b))
+    paper = None if pa is None or pb is None else pa - pb
+    out = {"sd": None, "observed": None, "paper_difference": paper, "paper_metric": paper_metric, "paper": None}
+    if interval is None or interval.sd is None:
+        return out
+    out.update(sd=interval.sd, observed=statistics.seeds_to_resolve(interval.mean, interval.sd))
+    if paper is not None:
+        out["paper"] = statistics.seeds_to_resolve(paper, interval.sd)
+    return out
 
 
 def timing(path: str, planned: set[str] | None = None) -> dict | None:
@@ -244,8 +297,8 @@ def markdown(report: dict, scale_description: str, time: dict | None = None) -> 
         "epoch of the best validation robust accuracy (the exported best-RA model). Paper: Chen et al. 2020, "
         "ResNet-50v2 on full CIFAR-10, PGD-20 (AutoAttack where given).",
         "",
-        "| row | n | " + " | ".join(title for title, _ in METRICS.values()) + " | paper SA | paper PGD-20 (AA) |",
-        "|---|---:|" + "---:|" * len(METRICS) + "---:|---:|",
+        "| row | n | " + " | ".join(METRICS[m][0] for m in MAIN_TABLE) + " | paper SA | paper PGD-20 (AA) |",
+        "|---|---:|" + "---:|" * len(MAIN_TABLE) + "---:|---:|",
     ]
     for r in report["rows"]:
         paper = r["paper"]
@@ -253,8 +306,9 @@ def markdown(report: dict, scale_description: str, time: dict | None = None) -> 
         if "autoattack" in paper:
             ra += f" ({paper['autoattack']:.2f})"
         sa = f"{paper['standard']:.2f}" if "standard" in paper else "–"
-        cells = [_cell(r["metrics"][m]["interval"]) for m in METRICS]
+        cells = [_cell(r["metrics"][m]["interval"]) for m in MAIN_TABLE]
         lines.append(f"| {r['label']} (`{r['id']}`) | {len(r['seeds'])} | " + " | ".join(cells) + f" | {sa} | {ra} |")
+    lines += _unforeseen_markdown(report)
     lines += ["", "## The questions (paired differences per seed: a − b)", ""]
     for q in report["questions"]:
         lines.append(f"**{q['id']}. {q['question']}**")
@@ -262,7 +316,16 @@ def markdown(report: dict, scale_description: str, time: dict | None = None) -> 
         for c in q["comparisons"]:
             seeds = ", ".join(f"{d:+.2f}" for d in c["per_seed"].values()) or "–"
             lines.append(f"- `{c['a']}` − `{c['b']}`, {METRICS[c['metric']][0]} (per seed: {seeds}): {c['verdict']}")
+            lines.append(f"  - {_seeds_needed_line(c, report['confidence'])}")
         lines.append("")
+    if report.get("not_run_yet"):
+        lines += [
+            "## Rows not run yet",
+            "",
+            "This scale runs them, but no evaluation of theirs has finished (the study command runs them; with "
+            "--rows, name them): " + ", ".join(f"`{x}`" for x in report["not_run_yet"]) + ".",
+            "",
+        ]
     if report["excluded"]:
         lines += ["## Rows not run at this scale", ""]
         by_reason: dict[str, list[str]] = {}
@@ -273,6 +336,62 @@ def markdown(report: dict, scale_description: str, time: dict | None = None) -> 
     lines += [f"![SA vs RA]({SCATTER})", "", f"![differences]({DIFFERENCES})", ""]
     lines += time_markdown(time)
     return "\n".join(lines)
+
+
+def _unforeseen_markdown(report: dict) -> list[str]:
+    """The unforeseen attacks' table (the rows that ran any), and which of them this scale runs."""
+    rows = [r for r in report["rows"] if any(r["metrics"][m]["interval"] for m in UNFORESEEN_TABLE[:-1])]
+    ran = report.get("unforeseen")
+    which = (
+        "this scale runs " + (", ".join(METRICS[m][0] for m in ran) if ran else "none of them")
+        if ran is not None
+        else "the scale is unknown"
+    )
+    lines = [
+        "",
+        f"Unforeseen attacks (Q5; {which}), on the rows Q5 judges by them: accuracy under each, and the worst "
+        "unforeseen attack (per seed, the lowest of them; L∞ 8/255 and 16/255 and L2 0.5 are different threat "
+        "models, so no image-by-image union).",
+    ]
+    if not rows:
+        return [*lines, "", "No row has run them yet."]
+    return [
+        *lines,
+        "",
+        "| row | n | " + " | ".join(METRICS[m][0] for m in UNFORESEEN_TABLE) + " |",
+        "|---|---:|" + "---:|" * len(UNFORESEEN_TABLE),
+        *(
+            f"| `{r['id']}` | {len(r['seeds'])} | "
+            + " | ".join(_cell(r["metrics"][m]["interval"]) for m in UNFORESEEN_TABLE)
+            + " |"
+            for r in rows
+        ),
+    ]
+
+
+def _seeds_needed_line(c: dict, confidence: float) -> str:
+    """The seeds-needed sub-line of a comparison (`_seeds_needed`)."""
+    need = c["seeds_needed"]
+    unit = c["unit"]
+
+    def seeds(n, difference):
+        if difference == 0:
+            return "never (a difference of 0)"
+        return f"more than {statistics.MAX_SEEDS:,}" if n is None else f"{n} seeds"
+
+    head = f"seeds to resolve at {100 * confidence:.0f} % (paired t interval excluding 0)"
+    paper = ""
+    if need["paper_difference"] is not None:
+        name = "PGD-20 RA" if need["paper_metric"] == "pgd20" else METRICS[need["paper_metric"]][0]
+        paper = f"({need['paper_difference']:+.2f}, {name})"
+    if need["sd"] is None:
+        why = "no seed of both rows yet" if c["interval"] is None else "one seed: a second measures the spread"
+        return f"{head}: {why}" + (f"; the paper's difference {paper}" if paper else "")
+    text = (
+        f"{head}, at the seeds' spread (sd {need['sd']:.2f} {unit}): this difference ({c['interval']['mean']:+.2f}) "
+        f"{seeds(need['observed'], c['interval']['mean'])}"
+    )
+    return text + (f"; the paper's {paper} {seeds(need['paper'], need['paper_difference'])}" if paper else "")
 
 
 def plot(report: dict, folder: str) -> None:
@@ -348,7 +467,8 @@ def write(
     report (`times`, `planned`: the runner's record of attempts and the plan's run ids, for `timing`)."""
     from advss_tf import workspace
 
-    report = build(study, identity, collect(workdir, study, identity["seeds"]), excluded)
+    planned_rows = {rid.split("/")[2] for rid in planned or () if rid.split("/")[1] == "evaluate"}
+    report = build(study, identity, collect(workdir, study, identity["seeds"]), excluded, planned_rows)
     folder = os.path.join(workdir, REPORT)
     os.makedirs(folder, exist_ok=True)
     plot(report, folder)

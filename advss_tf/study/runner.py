@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from advss_tf.errors import UsageError
-from advss_tf.study.plan import RUNS, Run, levels, priority
+from advss_tf.study.plan import RUNS, Run, critical_path, levels
 
 STUDY_FILE = "study.json"
 LOGS = "logs"
@@ -165,8 +165,8 @@ def _last_error(log_path: str) -> str:
 class Executor:
     """Runs `runs` (already in dependency order) with at most `jobs` at once; finished ones are skipped.
 
-    A run starts when every run it needs has finished (among those, by `plan.priority`: furthest down the
-    pipeline, then heaviest); a failed run's dependants are skipped; one found finished when its turn comes
+    A run starts when every run it needs has finished (among those, by `plan.priority`: the longest weighted path
+    to the end of the study first, then furthest down the pipeline, then heaviest); a failed run's dependants are skipped; one found finished when its turn comes
     (another process ran it) is not run again. Returns the exit status: 0 all finished, 1 a run failed (or was
     busy elsewhere), 128+signal when stopped by a signal.
     """
@@ -210,6 +210,7 @@ class Executor:
         todo = sum(s == "todo" for s in state.values())
         self._say(f"{len(self.runs)} runs, {len(self.runs) - todo} already finished, {todo} to run")
         running: dict[str, tuple[Any, Any, str, float]] = {}
+        key = critical_path(self.runs)
 
         def forward(signum, frame):
             del frame
@@ -233,7 +234,7 @@ class Executor:
                     ]
                     if not candidates:
                         break
-                    ready = self.runs[min(candidates, key=lambda i: priority(self.runs[i], i))]
+                    ready = self.runs[min(candidates, key=lambda i: key(self.runs[i], i))]
                     lock = self._lock(ready)
                     if lock is None:
                         state[ready.id] = "busy"

@@ -63,6 +63,43 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Inter
     return Interval(mean, half, n, sd, confidence)
 
 
+MAX_SEEDS = 100_000  # seeds_to_resolve's search bound: beyond it, "more than MAX_SEEDS"
+
+
+def resolves(difference: float, sd: float, n: int, confidence: float = CONFIDENCE) -> bool:
+    """Whether n paired differences with mean `difference` and standard deviation `sd` give a t interval that
+    excludes 0: t_{(1+c)/2, n-1} · sd / sqrt(n) < |difference| (n >= 2)."""
+    from scipy import stats
+
+    if n < 2:
+        raise ValueError(f"an interval needs n >= 2 seeds, got {n}")
+    return float(stats.t.ppf(0.5 + confidence / 2.0, n - 1)) * sd / math.sqrt(n) < abs(difference)
+
+
+def seeds_to_resolve(
+    difference: float, sd: float, confidence: float = CONFIDENCE, max_seeds: int = MAX_SEEDS
+) -> int | None:
+    """The fewest seeds n >= 2 at which a mean paired difference `difference`, with the seeds' differences spread as
+    `sd`, has a t interval that excludes 0 (`resolves`); None when no n <= `max_seeds` does (a difference of 0
+    never does).
+
+    This plugs the observed spread in as if it were known: it says whether "not resolved" means "too few seeds"
+    (a handful more would do) or "no effect this size" (hundreds would be needed), not the power of a new study.
+    """
+    if sd < 0 or math.isnan(sd) or math.isnan(difference):
+        raise ValueError(f"need a finite difference and sd >= 0, got {difference}, {sd}")
+    if difference == 0 or not resolves(difference, sd, max_seeds, confidence):
+        return None
+    low, high = 1, max_seeds  # resolves(high) holds; the condition is monotone in n (t and 1/sqrt(n) both fall)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if resolves(difference, sd, mid, confidence):
+            high = mid
+        else:
+            low = mid
+    return high
+
+
 def paired_differences(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
     """a[seed] − b[seed] for every seed both have (a paired design: same seed, same data order)."""
     return {s: a[s] - b[s] for s in sorted(set(a) & set(b))}

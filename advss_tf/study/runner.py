@@ -13,7 +13,6 @@ import datetime
 import fcntl
 import json
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -24,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from advss_tf.errors import UsageError
+from advss_tf.machine import cpu_model
 from advss_tf.study.plan import RUNS, Run, critical_path, levels
 
 STUDY_FILE = "study.json"
@@ -136,13 +136,7 @@ StartRun = Callable[[list[str], str], Any]
 
 def machine() -> dict[str, Any]:
     """What a run's time was measured on: the CPU model and the cores this process may use."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": _cores()}
+    return {"cpu": cpu_model(), "cores": _cores()}
 
 
 def record_attempt(workdir: str, entry: dict[str, Any]) -> None:

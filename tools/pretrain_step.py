@@ -11,6 +11,8 @@ from typing import Any
 
 import advss_tf  # noqa: F401  (TF_ENABLE_ONEDNN_OPTS before TensorFlow)
 
+FINETUNE = "finetune"  # the `task` of fine-tuning's step (not a pretext task)
+
 
 @dataclasses.dataclass
 class PretrainStep:
@@ -42,19 +44,11 @@ def _assemble(cfg, kind, batch_norm: str) -> PretrainStep:
     return PretrainStep(trainer, iterator, built.model, built.task, cfg)
 
 
-def _backbone(name: str, arch_version: int | None):
-    """BackboneConfig(name) with the given block definition (None: the default, the reference's)."""
-    from advss_tf.models.resnet import BackboneConfig
-
-    return BackboneConfig(name) if arch_version is None else BackboneConfig(name, arch_version=arch_version)
-
-
-def build_pretrain_step(
+def build_step(
     task: str,
     backbone: str,
     batch_size: int,
     *,
-    adversarial: bool = True,
     attack_steps: int = 10,
     jit_compile: bool = False,
     strategy: str = "auto",
@@ -62,57 +56,32 @@ def build_pretrain_step(
     train_steps: int = 1000,
     batch_norm: str = "auto",
     arch_version: int | None = None,
-    **config_overrides,
+    **config_fields,
 ) -> PretrainStep:
-    """Builds the task's model and the same `Trainer` the pretrain binary uses, fed by its real input pipeline.
+    """The training step a binary runs: a pretext task's (`task` from the table) or fine-tuning's (`task` =
+    FINETUNE: its classifier from random init — what one step costs does not depend on the weights), with the same
+    `Trainer` and real input pipeline; no checkpoint, no validation, no export.
 
-    `batch_norm` forces a BatchNormalization layer (advss_tf.models.resnet.BATCH_NORM_LAYERS) to time either;
-    "auto" keeps the binary's choice. `arch_version` chooses the block definition (models/resnet.py).
+    `config_fields` go to the run's config (pretraining: `adversarial`, `selfie_layers`, ...; fine-tuning:
+    `objective`, `mode`). `batch_norm` forces a BatchNormalization layer (advss_tf.models.resnet.BATCH_NORM_LAYERS)
+    to time either; "auto" keeps the binary's choice. `arch_version` chooses the block definition (None: the
+    default, the reference's).
     """
-    from advss_tf.config import AttackConfig, PretrainConfig, RuntimeConfig
+    from advss_tf.config import AttackConfig, FinetuneConfig, PretrainConfig, RuntimeConfig
+    from advss_tf.models.resnet import BackboneConfig
+    from advss_tf.training.finetuning import FinetuneRun
     from advss_tf.training.pretraining import PretrainRun
 
-    cfg = PretrainConfig(
-        task=task,
+    shared = dict(
         model_dir="/tmp/unused",
-        backbone=_backbone(backbone, arch_version),
-        batch_size=batch_size,
-        train_steps=train_steps,
-        adversarial=adversarial,
-        attack=AttackConfig(steps=attack_steps),
-        runtime=RuntimeConfig(strategy=strategy, jit_compile=jit_compile, mixed_precision=mixed_precision),
-        **config_overrides,
-    )
-    return _assemble(cfg, PretrainRun(), batch_norm)
-
-
-def build_finetune_step(
-    objective: str,
-    backbone: str,
-    batch_size: int,
-    *,
-    mode: str = "full",
-    attack_steps: int = 10,
-    jit_compile: bool = False,
-    strategy: str = "auto",
-    mixed_precision: str = "none",
-    train_steps: int = 1000,
-    batch_norm: str = "auto",
-    arch_version: int | None = None,
-) -> PretrainStep:
-    """The fine-tune binary's training step (its classifier, FinetuneTask and `Trainer`; no checkpoint, no
-    validation) from random init — what one step costs does not depend on the weights."""
-    from advss_tf.config import AttackConfig, FinetuneConfig, RuntimeConfig
-    from advss_tf.training.finetuning import FinetuneRun
-
-    cfg = FinetuneConfig(
-        model_dir="/tmp/unused",
-        backbone=_backbone(backbone, arch_version),
-        mode=mode,
-        objective=objective,
+        backbone=BackboneConfig(backbone)
+        if arch_version is None
+        else BackboneConfig(backbone, arch_version=arch_version),
         batch_size=batch_size,
         train_steps=train_steps,
         attack=AttackConfig(steps=attack_steps),
         runtime=RuntimeConfig(strategy=strategy, jit_compile=jit_compile, mixed_precision=mixed_precision),
     )
-    return _assemble(cfg, FinetuneRun(), batch_norm)
+    if task == FINETUNE:
+        return _assemble(FinetuneConfig(**shared, **config_fields), FinetuneRun(), batch_norm)
+    return _assemble(PretrainConfig(task=task, **shared, **config_fields), PretrainRun(), batch_norm)

@@ -1,5 +1,7 @@
 """A whole fine-tuning run (SPEC §8): restore the backbone from a pretraining export → train → validate every epoch
 (clean and PGD-20 accuracy on the held-out split) → classifier exports best_ra / best_sa / last → results.json.
+The sequence around it (strategy, run directory, checkpoint, resume, loop) is the run skeleton's (`runs.run`);
+`FinetuneRun` is what fine-tuning brings to it.
 
 The test set is never read here: model selection uses the validation split carved from the training set.
 """

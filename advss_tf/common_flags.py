@@ -50,6 +50,32 @@ def define_run_flags() -> None:
     flags.DEFINE_integer("seed", 0, "The one seed every random choice is derived from.")
 
 
+def define_model_flags(backbone_default: str | None, backbone_help: str) -> None:
+    """--backbone (choices: the backbone table) and --sync_bn. The binaries differ in --backbone's default: pretrain
+    trains resnet18 unless told, finetune reads the export's (None)."""
+    from advss_tf.models.backbones import BACKBONES
+
+    flags.DEFINE_enum("backbone", backbone_default, sorted(BACKBONES), backbone_help)
+    flags.DEFINE_bool("sync_bn", False, "Synchronise BatchNorm statistics across replicas (default: per replica).")
+
+
+def define_length_flags() -> None:
+    """How much a run trains: its global batch, epochs or steps, and the fraction of the training split."""
+    flags.DEFINE_integer("batch_size", 128, "Global batch size in images (split evenly over the replicas).")
+    flags.DEFINE_float(
+        "epochs",
+        100.0,
+        "Training length in passes over the training split, fractions allowed (the reference: 100 for rotation, "
+        "jigsaw and fine-tuning).",
+    )
+    flags.DEFINE_integer("train_steps", 0, "If > 0: train exactly this many optimizer steps (overrides --epochs).")
+    flags.DEFINE_float("train_fraction", 1.0, "Class-balanced fraction of the training split to use, in (0, 1].")
+    flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1")
+    flags.register_validator("epochs", lambda v: v >= 0, "--epochs must be >= 0 (0: give --train_steps)")
+    flags.register_validator("train_steps", lambda v: v >= 0, "--train_steps must be >= 0 (0: use --epochs)")
+    flags.register_validator("train_fraction", lambda v: 0 < v <= 1, "--train_fraction must be in (0, 1]")
+
+
 def define_data_flags(train_split: bool = True) -> None:
     """--dataset and where it lives; `train_split`: also --train_split (the binaries that train)."""
     from advss_tf.data.datasets import DATASETS, LABELS
@@ -207,6 +233,21 @@ def optimizer_config():
     )
 
 
+def training_config_fields() -> dict:
+    """The fields every training config (PretrainConfig, FinetuneConfig) takes from the shared flags."""
+    return dict(
+        data=data_source(),
+        train_fraction=FLAGS.train_fraction,
+        batch_size=FLAGS.batch_size,
+        epochs=FLAGS.epochs,
+        train_steps=FLAGS.train_steps,
+        attack=attack_config(),
+        optimizer=optimizer_config(),
+        seed=FLAGS.seed,
+        runtime=runtime_config(),
+    )
+
+
 def print_run_paths(model_dir: str, export: str) -> None:
     """Tells the user where the run, its TensorBoard logs and its export are (the run directory may be a default)."""
     import os
@@ -229,7 +270,8 @@ def fail(message: str, status: int = 2) -> None:
     sys.exit(status)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing with a bad flag as one line and exit 2 (every binary's `flags_parser`)."""
     try:
         return FLAGS(argv)
     except flags.Error as e:
@@ -262,4 +304,4 @@ def run_binary(main: Callable[[], None]) -> None:
         except Interrupted as e:
             fail(str(e), status=128 + e.signum)
 
-    app.run(_main, flags_parser=_parse_flags)
+    app.run(_main, flags_parser=parse_flags)

@@ -33,6 +33,8 @@ ATTACK_BN_MODES = ("train", "eval")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 MIXED_PRECISION = ("none", "float16", "bfloat16")
 SCHEDULES = ("cosine", "constant", "step")  # learning-rate schedules after the warm-up (training/schedules.py)
+FINETUNE_OBJECTIVES = ("standard", "adversarial", "trades")  # the losses of tasks/finetune.py
+FINETUNE_MODES = ("linear", "partial", "full")  # what trains; tasks/finetune.FROZEN_PARTS says what each freezes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,10 +131,7 @@ class PretrainConfig:
     def __post_init__(self):
         if self.batch_size < 1:
             raise UsageError(f"--batch_size must be >= 1, got {self.batch_size}")
-        if not 0.0 < self.train_fraction <= 1.0:
-            raise UsageError(f"--train_fraction must be in (0, 1], got {self.train_fraction}")
-        if self.epochs <= 0 and self.train_steps <= 0:
-            raise UsageError("give --epochs > 0 or --train_steps > 0")
+        _check_length(self)
         if self.jigsaw_permutations < 1:
             raise UsageError(f"--jigsaw_permutations must be >= 1, got {self.jigsaw_permutations}")
         if not 0.0 <= self.jigsaw_identity_prob <= 1.0:
@@ -162,6 +161,81 @@ class PretrainConfig:
     def selfie_scale(self) -> float:
         """The factor on Selfie's query-patch dot products: --selfie_logit_scale, or 1/sqrt(trunk width) when 0."""
         return self.selfie_logit_scale or self.backbone.trunk_channels**-0.5
+
+
+# The reference recipe (finetune/main.py): SGD 0.9, lr 0.1, coupled L2 3e-4, ×0.1 at epochs 60 and 80, and in
+# epoch 0 a linear warm-up 0.01 → 0.1 over 200 steps.
+FINETUNE_OPTIMIZER = OptimizerConfig(
+    learning_rate=0.1,
+    momentum=0.9,
+    weight_decay=3e-4,
+    schedule="step",
+    warmup_steps=200,
+    warmup_start_lr=0.01,
+    boundaries_epochs=(60, 80),
+    decay_factor=0.1,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything a fine-tuning run depends on.
+
+    `backbone` None means: the pretraining export's backbone (or resnet18 without `pretrained`), with `sync_bn`.
+    """
+
+    model_dir: str
+    pretrained: str | None = None
+    backbone: BackboneConfig | None = None
+    sync_bn: bool = False
+    mode: str = "full"
+    objective: str = "adversarial"
+    trades_beta: float = 6.0
+    aux_rotation_weight: float = 0.0
+    data: DataSource = DataSource()
+    train_fraction: float = 1.0
+    batch_size: int = 128
+    epochs: float = 100.0
+    train_steps: int = 0  # > 0 overrides epochs (smoke runs, benchmarks)
+    attack: AttackConfig = AttackConfig()
+    val_attack_steps: int = 20
+    val_examples: int = 0  # 0: the whole validation split
+    val_batch_size: int = 128
+    optimizer: OptimizerConfig = FINETUNE_OPTIMIZER
+    seed: int = 0
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    def __post_init__(self):
+        if self.mode not in FINETUNE_MODES:
+            raise UsageError(f"unknown mode {self.mode!r}; valid: {', '.join(FINETUNE_MODES)}")
+        if self.objective not in FINETUNE_OBJECTIVES:
+            raise UsageError(f"unknown objective {self.objective!r}; valid: {', '.join(FINETUNE_OBJECTIVES)}")
+        if self.trades_beta < 0:
+            raise UsageError(f"--trades_beta must be >= 0, got {self.trades_beta}")
+        if self.aux_rotation_weight < 0:
+            raise UsageError(f"--aux_rotation_weight must be >= 0, got {self.aux_rotation_weight}")
+        if self.aux_rotation_weight > 0 and self.objective == "trades":
+            raise UsageError("--aux_rotation_weight goes with --objective=adversarial or standard, not trades")
+        if self.mode != "full" and not self.pretrained:
+            raise UsageError(f"--mode={self.mode} freezes the backbone: it needs --pretrained=<pretraining export>")
+        if self.batch_size < 1 or self.val_batch_size < 1:
+            raise UsageError("--batch_size and --val_batch_size must be >= 1")
+        _check_length(self)
+        if self.val_examples < 0:
+            raise UsageError(f"--val_examples must be >= 0, got {self.val_examples}")
+        check_budget(self.attack.eps, self.attack.step_size, self.val_attack_steps)
+
+    @property
+    def adversarial(self) -> bool:
+        return self.objective != "standard"
+
+
+def _check_length(cfg) -> None:
+    """How much a run trains on (PretrainConfig and FinetuneConfig alike): a fraction of the split, epochs or steps."""
+    if not 0.0 < cfg.train_fraction <= 1.0:
+        raise UsageError(f"--train_fraction must be in (0, 1], got {cfg.train_fraction}")
+    if cfg.epochs <= 0 and cfg.train_steps <= 0:
+        raise UsageError("give --epochs > 0 or --train_steps > 0")
 
 
 def to_dict(config) -> dict[str, Any]:

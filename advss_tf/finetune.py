@@ -16,40 +16,36 @@ from absl import flags
 
 import advss_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported)
 from advss_tf import common_flags
-from advss_tf.models.backbones import BACKBONES
-from advss_tf.tasks.finetune import MODES, OBJECTIVES
+from advss_tf.config import FINETUNE_MODES, FINETUNE_OBJECTIVES
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string(
     "pretrained", None, "Pretraining export to start from (<pretrain model_dir>/export/pretrain); none: random init."
 )
+common_flags.define_model_flags(None, "Backbone; default: the export's (resnet18 without --pretrained).")
 flags.DEFINE_enum(
-    "backbone", None, sorted(BACKBONES), "Backbone; default: the export's (resnet18 without --pretrained)."
+    "mode", "full", FINETUNE_MODES, "What trains: linear = Dense only, partial = stage 4 + Dense, full = all."
 )
-flags.DEFINE_bool("sync_bn", False, "Synchronise BatchNorm statistics across replicas (default: per replica).")
-flags.DEFINE_enum("mode", "full", MODES, "What trains: linear = Dense only, partial = stage 4 + Dense, full = all.")
 flags.DEFINE_enum(
-    "objective", "adversarial", OBJECTIVES, "standard = clean CE; adversarial = CE on PGD examples only; trades."
+    "objective",
+    "adversarial",
+    FINETUNE_OBJECTIVES,
+    "standard = clean CE; adversarial = CE on PGD examples only; trades.",
 )
 flags.DEFINE_float("trades_beta", 6.0, "TRADES: weight β of KL(p_clean || p_adv).")
 flags.DEFINE_float(
     "aux_rotation_weight", 0.0, "> 0: rotation auxiliary head with this loss weight (Hendrycks et al. 2019: 0.5)."
 )
-flags.DEFINE_integer("batch_size", 128, "Global batch size (split evenly over the replicas).")
-flags.DEFINE_float("epochs", 100.0, "Training epochs over the training split.")
-flags.DEFINE_integer("train_steps", 0, "If > 0: train exactly this many steps (overrides --epochs).")
-flags.DEFINE_float("train_fraction", 1.0, "Class-balanced fraction of the training split to use (0, 1].")
+common_flags.define_length_flags()
 flags.DEFINE_integer("val_attack_steps", 20, "PGD iterations of the per-epoch validation robust accuracy.")
 flags.DEFINE_integer("val_examples", 0, "Validate on the first this many held-out images (0: the whole split).")
 flags.DEFINE_integer("val_batch_size", 128, "Batch size of the validation pass.")
 flags.register_validator("trades_beta", lambda v: v >= 0, "--trades_beta must be >= 0")
 flags.register_validator("aux_rotation_weight", lambda v: v >= 0, "--aux_rotation_weight must be >= 0")
-flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1")
 flags.register_validator("val_batch_size", lambda v: v >= 1, "--val_batch_size must be >= 1")
 flags.register_validator("val_attack_steps", lambda v: v >= 1, "--val_attack_steps must be >= 1")
 flags.register_validator("val_examples", lambda v: v >= 0, "--val_examples must be >= 0")
-flags.register_validator("train_fraction", lambda v: 0 < v <= 1, "--train_fraction must be in (0, 1]")
 
 common_flags.define_run_flags()
 common_flags.define_data_flags()
@@ -72,8 +68,8 @@ def default_model_dir(pretrained: str | None, aux_rotation_weight: float) -> str
 
 
 def config_from_flags():
+    from advss_tf.config import FinetuneConfig
     from advss_tf.models.backbones import BackboneConfig
-    from advss_tf.training.finetuning import FinetuneConfig
 
     return FinetuneConfig(
         model_dir=FLAGS.model_dir or default_model_dir(FLAGS.pretrained, FLAGS.aux_rotation_weight),
@@ -84,18 +80,10 @@ def config_from_flags():
         objective=FLAGS.objective,
         trades_beta=FLAGS.trades_beta,
         aux_rotation_weight=FLAGS.aux_rotation_weight,
-        data=common_flags.data_source(),
-        train_fraction=FLAGS.train_fraction,
-        batch_size=FLAGS.batch_size,
-        epochs=FLAGS.epochs,
-        train_steps=FLAGS.train_steps,
-        attack=common_flags.attack_config(),
         val_attack_steps=FLAGS.val_attack_steps,
         val_examples=FLAGS.val_examples,
         val_batch_size=FLAGS.val_batch_size,
-        optimizer=common_flags.optimizer_config(),
-        seed=FLAGS.seed,
-        runtime=common_flags.runtime_config(),
+        **common_flags.training_config_fields(),
     )
 
 

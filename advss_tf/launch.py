@@ -196,13 +196,7 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     from absl import app
 
-    def parse(argv):
-        try:
-            return FLAGS(argv)
-        except flags.Error as e:
-            common_flags.fail(str(e))
-
-    app.run(main, flags_parser=parse)
+    app.run(main, flags_parser=common_flags.parse_flags)
 
 
 if __name__ == "__main__":

@@ -12,20 +12,15 @@ from absl import flags
 
 import advss_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported)
 from advss_tf import common_flags
-from advss_tf.models.backbones import BACKBONES
 from advss_tf.tasks.table import TASKS
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_enum("task", None, sorted(TASKS), "Pretext task.")
 flags.mark_flag_as_required("task")
-flags.DEFINE_enum("backbone", "resnet18", sorted(BACKBONES), "Backbone (the paper: resnet50v2).")
-flags.DEFINE_bool("sync_bn", False, "Synchronise BatchNorm statistics across replicas (default: per replica).")
+common_flags.define_model_flags("resnet18", "Backbone (the paper: resnet50v2).")
 flags.DEFINE_bool("adversarial", True, "Adversarial pretraining (loss 0.5·(clean + PGD)); --noadversarial: standard.")
-flags.DEFINE_integer("batch_size", 128, "Global batch size (split evenly over the replicas).")
-flags.DEFINE_float("epochs", 100.0, "Training epochs over the training split (the reference: 100 rotation/jigsaw).")
-flags.DEFINE_integer("train_steps", 0, "If > 0: train exactly this many steps (overrides --epochs).")
-flags.DEFINE_float("train_fraction", 1.0, "Class-balanced fraction of the training split to use (0, 1].")
+common_flags.define_length_flags()
 flags.DEFINE_integer("jigsaw_permutations", 30, "Jigsaw: random permutations drawn from --seed (+ identity).")
 flags.DEFINE_float("jigsaw_identity_prob", 0.1, "Jigsaw: probability a label is forced to the identity.")
 flags.DEFINE_integer("selfie_layers", 13, "Selfie: transformer encoder layers.")
@@ -38,8 +33,6 @@ flags.DEFINE_float(
     "Selfie: factor on the query-patch dot products; 0 = 1/sqrt(trunk width), 1 = the reference's raw products.",
 )
 flags.DEFINE_float("diversity_weight", 0.1, "Ensemble: λ of the gradient-diversity regulariser h.")
-flags.register_validator("batch_size", lambda v: v >= 1, "--batch_size must be >= 1")
-flags.register_validator("train_fraction", lambda v: 0 < v <= 1, "--train_fraction must be in (0, 1]")
 
 common_flags.define_run_flags()
 common_flags.define_data_flags()
@@ -57,15 +50,7 @@ def config_from_flags():
         task=FLAGS.task,
         model_dir=FLAGS.model_dir or os.path.join("runs", FLAGS.task),
         backbone=BackboneConfig(FLAGS.backbone, FLAGS.sync_bn),
-        data=common_flags.data_source(),
-        train_fraction=FLAGS.train_fraction,
-        batch_size=FLAGS.batch_size,
-        epochs=FLAGS.epochs,
-        train_steps=FLAGS.train_steps,
         adversarial=FLAGS.adversarial,
-        attack=common_flags.attack_config(),
-        optimizer=common_flags.optimizer_config(),
-        seed=FLAGS.seed,
         jigsaw_permutations=FLAGS.jigsaw_permutations,
         jigsaw_identity_prob=FLAGS.jigsaw_identity_prob,
         selfie_layers=FLAGS.selfie_layers,
@@ -74,7 +59,7 @@ def config_from_flags():
         selfie_dropout=FLAGS.selfie_dropout,
         selfie_logit_scale=FLAGS.selfie_logit_scale,
         diversity_weight=FLAGS.diversity_weight,
-        runtime=common_flags.runtime_config(),
+        **common_flags.training_config_fields(),
     )
 
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from advss_tf import export, serving
 from advss_tf.attacks.pgd import pgd_linf
-from advss_tf.config import AttackConfig, PretrainConfig, to_dict
+from advss_tf.config import FINETUNE_OPTIMIZER, AttackConfig, PretrainConfig, to_dict
 from advss_tf.data import pipeline
 from advss_tf.errors import UsageError
 from advss_tf.models.backbones import BackboneConfig
@@ -339,7 +339,7 @@ def small_config(model_dir, **overrides) -> finetuning.FinetuneConfig:
         val_attack_steps=2,
         val_examples=32,
         val_batch_size=16,
-        optimizer=dataclass_replace(finetuning.FINETUNE_OPTIMIZER, warmup_steps=2, boundaries_epochs=(1,)),
+        optimizer=dataclass_replace(FINETUNE_OPTIMIZER, warmup_steps=2, boundaries_epochs=(1,)),
         runtime=RuntimeConfig(steps_per_loop=2, checkpoint_every=100, quiet=True),
     )
     return finetuning.FinetuneConfig(**{**base, **overrides})

@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 from test_training import _config as pretrain_config
 
-from advss_tf.training import loop, pretraining
+from advss_tf.training import loop, pretraining, runs
 
 STEPS = 4
 FIRST_CHECKPOINT = 2
@@ -123,13 +123,13 @@ def test_steps_skipped_by_loss_scaling_still_count_and_resume_where_they_stopped
     iterations stay behind. The same optimizer over float32 with a loss scale of 2^127 (float32 overflows at 2^128)
     skips its first steps without float16's slow CPU kernels. The run still counts the skipped steps, numbers its
     checkpoints by them, and resumes where it stopped."""
-    make_optimizer = pretraining.make_optimizer
+    make_optimizer = runs.make_optimizer
 
     def with_loss_scaling(*args, **kwargs):
         optimizer, lr = make_optimizer(*args, **kwargs)
         return keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**127), lr
 
-    monkeypatch.setattr(pretraining, "make_optimizer", with_loss_scaling)
+    monkeypatch.setattr(runs, "make_optimizer", with_loss_scaling)
     run = functools.partial(_pretrain, "rotation")
     straight = run(tmp_path / "straight")
     resumed = interrupted_then_resumed(run, tmp_path / "resumed", monkeypatch)

@@ -18,21 +18,21 @@ import sys
 import time
 
 from absl import app, flags
+from pretrain_step import FINETUNE, build_step
 
 import advss_tf  # noqa: F401  (TF_ENABLE_ONEDNN_OPTS before TensorFlow)
-from advss_tf.config import MIXED_PRECISION
+from advss_tf.config import FINETUNE_MODES, FINETUNE_OBJECTIVES, MIXED_PRECISION
 from advss_tf.models.backbones import BACKBONES
 from advss_tf.models.layers import AUTO, BATCH_NORM_LAYERS
-from advss_tf.tasks.finetune import MODES, OBJECTIVES
 from advss_tf.tasks.table import TASKS
-
-FINETUNE = "finetune"
 
 flags.DEFINE_enum(
     "task", "jigsaw", [*sorted(TASKS), FINETUNE], "Pretext task, or finetune (the fine-tune binary's step)."
 )
-flags.DEFINE_enum("objective", "adversarial", list(OBJECTIVES), "With --task=finetune: the fine-tuning objective.")
-flags.DEFINE_enum("mode", "full", list(MODES), "With --task=finetune: which parts train.")
+flags.DEFINE_enum(
+    "objective", "adversarial", list(FINETUNE_OBJECTIVES), "With --task=finetune: the fine-tuning objective."
+)
+flags.DEFINE_enum("mode", "full", list(FINETUNE_MODES), "With --task=finetune: which parts train.")
 flags.DEFINE_enum("backbone", "resnet18", sorted(BACKBONES), "Backbone.")
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 flags.DEFINE_integer("steps", 3, "Timed steps (after one warm-up step).")
@@ -66,7 +66,6 @@ def main(argv):
     import os
 
     import tensorflow as tf
-    from pretrain_step import build_finetune_step, build_pretrain_step
 
     from advss_tf.models.backbones import ARCH_VERSIONS
 
@@ -81,25 +80,20 @@ def main(argv):
         train_steps=FLAGS.steps + 1,
         batch_norm=FLAGS.batch_norm,
     )
-    steps = {}
-    for version in versions:
-        if FLAGS.task == FINETUNE:
-            # The objective decides whether the step is adversarial (standard: no attack), as in the binary.
-            steps[version] = build_finetune_step(
-                FLAGS.objective, FLAGS.backbone, FLAGS.batch_size, mode=FLAGS.mode, arch_version=version, **common
-            )
-        else:
-            steps[version] = build_pretrain_step(
-                FLAGS.task,
-                FLAGS.backbone,
-                FLAGS.batch_size,
-                adversarial=FLAGS.adversarial,
-                selfie_layers=FLAGS.selfie_layers,
-                selfie_heads=FLAGS.selfie_heads,
-                selfie_ff_dim=FLAGS.selfie_ff_dim,
-                arch_version=version,
-                **common,
-            )
+    if FLAGS.task == FINETUNE:
+        # The objective decides whether the step is adversarial (standard: no attack), as in the binary.
+        fields = dict(objective=FLAGS.objective, mode=FLAGS.mode)
+    else:
+        fields = dict(
+            adversarial=FLAGS.adversarial,
+            selfie_layers=FLAGS.selfie_layers,
+            selfie_heads=FLAGS.selfie_heads,
+            selfie_ff_dim=FLAGS.selfie_ff_dim,
+        )
+    steps = {
+        version: build_step(FLAGS.task, FLAGS.backbone, FLAGS.batch_size, arch_version=version, **common, **fields)
+        for version in versions
+    }
     rss_before_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     warmup, times, cpu = {}, {v: [] for v in versions}, dict.fromkeys(versions, 0.0)
     for version, step in steps.items():

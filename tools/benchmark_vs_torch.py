@@ -206,7 +206,7 @@ def _tf_worker(workdir: str, threads: int, batch_norm: str, inter_op_threads: in
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)  # 0: TensorFlow's default
-    from pretrain_step import build_pretrain_step
+    from pretrain_step import build_step
 
     from advss_tf.attacks.registry import ATTACKS
     from advss_tf.evaluation import robustness
@@ -216,7 +216,7 @@ def _tf_worker(workdir: str, threads: int, batch_norm: str, inter_op_threads: in
     from advss_tf.training import loop
 
     B = FLAGS.batch_size
-    step = build_pretrain_step(
+    step = build_step(
         "jigsaw", FLAGS.backbone, B, adversarial=True, attack_steps=FLAGS.attack_steps, batch_norm=batch_norm
     )
     weights = np.load(os.path.join(workdir, "jigsaw_keras.npz"))

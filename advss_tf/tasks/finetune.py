@@ -16,16 +16,16 @@ import keras
 import tensorflow as tf
 
 from advss_tf.attacks.pgd import cross_entropy, pgd_linf
-from advss_tf.config import AttackConfig
+from advss_tf.config import FINETUNE_MODES, FINETUNE_OBJECTIVES, AttackConfig
 from advss_tf.errors import UsageError
 from advss_tf.models.classifier import ImageClassifier
 from advss_tf.pretext import rotation
 from advss_tf.tasks.base import accuracy
 
-OBJECTIVES = ("standard", "adversarial", "trades")
+OBJECTIVES = FINETUNE_OBJECTIVES  # the names live with FinetuneConfig, which checks them (config sits below tasks)
+MODES = FINETUNE_MODES
 # Parts that do not train (and run with inference-mode BatchNorm) in each mode.
 FROZEN_PARTS = {"linear": ("trunk", "stage4"), "partial": ("trunk",), "full": ()}
-MODES = tuple(FROZEN_PARTS)
 
 
 def kl_divergence(clean_logits: tf.Tensor, adv_logits: tf.Tensor) -> tf.Tensor:

@@ -2,6 +2,7 @@
 resume = uninterrupted, NaN guard, export = Keras model, TensorBoard content."""
 
 import glob
+import logging
 import os
 
 import keras
@@ -134,6 +135,29 @@ def test_export_reloads_with_the_same_outputs_and_tensorboard_has_the_content(tm
         assert any(t.startswith(tag) for t in tags), (tag, tags)
     assert any(t.startswith("adversarial/") for t in tags) and any(t.startswith("jigsaw_inputs") for t in tags)
     assert os.path.exists(os.path.join(str(tmp_path), "results.json"))
+
+
+def test_bfloat16_on_a_cpu_without_amx_is_announced_as_slower(monkeypatch, caplog):
+    """bfloat16 without AMX's bfloat16 units runs slower than float32 on a CPU: said once, not silently paid."""
+    from advss_tf import machine
+    from advss_tf.training import runs
+
+    assert runs.precision_warning("bfloat16", on_gpu=False, amx_bf16=False)
+    for mode, on_gpu, amx in [
+        ("bfloat16", False, True),
+        ("bfloat16", True, False),
+        ("bfloat16", False, None),
+        ("none", False, False),
+        ("float16", False, False),
+    ]:
+        assert runs.precision_warning(mode, on_gpu=on_gpu, amx_bf16=amx) is None, (mode, on_gpu, amx)
+    monkeypatch.setattr(machine, "has_amx_bf16", lambda: False)
+    try:
+        with caplog.at_level(logging.WARNING):
+            runs.set_precision("bfloat16")
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert [r for r in caplog.records if "without AMX" in r.getMessage()]
 
 
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])

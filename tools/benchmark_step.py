@@ -3,6 +3,7 @@
     python tools/benchmark_step.py --task=jigsaw --backbone=resnet18 --batch_size=128 --steps=3
     python tools/benchmark_step.py --task=finetune --objective=trades --backbone=resnet18 --batch_size=128
     python tools/benchmark_step.py --task=finetune --backbone=resnet18 --arch_versions=1,2   # old vs new block
+    python tools/benchmark_step.py --task=jigsaw --backbone=resnet18 --roofline   # GFLOP/s beside the ceilings
 
 Builds the task's model and the real distributed train step (the same `Trainer` the binary uses) on real CIFAR-10
 images, runs one warm-up step (tracing), then times `--steps` steps one host call each. Prints one JSON line per
@@ -22,6 +23,7 @@ from pretrain_step import FINETUNE, build_step
 
 import advss_tf  # noqa: F401  (TF_ENABLE_ONEDNN_OPTS before TensorFlow)
 from advss_tf.config import FINETUNE_MODES, FINETUNE_OBJECTIVES, MIXED_PRECISION
+from advss_tf.machine import cpu_model
 from advss_tf.models.backbones import BACKBONES
 from advss_tf.models.layers import AUTO, BATCH_NORM_LAYERS
 from advss_tf.tasks.table import TASKS
@@ -53,12 +55,44 @@ flags.DEFINE_list(
 flags.DEFINE_integer("selfie_layers", 13, "Selfie transformer layers.")
 flags.DEFINE_integer("selfie_heads", 16, "Selfie attention heads.")
 flags.DEFINE_integer("selfie_ff_dim", 2048, "Selfie feed-forward width.")
+flags.DEFINE_bool(
+    "roofline",
+    False,
+    "Also measure a large matmul's and a 3x3 convolution's GFLOP/s in this run (tools/roofline.py) and report the "
+    "step's GFLOP/s beside them (rotation, jigsaw and finetune: tasks whose step is the model on batch['inputs']).",
+)
 FLAGS = flags.FLAGS
+ROOFLINE_TASKS = ("rotation", "jigsaw", FINETUNE)
 
 
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def step_gflop(step, batch_size: int) -> float:
+    """GFLOP of one training step (tools/roofline.py): 3 x the loss's forward FLOPs (the update's forward and
+    backward; the loss holds the clean and, adversarially, the adversarial forward) + 2K x one forward (K attack
+    steps, each a forward and a backward to the input), counted by TF's graph profiler at the real shapes."""
+    import roofline
+    import tensorflow as tf
+
+    from advss_tf.data import cifar10
+
+    split = cifar10.load(cifar10.DataSource(), "train")
+    images = tf.convert_to_tensor(split.images[:batch_size], tf.float32) / 255.0
+    labels = tf.convert_to_tensor(split.labels[:batch_size], tf.int32)
+    batch = step.task.transform(images, labels, tf.constant([0, 0], tf.int64))
+    spec = tf.TensorSpec(batch["inputs"].shape, batch["inputs"].dtype)
+    forward = roofline.graph_flops(lambda x: step.model(x, training=True), spec)
+    adversarial = bool(step.config.adversarial)
+
+    def loss_of(x):
+        return step.task.losses(step.model, {**batch, "inputs": x}, x if adversarial else None)[0]
+
+    loss_forward = roofline.graph_flops(loss_of, spec)
+    attack = 2 * FLAGS.attack_steps * forward if adversarial else 0
+    return (3 * loss_forward + attack) / 1e9
 
 
 def main(argv):
@@ -69,6 +103,8 @@ def main(argv):
 
     from advss_tf.models.backbones import ARCH_VERSIONS
 
+    if FLAGS.roofline and FLAGS.task not in ROOFLINE_TASKS:
+        raise app.UsageError(f"--roofline counts the step of {', '.join(ROOFLINE_TASKS)} only")
     versions = [int(v) for v in FLAGS.arch_versions]
     if not versions or any(v not in ARCH_VERSIONS for v in versions):
         raise app.UsageError(f"--arch_versions: each of {', '.join(map(str, ARCH_VERSIONS))}")
@@ -107,6 +143,10 @@ def main(argv):
             times[version].append(time.perf_counter() - t0)
             cpu[version] += _cpu_seconds() - cpu0
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if FLAGS.roofline:
+        import roofline
+
+        ceilings = roofline.ceilings()
     for version, step in steps.items():
         t = times[version]
         result = {
@@ -131,7 +171,11 @@ def main(argv):
             "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
             "tensorflow": tf.__version__,
             "cpus": os.cpu_count(),
+            "cpu": cpu_model(),
         }
+        if FLAGS.roofline:
+            gflop = step_gflop(step, FLAGS.batch_size)
+            result.update(step_gflop=round(gflop, 1), step_gflops=round(gflop * len(t) / sum(t), 1), **ceilings)
         print(json.dumps(result))
     sys.stdout.flush()
 

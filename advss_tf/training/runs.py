@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from advss_tf import faults, summaries, workspace
+from advss_tf import faults, machine, summaries, workspace
 from advss_tf.config import to_dict, versions
 from advss_tf.data import datasets, pipeline
 from advss_tf.errors import UsageError
@@ -283,9 +283,27 @@ def input_iterator(
 
 def set_precision(mode: str) -> None:
     """Keras global dtype policy; float16 also wraps the optimizer in loss scaling (see `make_optimizer`)."""
+    warning = precision_warning(mode, bool(tf.config.list_logical_devices("GPU")), machine.has_amx_bf16())
+    if warning:
+        logging.warning(warning)
     keras.mixed_precision.set_dtype_policy(
         {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}[mode]
     )
+
+
+def precision_warning(mode: str, on_gpu: bool, amx_bf16: bool | None) -> str | None:
+    """What a user should hear before a 16-bit run that will be slower than float32, else None.
+
+    bfloat16 on a CPU without AMX: oneDNN has no bfloat16 matrix units to use, so it converts to float32 and back
+    around every convolution, and the step is slower than in float32 (docs/benchmarks.md measures it). Unknown CPU
+    flags (no /proc/cpuinfo) say nothing rather than guess.
+    """
+    if mode == "bfloat16" and not on_gpu and amx_bf16 is False:
+        return (
+            "--mixed_precision=bfloat16 on a CPU without AMX (no amx_bf16 flag): bfloat16 is emulated through float32 "
+            "here and a step is slower than with --mixed_precision=none (docs/benchmarks.md)"
+        )
+    return None
 
 
 def make_optimizer(cfg, steps_per_epoch: int, total_steps: int, mixed_precision: str):

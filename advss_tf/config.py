@@ -263,12 +263,30 @@ def versions() -> dict[str, str]:
 _NOT_IDENTITY = ("runtime", "model_dir", "versions", "data_info")
 
 
-def identity(config_dict: dict[str, Any]) -> dict[str, Any]:
+def top_level_defaults(config_class) -> dict[str, Any]:
+    """The defaults of a config dataclass's own fields, as config.json writes them (nested configs as dicts)."""
+    out = {}
+    for field in dataclasses.fields(config_class):
+        if field.default is not dataclasses.MISSING:
+            value = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+        else:
+            continue
+        out[field.name] = to_dict(value) if dataclasses.is_dataclass(value) else value
+    return json.loads(json.dumps(out))  # tuples as lists, as in config.json
+
+
+def identity(config_dict: dict[str, Any], config_class=None) -> dict[str, Any]:
     """The part of a config that makes a run what it is (runtime, output location and data facts excluded).
 
     A config.json written before the data fields of `LEGACY_DEFAULTS` existed meant their defaults: they are filled
-    in, so such a run still resumes.
+    in, so such a run still resumes. Likewise, with `config_class`, a top-level field the file lacks was added
+    later, and a new field's default is always the behaviour from before it (the rule for adding one): it is filled
+    in with that default.
     """
+    if config_class is not None:
+        config_dict = {**top_level_defaults(config_class), **config_dict}
     out = {k: v for k, v in config_dict.items() if k not in _NOT_IDENTITY}
     if isinstance(out.get("data"), dict):
         out["data"] = {**LEGACY_DEFAULTS, **out["data"]}

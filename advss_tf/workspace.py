@@ -43,11 +43,11 @@ def prepare(model_dir: str, config, overwrite: bool, data_info: dict[str, Any] |
             raise UsageError(f"{cfg_path} is unreadable ({e}); pass --overwrite to start a new run there") from e
         _check_architecture(model_dir, old, new, overwrite)
         old = _with_arch_version(old)
-        same = config_lib.identity(old) == config_lib.identity(new)
+        old_id, new_id = config_lib.identity(old, type(config)), config_lib.identity(new)
+        same = old_id == new_id
         if same and not overwrite:
             return os.path.isdir(path(model_dir, CHECKPOINTS))
         if not overwrite:
-            old_id, new_id = config_lib.identity(old), config_lib.identity(new)
             diff = sorted(k for k in set(old_id) | set(new_id) if old_id.get(k) != new_id.get(k))
             raise UsageError(
                 f"{model_dir} holds a different run (differs in: {', '.join(diff)}); "

@@ -4,6 +4,7 @@ Nothing downloads: TFDS through `tfds.testing.mock_data` (the mocked builder has
 is stubbed to say "reachable" and the mocked download is a no-op), folders and binary files written by the tests.
 """
 
+import dataclasses
 import json
 import os
 import tarfile
@@ -203,4 +204,20 @@ def test_a_config_recorded_before_the_new_data_fields_still_resumes(tmp_path):
     assert workspace.prepare(str(tmp_path), cfg, overwrite=False, data_info={"num_classes": 10})
     other = PretrainConfig(task="rotation", model_dir=str(tmp_path), data=DataSource("sample", image_size=16))
     with pytest.raises(UsageError, match="differs in: data"):
+        workspace.prepare(str(tmp_path), other, overwrite=False)
+
+
+def test_a_config_recorded_before_a_field_was_added_resumes_at_its_default_only(tmp_path):
+    """A config.json without a top-level field added later meant the field's default (the rule for adding one)."""
+    from advss_tf import workspace
+    from advss_tf.config import FinetuneConfig
+
+    cfg = FinetuneConfig(model_dir=str(tmp_path))
+    old = json.loads(config_lib.dumps(cfg))
+    del old["val_examples"], old["trades_beta"]  # as if written before these two existed
+    workspace.write_json(str(tmp_path / "config.json"), old)
+    os.makedirs(tmp_path / "checkpoints")
+    assert workspace.prepare(str(tmp_path), cfg, overwrite=False)
+    other = dataclasses.replace(cfg, trades_beta=cfg.trades_beta + 1.0)
+    with pytest.raises(UsageError, match="differs in: trades_beta"):
         workspace.prepare(str(tmp_path), other, overwrite=False)

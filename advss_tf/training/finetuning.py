@@ -132,9 +132,10 @@ class FinetuneRun(runs.RunKind):
         if cfg.pseudo_labels == pseudo_labels.KMEANS:
             features, route = pseudo_labels.export_features(cfg.pretrained, split.images)
             labels = pseudo_labels.kmeans_labels(features, cfg.kmeans_clusters, cfg.seed)
-            source = {"kmeans": cfg.kmeans_clusters, "export": cfg.pretrained, "route": route, "seed": cfg.seed}
+            source = {"kmeans": cfg.kmeans_clusters, "features_of": cfg.pretrained, "route": route, "seed": cfg.seed}
         else:
-            labels, source = pseudo_labels.read_labels(cfg.pretrained, len(split.images)), {"export": cfg.pretrained}
+            labels = pseudo_labels.read_labels(cfg.pretrained, len(split.images))
+            source = {"trained_on_by": cfg.pretrained}
             if labels.max() >= cfg.kmeans_clusters:
                 raise UsageError(f"{cfg.pretrained}'s pseudo-labels go up to {labels.max()}: raise --kmeans_clusters")
         logging.info(
@@ -339,7 +340,7 @@ class FinetuneRun(runs.RunKind):
             assets=pseudo_labels.labels_asset(self.pseudo["labels"]),
             image_shape=data_info.image_shape,
         )
-        return {**self.pseudo["source"], "export": export_dir}
+        return {"source": self.pseudo["source"], "export": export_dir}
 
 
 def build_classifier(cfg: FinetuneConfig, num_classes: int) -> ImageClassifier:

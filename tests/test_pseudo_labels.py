@@ -6,6 +6,7 @@ import json
 import os
 import types
 
+import binaries
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -156,3 +157,16 @@ def test_linear_probe_on_kmeans_labels_then_aft_from_its_head_then_a_protocol_fr
     with pytest.raises(UsageError, match="head_dense"):  # the jigsaw export's head has 31 classes, not 4
         finetuning.restore_pretrained(JIGSAW_EXPORT, export.read_info(JIGSAW_EXPORT), original, head=True)
     assert json.load(open(tmp_path / "aft" / "results.json"))["pseudo_labels"]["source"] == {"trained_on_by": lp_export}
+
+
+def test_the_binary_refuses_an_export_without_pseudo_labels_in_one_line_before_writing(tmp_path):
+    proc = binaries.run_binary(
+        "advss_tf.finetune",
+        f"--pretrained={JIGSAW_EXPORT}",
+        "--pseudo_labels=pretrained",
+        f"--model_dir={tmp_path / 'run'}",
+        "--train_steps=1",
+    )
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "holds no pseudo-labels" in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -38,6 +38,7 @@ setup(
         "scipy>=1.13,<2",
         "pillow>=10,<14",
         "matplotlib>=3.8,<4",
+        "scikit-learn>=1.5,<2",  # KMeans for DynACL++'s pseudo-labels (training/pseudo_labels.py); 1.9.1 tested
     ],
     extras_require={
         # GPU users: ADVSS_TF_GPU=1 pip install -e ".[gpu]" (see the comment at the top).

@@ -35,6 +35,8 @@ MIXED_PRECISION = ("none", "float16", "bfloat16")
 SCHEDULES = ("cosine", "constant", "step")  # learning-rate schedules after the warm-up (training/schedules.py)
 FINETUNE_OBJECTIVES = ("standard", "adversarial", "trades")  # the losses of tasks/finetune.py
 FINETUNE_MODES = ("linear", "partial", "full")  # what trains; tasks/finetune.FROZEN_PARTS says what each freezes
+HEAD_INITS = ("glorot_uniform", "zeros")  # the new Dense head's weights: Keras' default, or the RobustSSL benchmark's
+PSEUDO_LABELS = ("none", "kmeans", "pretrained")  # DynACL++: training/pseudo_labels.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,8 +206,13 @@ class FinetuneConfig:
     optimizer: OptimizerConfig = FINETUNE_OPTIMIZER
     seed: int = 0
     runtime: RuntimeConfig = RuntimeConfig()
+    head_init: str = "glorot_uniform"
+    restore_head: bool = False  # also restore the export's `head` (DynACL++: the AFT continues the linear probe)
+    pseudo_labels: str = "none"  # one of PSEUDO_LABELS (DynACL++)
+    kmeans_clusters: int = 10
 
     def __post_init__(self):
+        self._check_head_and_labels()
         if self.mode not in FINETUNE_MODES:
             raise UsageError(f"unknown mode {self.mode!r}; valid: {', '.join(FINETUNE_MODES)}")
         if self.objective not in FINETUNE_OBJECTIVES:
@@ -228,6 +235,18 @@ class FinetuneConfig:
     @property
     def adversarial(self) -> bool:
         return self.objective != "standard"
+
+    def _check_head_and_labels(self) -> None:
+        if self.head_init not in HEAD_INITS:
+            raise UsageError(f"unknown head_init {self.head_init!r}; valid: {', '.join(HEAD_INITS)}")
+        if self.restore_head and not self.pretrained:
+            raise UsageError("--restore_head restores the head of --pretrained: give --pretrained")
+        if self.pseudo_labels not in PSEUDO_LABELS:
+            raise UsageError(f"unknown pseudo_labels {self.pseudo_labels!r}; valid: {', '.join(PSEUDO_LABELS)}")
+        if self.pseudo_labels != "none" and not self.pretrained:
+            raise UsageError(f"--pseudo_labels={self.pseudo_labels} reads --pretrained: give --pretrained")
+        if self.kmeans_clusters < 2:
+            raise UsageError(f"--kmeans_clusters must be >= 2, got {self.kmeans_clusters}")
 
 
 def _check_length(cfg) -> None:

@@ -16,7 +16,7 @@ from absl import flags
 
 import advss_tf  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported)
 from advss_tf import common_flags
-from advss_tf.config import FINETUNE_MODES, FINETUNE_OBJECTIVES
+from advss_tf.config import FINETUNE_MODES, FINETUNE_OBJECTIVES, HEAD_INITS, PSEUDO_LABELS
 
 FLAGS = flags.FLAGS
 
@@ -37,6 +37,28 @@ flags.DEFINE_float("trades_beta", 6.0, "TRADES: weight β of KL(p_clean || p_adv
 flags.DEFINE_float(
     "aux_rotation_weight", 0.0, "> 0: rotation auxiliary head with this loss weight (Hendrycks et al. 2019: 0.5)."
 )
+flags.DEFINE_enum(
+    "head_init",
+    "glorot_uniform",
+    HEAD_INITS,
+    "Initial weights of the new Dense head: Keras' glorot_uniform (bias 0), or zeros (the RobustSSL benchmark).",
+)
+flags.DEFINE_bool(
+    "restore_head",
+    False,
+    "Also restore --pretrained's `head` (it must have this run's class count): DynACL++'s adversarial fine-tuning "
+    "continues its linear probe.",
+)
+flags.DEFINE_enum(
+    "pseudo_labels",
+    "none",
+    PSEUDO_LABELS,
+    "Train on pseudo-labels instead of the labels (DynACL++): kmeans = k-means cluster ids of --pretrained's "
+    "clean-route features of the training images; pretrained = the ones --pretrained was trained on (an export "
+    "of an earlier pseudo-label run). Such a run also writes export/pretrain.",
+)
+flags.DEFINE_integer("kmeans_clusters", 10, "--pseudo_labels=kmeans: the number of clusters (= classes).")
+flags.register_validator("kmeans_clusters", lambda v: v >= 2, "--kmeans_clusters must be >= 2")
 common_flags.define_length_flags()
 flags.DEFINE_integer("val_attack_steps", 20, "PGD iterations of the per-epoch validation robust accuracy.")
 flags.DEFINE_integer("val_examples", 0, "Validate on the first this many held-out images (0: the whole split).")
@@ -83,6 +105,10 @@ def config_from_flags():
         val_attack_steps=FLAGS.val_attack_steps,
         val_examples=FLAGS.val_examples,
         val_batch_size=FLAGS.val_batch_size,
+        head_init=FLAGS.head_init,
+        restore_head=FLAGS.restore_head,
+        pseudo_labels=FLAGS.pseudo_labels,
+        kmeans_clusters=FLAGS.kmeans_clusters,
         **common_flags.training_config_fields(),
     )
 

@@ -80,20 +80,64 @@ def test_pretrain_flagfiles_build_configs_and_the_paper_ones_carry_the_spec(pret
     assert paper["ensemble"]["optimizer"]["learning_rate"] == 0.001 and paper["ensemble"]["optimizer"]["nesterov"]
 
 
+# The reference's fine-tuning recipe (finetune/main.py) and the RobustSSL benchmark's / DynACL++'s (flags/paper/).
+REFERENCE_FINETUNE = ("full_adversarial", "partial_adversarial", "linear_adversarial", "end_to_end", "rotation_aux")
+ROBUSTSSL = {  # name: (mode, objective, batch, epochs, lr, boundaries, weight decay, schedule)
+    "slf": ("linear", "standard", 512, 25, 0.01, [10, 20], 2e-4, "step"),
+    "alf": ("linear", "adversarial", 512, 25, 0.01, [10, 20], 2e-4, "step"),
+    "aff": ("full", "trades", 128, 25, 0.1, [15, 20], 2e-4, "step"),
+    "aff_acl": ("full", "trades", 128, 100, 0.1, [40, 60], 2e-4, "step"),
+    "dynacl_lp": ("linear", "standard", 512, 10, 0.01, [], 1e-4, "constant"),
+    "dynacl_aft": ("full", "trades", 512, 25, 0.1, [10, 20], 1e-4, "step"),
+}
+
+
 def test_finetune_flagfiles_build_configs_and_the_paper_ones_carry_the_recipe():
     configs = _configs("finetune")
-    assert len(configs) == 6
-    for path, cfg in configs.items():
-        if path.startswith("flags/paper/"):
-            opt = cfg["optimizer"]
-            assert (cfg["batch_size"], cfg["epochs"], opt["learning_rate"], opt["momentum"]) == (128, 100, 0.1, 0.9)
-            assert opt["weight_decay"] == 3e-4, path
-            assert cfg["val_attack_steps"] == 20 and cfg["attack"]["steps"] == 10, path
+    assert len(configs) == 17
+    for name in REFERENCE_FINETUNE:
+        path, cfg = f"flags/paper/finetune_{name}.flags", configs[f"flags/paper/finetune_{name}.flags"]
+        opt = cfg["optimizer"]
+        assert (cfg["batch_size"], cfg["epochs"], opt["learning_rate"], opt["momentum"]) == (128, 100, 0.1, 0.9)
+        assert opt["weight_decay"] == 3e-4, path
+        assert cfg["val_attack_steps"] == 20 and cfg["attack"]["steps"] == 10, path
+    for name, (mode, objective, batch, epochs, lr, boundaries, wd, schedule) in ROBUSTSSL.items():
+        path = f"flags/paper/finetune_{name}.flags"
+        cfg, opt = configs[path], configs[path]["optimizer"]
+        assert (cfg["mode"], cfg["objective"], cfg["batch_size"], cfg["epochs"]) == (mode, objective, batch, epochs), (
+            path
+        )
+        assert (opt["learning_rate"], list(opt["boundaries_epochs"]), opt["weight_decay"]) == (lr, boundaries, wd), path
+        assert (opt["schedule"], opt["decay_factor"], opt["warmup_steps"], opt["momentum"]) == (schedule, 0.1, 0, 0.9)
+        assert not opt["nesterov"] and cfg["attack"]["eps"] == pytest.approx(8 / 255), path
+        if objective != "standard":  # PGD-10 in inference mode (ALF's and TRADES' model.eval() while crafting)
+            assert (cfg["attack"]["steps"], cfg["attack"]["bn"]) == (10, "eval"), path
+        if objective == "trades":
+            assert cfg["trades_beta"] == 6, path
+    assert configs["flags/paper/finetune_dynacl_lp.flags"]["pseudo_labels"] == "kmeans"
+    aft = configs["flags/paper/finetune_dynacl_aft.flags"]
+    assert aft["pseudo_labels"] == "pretrained" and aft["restore_head"] and aft["kmeans_clusters"] == 10
+    assert all(
+        configs[f"flags/paper/finetune_{n}.flags"]["head_init"] == "zeros" for n in ROBUSTSSL if n != "dynacl_aft"
+    )
+    for name in ROBUSTSSL:  # each protocol has its smoke version, in the same mode with the same objective
+        smoke = configs.get(f"flags/smoke/finetune_{name}.flags")
+        if smoke is not None:
+            paper = configs[f"flags/paper/finetune_{name}.flags"]
+            assert (smoke["mode"], smoke["objective"], smoke["pseudo_labels"]) == (
+                paper["mode"],
+                paper["objective"],
+                paper["pseudo_labels"],
+            )
+    assert sum(p.startswith("flags/smoke/") for p in configs) == 6
 
 
 def test_evaluate_flagfiles_build_configs():
     configs = _configs("evaluate")
-    assert len(configs) == 2
+    assert len(configs) == 3
+    robustssl = configs["flags/paper/evaluate_robustssl.flags"]
+    assert robustssl["attacks"] == ["pgd20", "autoattack"] and robustssl["autoattack_version"] == "standard"
+    assert robustssl["linf_epsilon"] == pytest.approx(8 / 255) and robustssl["max_examples"] == 0
     paper = configs["flags/paper/evaluate.flags"]
     assert paper["linf_epsilon"] == pytest.approx(8 / 255) and paper["max_examples"] == 0
     assert [int(s) for s in paper["severities"]] == [1, 2, 3, 4, 5]
@@ -141,7 +185,7 @@ def test_every_paper_flag_says_where_its_value_comes_from():
         glob.glob(os.path.join(REPO, "flags", "paper", "p*.flags"))
         + glob.glob(os.path.join(REPO, "flags", "paper", "f*.flags"))
     )
-    assert len(paths) == 9
+    assert len(paths) == 15
     for path in paths:
         for flag, source in _flag_sources(path).items():
             assert any(w in source for w in SOURCE_WORDS), f"{os.path.basename(path)}: {flag} has no source comment"

@@ -13,19 +13,20 @@ import os
 import time
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from advss_tf import export, summaries, workspace
 from advss_tf.config import FinetuneConfig, to_dict, versions
-from advss_tf.data import pipeline
+from advss_tf.data import datasets, pipeline
 from advss_tf.data.datasets import DatasetInfo
 from advss_tf.errors import UsageError
 from advss_tf.models.backbones import BackboneConfig
 from advss_tf.models.classifier import ImageClassifier
 from advss_tf.tasks.finetune import FROZEN_PARTS, FinetuneTask, trainable_variables
 from advss_tf.tasks.table import check_image_shape
-from advss_tf.training import cluster, loop, runs
+from advss_tf.training import cluster, loop, pseudo_labels, runs
 from advss_tf.training.validation import ModelSelection, Validator, validation_steps
 
 PRETRAIN_FORMAT = "advss_tf.pretrain"
@@ -65,8 +66,9 @@ def resolve_backbone(cfg: FinetuneConfig) -> tuple[FinetuneConfig, dict[str, Any
     return dataclasses.replace(cfg, backbone=BackboneConfig.from_dict(info["backbone"], sync_bn=sync_bn)), info
 
 
-def restore_pretrained(path: str, info: dict[str, Any], model: ImageClassifier) -> list[str]:
-    """Restores trunk (and stage 4 when the export has one) into `model`; every variable must match.
+def restore_pretrained(path: str, info: dict[str, Any], model: ImageClassifier, head: bool = False) -> list[str]:
+    """Restores trunk (and stage 4 when the export has one; the head too with `head`) into `model`; every variable
+    must match.
 
     Returns:
       The restored part names.
@@ -74,6 +76,10 @@ def restore_pretrained(path: str, info: dict[str, Any], model: ImageClassifier) 
     parts = {"trunk": model.trunk}
     if "stage4" in info.get("parts", []):
         parts["stage4"] = model.stage4
+    if head:
+        if "head" not in info.get("parts", []):
+            raise UsageError(f"--restore_head: {path} has no head (parts: {', '.join(info.get('parts', []))})")
+        parts["head"] = model.head
     export.restore_parts(path, **parts)
     return sorted(parts)
 
@@ -95,6 +101,7 @@ class FinetuneRun(runs.RunKind):
 
     def __init__(self):
         self.info: dict[str, Any] | None = None
+        self.pseudo: dict[str, Any] | None = None  # the pseudo-labels of the whole training split, and their source
 
     def resolve(self, cfg: FinetuneConfig) -> FinetuneConfig:
         cfg, self.info = resolve_backbone(cfg)  # a foreign or missing export fails before anything is written
@@ -112,14 +119,45 @@ class FinetuneRun(runs.RunKind):
     def check_data(self, cfg: FinetuneConfig, data: runs.TrainingData) -> runs.TrainingData:
         if cfg.aux_rotation_weight:
             check_image_shape("rotation", data.info.image_shape)
+        if cfg.pseudo_labels != pseudo_labels.NONE:
+            data = self._pseudo_labelled(cfg, data)
         if cfg.val_examples:
             data = dataclasses.replace(data, x_val=data.x_val[: cfg.val_examples], y_val=data.y_val[: cfg.val_examples])
         return data
 
+    def _pseudo_labelled(self, cfg: FinetuneConfig, data: runs.TrainingData) -> runs.TrainingData:
+        """`data` with the pseudo-labels (k-means of the export's clean-route features, or those the export was
+        trained on) in place of the labels, cut as `data` was; the classes are the clusters."""
+        split = datasets.load(cfg.data, cfg.data.train_split)  # the whole split in its own order (assign_label.py)
+        if cfg.pseudo_labels == pseudo_labels.KMEANS:
+            features, route = pseudo_labels.export_features(cfg.pretrained, split.images)
+            labels = pseudo_labels.kmeans_labels(features, cfg.kmeans_clusters, cfg.seed)
+            source = {"kmeans": cfg.kmeans_clusters, "features_of": cfg.pretrained, "route": route, "seed": cfg.seed}
+        else:
+            labels = pseudo_labels.read_labels(cfg.pretrained, len(split.images))
+            source = {"trained_on_by": cfg.pretrained}
+            if labels.max() >= cfg.kmeans_clusters:
+                raise UsageError(f"{cfg.pretrained}'s pseudo-labels go up to {labels.max()}: raise --kmeans_clusters")
+        logging.info(
+            "pseudo-labels (%s): %d images in %d clusters of sizes %s",
+            ", ".join(f"{k} {v}" for k, v in source.items()),
+            len(labels),
+            cfg.kmeans_clusters,
+            np.bincount(labels, minlength=cfg.kmeans_clusters).tolist(),
+        )
+        self.pseudo = {"labels": labels, "source": source}
+        train_idx, val_idx = runs.split_indices(split.labels, cfg)
+        names = tuple(f"cluster_{i}" for i in range(cfg.kmeans_clusters))
+        info = dataclasses.replace(data.info, num_classes=cfg.kmeans_clusters, class_names=names)
+        return dataclasses.replace(data, y_train=labels[train_idx], y_val=labels[val_idx], info=info)
+
     def build(self, cfg: FinetuneConfig, data_info: DatasetInfo) -> runs.Built:
         model = build_classifier(cfg, data_info.num_classes)
+        if cfg.head_init == "zeros":  # the RobustSSL benchmark and LPAFT.py load a zero `fc` into the classifier
+            for v in model.head.variables:
+                v.assign(tf.zeros_like(v))
         if self.info is not None:
-            restored = restore_pretrained(cfg.pretrained, self.info, model)
+            restored = restore_pretrained(cfg.pretrained, self.info, model, head=cfg.restore_head)
             fresh = sorted({"trunk", "stage4"} - set(restored))
             logging.info(
                 "restored %s from the %s export %s%s",
@@ -263,7 +301,46 @@ class FinetuneRun(runs.RunKind):
             data=session.data.info.to_dict(),
             versions=versions(),
         )
+        if self.pseudo is not None:
+            results["pseudo_labels"] = self._export_pseudo_labelled(session)
         return results
+
+    def _export_pseudo_labelled(self, session: runs.Session) -> dict[str, Any]:
+        """A run on pseudo-labels never read a label: like pretraining, it writes `export/pretrain` (trunk, stage 4
+        and its cluster head, `features`, and the labels it trained on as an asset), which `--pretrained` takes.
+
+        Returns:
+          Where they are and what the labels came from (results.json's `pseudo_labels`).
+        """
+        cfg, model, data_info = session.cfg, session.built.model, session.data.info
+        step = {
+            "mode": cfg.mode,
+            "objective": cfg.objective,
+            "steps": session.step,
+            "pseudo_labels": self.pseudo["source"],
+        }
+        export_dir = workspace.path(cfg.model_dir, workspace.EXPORT, "pretrain")
+        export.save(
+            export_dir,
+            {"trunk": model.trunk, "stage4": model.stage4, "head": model.head},
+            {"features": lambda images: {"features": model.features(images, training=False)}},
+            info={
+                "format": PRETRAIN_FORMAT,
+                "version": 1,
+                "task": self.info.get("task"),
+                "parts": ["trunk", "stage4", "head"],
+                "backbone": to_dict(cfg.backbone),
+                "feature_dim": cfg.backbone.feature_dim,
+                "trunk_channels": cfg.backbone.trunk_channels,
+                "data": data_info.to_dict(),
+                "post_processing": [*self.info.get("post_processing", []), step],
+                "config": to_dict(cfg),
+                "versions": versions(),
+            },
+            assets=pseudo_labels.labels_asset(self.pseudo["labels"]),
+            image_shape=data_info.image_shape,
+        )
+        return {"source": self.pseudo["source"], "export": export_dir}
 
 
 def build_classifier(cfg: FinetuneConfig, num_classes: int) -> ImageClassifier:

@@ -338,9 +338,15 @@ def load_training_images(cfg, purpose: str | None = None) -> TrainingData:
     images, labels = split.images, split.labels
     if len(images) < 2:
         raise UsageError(f"{datasets.describe(cfg.data)} has {len(images)} training image(s); training needs more")
-    train_idx, val_idx = pipeline.train_val_split(labels, cfg.seed)
-    train_idx = pipeline.class_balanced_subset(labels, train_idx, cfg.train_fraction, cfg.seed)
+    train_idx, val_idx = split_indices(labels, cfg)
     return TrainingData(images[train_idx], labels[train_idx], images[val_idx], labels[val_idx], split.info)
+
+
+def split_indices(labels: np.ndarray, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, validation) into the training split of what trains and the held-out tenth (`cfg.seed`,
+    `cfg.train_fraction`): `load_training_images`' cut, for anything labelled in the split's own order."""
+    train_idx, val_idx = pipeline.train_val_split(labels, cfg.seed)
+    return pipeline.class_balanced_subset(labels, train_idx, cfg.train_fraction, cfg.seed), val_idx
 
 
 def new_step_counter() -> tf.Variable:

@@ -2,6 +2,8 @@
 
     python -m advss_tf.study --study=paper --scale=tiny --seeds=3 --workdir=runs/study_tiny \\
         --data_dir=../shared/data/cifar10-subset [--rows=at_e2e,...] [--jobs=2]
+    python -m advss_tf.study --study=robustssl --scale=tiny --seeds=3 --workdir=runs/robustssl_tiny \\
+        --data_dir=../shared/data/cifar10-subset
     python -m advss_tf.study report --workdir=runs/study_tiny
 
 Each run is `python -m advss_tf.pretrain|finetune|evaluate` (or tools/ensemble_export.py) in its own run directory
@@ -24,7 +26,11 @@ COMMANDS = ("run", "report")
 
 flags.DEFINE_enum("study", "paper", sorted(catalogue.STUDIES), "Which study (a declared table of rows).")
 flags.DEFINE_enum(
-    "scale", None, list(catalogue.SCALES), "Backbone, epochs, data and attacks: smoke, tiny, resnet18 or paper."
+    "scale",
+    None,
+    list(dict.fromkeys(name for study in catalogue.STUDIES.values() for name in study.scales)),
+    "Backbone, epochs, data and attacks: paper study smoke, tiny, resnet18 or paper; robustssl smoke, tiny or "
+    "benchmark.",
 )
 flags.DEFINE_integer("seeds", 3, "Seeds 0 .. N-1 of every row (each run's --seed).")
 flags.DEFINE_string("workdir", None, "The study folder: study.json, runs/, logs/, report/ (created if missing).")
@@ -46,7 +52,7 @@ flags.DEFINE_enum(
     "autoattack",
     None,
     catalogue.AUTOATTACK_POLICIES,
-    "Which rows AutoAttack evaluates (default: the scale's; smoke none, tiny compared, resnet18/paper all).",
+    "Which rows AutoAttack evaluates (default: the scale's; smoke none, tiny compared, resnet18/paper/benchmark all).",
 )
 flags.DEFINE_enum("dataset", None, ("sample", "binary", "tfds"), "CIFAR-10 source of every run (default: the scale's).")
 flags.DEFINE_string(

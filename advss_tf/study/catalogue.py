@@ -1,9 +1,10 @@
 """What a study is: a declared table of rows (one model each), the scales they run at, and the questions they answer.
 
-A row is one model of the paper's grid: how its backbone is pretrained (or not), how it is fine-tuned, or which
-other rows' fine-tuned models it averages. Adding a row is one entry in a study's table; adding a study is one
-entry in `STUDIES`. Nothing here runs anything: `plan.py` turns rows × seeds × a scale into run directories and
-the binaries' command lines.
+A row is one model: how its backbone is pretrained (or not), how it is fine-tuned, or which other rows' fine-tuned
+models it averages. Two studies: `paper` (the grid of Chen et al. 2020) and `robustssl` (the robust contrastive
+methods and the paper's pretext tasks under the RobustSSL benchmark's three fine-tuning protocols). Adding a row is
+one entry in a study's table; adding a study is one entry in `STUDIES`, with its own scales. Nothing here runs
+anything: `plan.py` turns rows × seeds × a scale into run directories and the binaries' command lines.
 """
 
 from __future__ import annotations
@@ -14,6 +15,23 @@ import os
 from advss_tf.errors import UsageError
 
 TASKS = ("selfie", "rotation", "jigsaw")
+# The robust contrastive pretraining tasks (pretrain's --task=acl / dynacl; --air adds AIR's regularisers): always
+# adversarial, pretrained from flags/paper/pretrain_<task>.flags like the pretext tasks.
+CONTRASTIVE_TASKS = ("acl", "dynacl")
+# The RobustSSL benchmark's fine-tuning protocols as finetune flagfiles (flags/paper/finetune_<protocol>.flags;
+# docs/finetune.md): protocol → (mode, adversarial, TRADES). `aff_acl` is AFF with ACL's own settings (100 epochs).
+PROTOCOLS = {
+    "slf": ("linear", False, False),
+    "alf": ("linear", True, False),
+    "aff": ("full", True, True),
+    "aff_acl": ("full", True, True),
+}
+PROTOCOL_LABELS = {
+    "slf": "SLF (frozen encoder, linear head, clean CE)",
+    "alf": "ALF (frozen encoder, linear head on PGD-10)",
+    "aff": "AFF (full, TRADES β=6)",
+    "aff_acl": "AFF (full, TRADES β=6; ACL's 100 epochs)",
+}
 # The fine-tuning modes of the paper, in finetune's names: `linear` trains the head only ("partial: head only"),
 # `partial` stage 4 + head ("partial: last stage + head"), `full` everything.
 MODES = ("linear", "partial", "full")
@@ -33,8 +51,9 @@ UNFORESEEN_WORST = "unforeseen_worst"  # the report's metric: the lowest accurac
 class Pretraining:
     """A pretraining run one or more rows start from: `python -m advss_tf.pretrain --task=<task>`."""
 
-    task: str  # selfie, rotation, jigsaw or ensemble
+    task: str  # selfie, rotation, jigsaw, ensemble, acl or dynacl
     adversarial: bool = True
+    air: bool = False  # acl / dynacl: pretrain's --air (AIR's standard- and adversarial-invariant regularisers)
     # The ablations' knobs: a class-balanced fraction of the training split (pretrain's --train_fraction, the
     # reference's `percent`: the first `percent` of each class's images), and the input size (--image_size; 0:
     # the data's own 32×32).
@@ -44,17 +63,21 @@ class Pretraining:
     def __post_init__(self):
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"pretraining {self.task}: fraction must be in (0, 1], got {self.fraction}")
+        if self.air and self.task not in CONTRASTIVE_TASKS:
+            raise ValueError(f"pretraining {self.task}: AIR is an option of {' and '.join(CONTRASTIVE_TASKS)} only")
+        if self.task in CONTRASTIVE_TASKS and not self.adversarial:
+            raise ValueError(f"pretraining {self.task}: the contrastive tasks are adversarial only")
 
     @property
     def name(self) -> str:
-        name = f"{self.task}_{'adv' if self.adversarial else 'std'}"
+        name = f"{self.task}{'_air' if self.air else ''}_{'adv' if self.adversarial else 'std'}"
         if self.fraction < 1.0:
             name += f"_f{round(100 * self.fraction)}"
         return name + (f"_px{self.image_size}" if self.image_size else "")
 
     def flags(self) -> tuple[str, ...]:
-        """pretrain's flags for the fraction (the size is the row's: `Row.size_flags`)."""
-        return (f"--train_fraction={self.fraction:g}",) if self.fraction < 1.0 else ()
+        """pretrain's flags for AIR and the fraction (the size is the row's: `Row.size_flags`)."""
+        return ("--air",) * self.air + ((f"--train_fraction={self.fraction:g}",) if self.fraction < 1.0 else ())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,10 +88,26 @@ class Finetuning:
     adversarial: bool = True  # --objective=adversarial (or trades), else standard
     aux_rotation_weight: float = 0.0  # > 0: the rotation-auxiliary baseline
     trades: bool = False  # --objective=trades (TRADES, β from finetune's default) instead of PGD adversarial training
+    # A RobustSSL protocol (a key of PROTOCOLS): its flagfile is the recipe, and the final model is evaluated
+    protocol: str = ""
+    # finetune flags of this row's recipe after its flagfile (and before the scale's), each with its source
+    recipe: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.trades and not self.adversarial:
             raise ValueError("TRADES is an adversarial objective: give adversarial=True with trades=True")
+        if self.protocol and PROTOCOLS.get(self.protocol) != (self.mode, self.adversarial, self.trades):
+            raise ValueError(
+                f"protocol {self.protocol!r}: give it with `Finetuning.of_protocol` (valid: {', '.join(PROTOCOLS)})"
+            )
+
+    @classmethod
+    def of_protocol(cls, protocol: str, recipe: tuple[str, ...] = ()) -> Finetuning:
+        """The fine-tuning of a RobustSSL protocol (`PROTOCOLS`), with the row's own recipe flags."""
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+        mode, adversarial, trades = PROTOCOLS[protocol]
+        return cls(mode, adversarial, trades=trades, protocol=protocol, recipe=recipe)
 
     @property
     def objective(self) -> str:
@@ -77,6 +116,8 @@ class Finetuning:
 
     def flagfile(self, pretrained: bool) -> str:
         """The paper flagfile whose recipe the run uses (the objective and the backbone are set by the plan)."""
+        if self.protocol:
+            return f"finetune_{self.protocol}.flags"
         if self.aux_rotation_weight:
             return "finetune_rotation_aux.flags"
         if not pretrained:
@@ -116,7 +157,10 @@ class Row:
 
     @property
     def export(self) -> str:
-        """The fine-tuned export a row is judged by: best validation RA, or best SA for standard fine-tuning."""
+        """The fine-tuned export a row is judged by: the final model for a RobustSSL protocol (the benchmark evaluates
+        its final model), else best validation RA, or best SA for standard fine-tuning."""
+        if self.finetuning is not None and self.finetuning.protocol:
+            return "last"
         return "best_ra" if self.finetuning is None or self.finetuning.adversarial else "best_sa"
 
 
@@ -124,7 +168,7 @@ class Row:
 class Comparison:
     """One paired difference that answers a question: `a` − `b` on `metric`, seed by seed."""
 
-    question: str  # Q1 .. Q8
+    question: str  # the study's question id: Q1 .. Q8 (paper), R1 .. R3 (robustssl)
     a: str
     b: str
     metric: str  # a metric of report.METRICS
@@ -133,11 +177,29 @@ class Comparison:
 
 @dataclasses.dataclass(frozen=True)
 class Study:
+    """A declared table of rows, the questions its comparisons answer, and the scales it runs at.
+
+    `reference_label` / `reference`: whose numbers the rows' `paper` entries are (the report's columns and its
+    seeds-needed lines), and `reference_robust_metric` the metric of theirs a worst-case comparison is set beside.
+    """
+
     name: str
     description: str
     rows: tuple[Row, ...]
     questions: tuple[tuple[str, str], ...]  # (Q1, the question)
     comparisons: tuple[Comparison, ...]
+    scales: dict[str, Scale] = dataclasses.field(default_factory=dict, compare=False)
+    evaluate_flagfile: str = "evaluate.flags"  # every evaluation's flagfile in flags/paper (attacks set by the scale)
+    reference_label: str = "paper"
+    reference: str = "Chen et al. 2020, ResNet-50v2 on full CIFAR-10, PGD-20 (AutoAttack where given)"
+    reference_robust_metric: str = "pgd20"
+
+    def scale(self, name: str | None) -> Scale:
+        if name not in self.scales:
+            raise UsageError(
+                f"unknown or missing scale {name!r} for study {self.name}; valid: {', '.join(self.scales)}"
+            )
+        return self.scales[name]
 
     def compared(self) -> set[str]:
         """The rows the questions compare, with the members of compared ensemble rows."""
@@ -349,39 +411,17 @@ def _paper_comparisons() -> tuple[Comparison, ...]:
     )
 
 
-PAPER = Study(
-    name="paper",
-    description="Chen et al. (CVPR 2020): every row of the paper's grid on CIFAR-10",
-    rows=_paper_rows(),
-    questions=(
-        ("Q1", "Does adversarial pretraining improve robust fine-tuning?"),
-        ("Q2", "Is it pretraining or fine-tuning that buys robustness, and what does pretraining save in epochs?"),
-        ("Q3", "How does the pretext task matter?"),
-        ("Q4", "Does an ensemble of tasks help?"),
-        (
-            "Q5",
-            "Is adversarial pretraining + adversarial fine-tuning more robust to unforeseen attacks than one-shot "
-            "adversarial training with a rotation auxiliary loss?",
-        ),
-        ("Q6", "Ablation, dataset size: does pretraining on more images help?"),
-        ("Q7", "Ablation, input resolution: does pretraining and fine-tuning at a larger input size help?"),
-        ("Q8", "Ablation, defence: TRADES or PGD adversarial fine-tuning after the same pretraining?"),
-    ),
-    comparisons=_paper_comparisons(),
-)
-
-STUDIES = {"paper": PAPER}
-
-
 @dataclasses.dataclass(frozen=True)
 class Scale:
     """Backbone, epochs, data and attacks of a study: the flags added after each run's paper flagfile.
 
-    `backbone` None keeps the flagfiles' ResNet-50v2. `autoattack` says which rows get AutoAttack: all, the rows a
+    `backbone` None keeps the flagfiles' backbone. `autoattack` says which rows get AutoAttack: all, the rows a
     question compares, the headline rows, or none. `unforeseen`: which of the unforeseen attacks (and CIFAR-10-C,
-    `CIFAR10C`) a row a question judges by them is evaluated with at this scale. `excluded` maps a row id (or `task:<task>`, `task_mode:<task>:<mode>` for groups of
-    rows) to why the row does not run at this scale; `questions_only`, when given, is why a row that no question
-    of the study compares does not run.
+    `CIFAR10C`) a row a question judges by them is evaluated with at this scale. `excluded` maps a row id (or
+    `task:<task>`, `task_mode:<task>:<mode>` for groups of rows) to why the row does not run at this scale;
+    `questions_only`, when given, is why a row that no question of the study compares does not run.
+    `finetune_flagfile` adds flags after `finetune` to the fine-tunings of one flagfile (a protocol's schedule);
+    `caveat`, when given, is a line the report puts under its title (e.g. that this is not the benchmark's scale).
     """
 
     name: str
@@ -398,6 +438,8 @@ class Scale:
     excluded: tuple[tuple[str, str], ...] = ()
     questions_only: str = ""  # non-empty: only the rows the study's questions compare run, the others for this reason
     cifar10c_source: str = "generate"  # what --cifar10c means at this scale
+    finetune_flagfile: tuple[tuple[str, tuple[str, ...]], ...] = ()  # flagfile name → its fine-tunings' extra flags
+    caveat: str = ""
 
     def exclusion(self, row: Row) -> str | None:
         """Why `row` does not run at this scale, or None."""
@@ -444,6 +486,9 @@ class Scale:
     def task_flags(self, task: str) -> tuple[str, ...]:
         return dict(self.pretrain_task).get(task, ())
 
+    def flagfile_flags(self, flagfile: str) -> tuple[str, ...]:
+        return dict(self.finetune_flagfile).get(flagfile, ())
+
 
 def _gpu_scale(name: str, description: str, backbone: str | None) -> Scale:
     """flags/paper's recipes unchanged but for the backbone; every test image, AutoAttack on every row."""
@@ -464,6 +509,40 @@ def _gpu_scale(name: str, description: str, backbone: str | None) -> Scale:
 
 _SMOKE_SELFIE = ("--selfie_layers=1", "--selfie_heads=4", "--selfie_ff_dim=32")
 _TINY_SELFIE = ("--selfie_layers=2", "--selfie_heads=4", "--selfie_ff_dim=256")
+# What the smoke and tiny scales of every study share: the runs' lengths, and the evaluations' test images.
+_SMOKE_PRETRAIN = (
+    "--batch_size=8",
+    "--train_steps=2",
+    "--warmup_steps=0",
+    "--attack_steps=1",
+    "--steps_per_loop=1",
+    "--checkpoint_every=1",
+    "--image_summary_every=1000",
+    "--deterministic",
+)
+_SMOKE_FINETUNE = (
+    "--batch_size=8",
+    "--train_steps=2",
+    "--warmup_steps=0",
+    "--lr_boundaries=",
+    "--attack_steps=1",
+    "--val_attack_steps=2",
+    "--val_examples=8",
+    "--val_batch_size=8",
+    "--steps_per_loop=1",
+    "--checkpoint_every=1",
+    "--image_summary_every=1000",
+    "--deterministic",
+)
+_SMOKE_EVALUATE = ("--max_examples=16", "--batch_size=16")
+_TINY_PRETRAIN = ("--batch_size=128", "--epochs=4", "--steps_per_loop=6", "--checkpoint_every=36")
+# the epoch-0 warm-up of Rotation and Jigsaw shortened with their epochs; Selfie's recipe has none
+_TINY_PRETEXT = (
+    ("selfie", _TINY_SELFIE),
+    ("rotation", ("--warmup_steps=36",)),
+    ("jigsaw", ("--warmup_steps=36",)),
+)
+_TINY_EVALUATE = ("--max_examples=0", "--batch_size=128")
 
 SCALES = {
     "smoke": Scale(
@@ -475,32 +554,10 @@ SCALES = {
         ),
         backbone="tiny",
         dataset="sample",
-        pretrain=(
-            "--batch_size=8",
-            "--train_steps=2",
-            "--warmup_steps=0",
-            "--attack_steps=1",
-            "--steps_per_loop=1",
-            "--checkpoint_every=1",
-            "--image_summary_every=1000",
-            "--deterministic",
-        ),
+        pretrain=_SMOKE_PRETRAIN,
         pretrain_task=(("selfie", _SMOKE_SELFIE), ("ensemble", (*_SMOKE_SELFIE, "--batch_size=4"))),
-        finetune=(
-            "--batch_size=8",
-            "--train_steps=2",
-            "--warmup_steps=0",
-            "--lr_boundaries=",
-            "--attack_steps=1",
-            "--val_attack_steps=2",
-            "--val_examples=8",
-            "--val_batch_size=8",
-            "--steps_per_loop=1",
-            "--checkpoint_every=1",
-            "--image_summary_every=1000",
-            "--deterministic",
-        ),
-        evaluate=("--max_examples=16", "--batch_size=16"),
+        finetune=_SMOKE_FINETUNE,
+        evaluate=_SMOKE_EVALUATE,
         attacks=("pgd20", "fgsm"),
         autoattack="none",
         unforeseen=("fgsm",),
@@ -515,13 +572,9 @@ SCALES = {
         ),
         backbone="tiny",
         dataset="sample",
-        pretrain=("--batch_size=128", "--epochs=4", "--steps_per_loop=6", "--checkpoint_every=36"),
+        pretrain=_TINY_PRETRAIN,
         # the epoch-0 warm-up of Rotation and Jigsaw shortened with their epochs; Selfie's recipe has none
-        pretrain_task=(
-            ("selfie", _TINY_SELFIE),
-            ("rotation", ("--warmup_steps=36",)),
-            ("jigsaw", ("--warmup_steps=36",)),
-        ),
+        pretrain_task=_TINY_PRETEXT,
         finetune=(
             "--batch_size=128",
             "--epochs=6",
@@ -531,7 +584,7 @@ SCALES = {
             "--steps_per_loop=6",
             "--checkpoint_every=36",
         ),
-        evaluate=("--max_examples=0", "--batch_size=128"),
+        evaluate=_TINY_EVALUATE,
         attacks=("pgd20",),
         autoattack="compared",
         excluded=(
@@ -554,6 +607,234 @@ SCALES = {
         "paper", "flags/paper as they are: ResNet-50v2, the paper's epochs, full CIFAR-10 (GPU-days per row)", None
     ),
 }
+
+
+PAPER = Study(
+    name="paper",
+    description="Chen et al. (CVPR 2020): every row of the paper's grid on CIFAR-10",
+    rows=_paper_rows(),
+    questions=(
+        ("Q1", "Does adversarial pretraining improve robust fine-tuning?"),
+        ("Q2", "Is it pretraining or fine-tuning that buys robustness, and what does pretraining save in epochs?"),
+        ("Q3", "How does the pretext task matter?"),
+        ("Q4", "Does an ensemble of tasks help?"),
+        (
+            "Q5",
+            "Is adversarial pretraining + adversarial fine-tuning more robust to unforeseen attacks than one-shot "
+            "adversarial training with a rotation auxiliary loss?",
+        ),
+        ("Q6", "Ablation, dataset size: does pretraining on more images help?"),
+        ("Q7", "Ablation, input resolution: does pretraining and fine-tuning at a larger input size help?"),
+        ("Q8", "Ablation, defence: TRADES or PGD adversarial fine-tuning after the same pretraining?"),
+    ),
+    comparisons=_paper_comparisons(),
+    scales=SCALES,
+)
+
+
+# ---- The robustssl study: the robust contrastive methods beside the paper's pretext tasks, under the RobustSSL
+# benchmark's three fine-tuning protocols (issue 33's "table nobody has").
+
+# (id prefix, label, pretraining) of every pretraining the study fine-tunes under each protocol.
+ROBUSTSSL_PRETRAININGS = (
+    ("acl", "ACL", Pretraining("acl")),
+    ("dynacl", "DynACL", Pretraining("dynacl")),
+    ("dynacl_air", "DynACL-AIR", Pretraining("dynacl", air=True)),
+    *((task, f"adversarial {task.capitalize()}", Pretraining(task)) for task in ("rotation", "jigsaw", "selfie")),
+)
+ROBUSTSSL_PROTOCOLS = ("slf", "alf", "aff")
+
+
+def robustssl_row_id(pretraining: str, protocol: str) -> str:
+    """`<pretraining>_<protocol>`, e.g. dynacl_air_slf (the id prefixes of ROBUSTSSL_PRETRAININGS)."""
+    return f"{pretraining}_{protocol}"
+
+
+def _robustssl_finetuning(pretraining: str, protocol: str) -> Finetuning:
+    """The protocol's flagfile, with the benchmark's per-method settings for CIFAR-10 (`setup_hyperparameter`,
+    Finetuning_Methods/Vanilla_Finetuning/utils.py of GodXuxilie/RobustSSL_Benchmark at 19dc714; docs/finetune.md):
+    ACL's AFF trains 100 epochs (finetune_aff_acl.flags), DynACL-AIR's SLF 5. The pretext tasks have no entry
+    there: they get the flagfiles as they are (DynACL's settings)."""
+    if pretraining == "acl" and protocol == "aff":
+        return Finetuning.of_protocol("aff_acl")
+    if pretraining == "dynacl_air" and protocol == "slf":
+        return Finetuning.of_protocol("slf", recipe=("--epochs=5",))  # setup_hyperparameter, 'DynACL-AIR', SLF
+    return Finetuning.of_protocol(protocol)
+
+
+def _robustssl_rows() -> tuple[Row, ...]:
+    rows = [
+        Row(
+            "at_e2e",
+            "end-to-end adversarial training (the reference line: the paper's recipe, finetune_end_to_end.flags)",
+            finetuning=Finetuning("full", True),
+            headline=True,
+        )
+    ]
+    for prefix, label, pretraining in ROBUSTSSL_PRETRAININGS:
+        for protocol in ROBUSTSSL_PROTOCOLS:
+            finetuning = _robustssl_finetuning(prefix, protocol)
+            rows.append(
+                Row(
+                    robustssl_row_id(prefix, protocol),
+                    f"{label} → {PROTOCOL_LABELS[finetuning.protocol]}",
+                    pretraining=pretraining,
+                    finetuning=finetuning,
+                    # the rows R1 and R3 judge: DynACL-AIR, the pretext tasks (and at_e2e above)
+                    headline=prefix not in ("acl", "dynacl"),
+                )
+            )
+    return tuple(rows)
+
+
+def _robustssl_comparisons() -> tuple[Comparison, ...]:
+    row = robustssl_row_id
+    name = {p: label for p, label, _ in ROBUSTSSL_PRETRAININGS}
+    out = []
+    for protocol in ROBUSTSSL_PROTOCOLS:
+        what = protocol.upper()
+        out += [
+            Comparison(
+                "R1",
+                row("dynacl_air", protocol),
+                row(task, protocol),
+                "worst_case",
+                f"DynACL-AIR pretraining beats {name[task]} pretraining under {what}",
+            )
+            for task in ("rotation", "jigsaw", "selfie")
+        ]
+        out += [
+            Comparison(
+                "R2", row("dynacl", protocol), row("acl", protocol), "worst_case", f"DynACL beats ACL under {what}"
+            ),
+            Comparison(
+                "R2",
+                row("dynacl_air", protocol),
+                row("dynacl", protocol),
+                "worst_case",
+                f"AIR improves DynACL under {what}",
+            ),
+        ]
+    out += [
+        Comparison(
+            "R3",
+            row(prefix, "aff"),
+            "at_e2e",
+            "worst_case",
+            f"{name[prefix]} pretraining + AFF beats end-to-end adversarial training",
+        )
+        for prefix in ("dynacl_air", "rotation")
+    ]
+    return tuple(out)
+
+
+_NOT_THE_BENCHMARK = (
+    "**Not the RobustSSL benchmark's scale.** Small backbone, few epochs, a few thousand images: these numbers "
+    "say whether every pretraining and protocol runs and how far apart seeds fall, not how the methods rank at the "
+    "benchmark's scale (`--scale=benchmark`: ResNet-18 post-activation, the benchmark's epochs, full CIFAR-10)."
+)
+
+ROBUSTSSL_SCALES = {
+    "smoke": Scale(
+        name="smoke",
+        description=(
+            "seconds per run, for tests: the tiny post-activation ResNet, 2 training steps of 8 images, validation "
+            "on 8 images, PGD-20 on 16 test images; no AutoAttack (for tests only: its numbers are noise)"
+        ),
+        backbone="tiny_post",
+        dataset="sample",
+        pretrain=_SMOKE_PRETRAIN,
+        # no warm-up in 2 steps; DynACL's schedules change every epoch
+        pretrain_task=(
+            ("selfie", _SMOKE_SELFIE),
+            ("acl", ("--warmup_epochs=0",)),
+            ("dynacl", ("--warmup_epochs=0", "--dynacl_period=1")),
+        ),
+        finetune=_SMOKE_FINETUNE,
+        evaluate=_SMOKE_EVALUATE,
+        attacks=("pgd20",),
+        autoattack="none",
+        caveat=_NOT_THE_BENCHMARK,
+    ),
+    "tiny": Scale(
+        name="tiny",
+        description=(
+            "the tiny post-activation ResNet (tiny_post: tiny's widths, ACL's block) for every row, on the 5k real "
+            "CIFAR-10 subset (give --data_dir) on a 2-core CPU: every pretraining 4 epochs of batch 128 (ACL/DynACL: "
+            "LARS lr 1.25 = 5.0 × 128/512, warm-up 1 epoch, DynACL's schedules changing every epoch), every "
+            "fine-tuning 6 epochs of batch 128 (the protocols' lr decays at the same fractions of training; ACL's "
+            "100-epoch AFF and DynACL-AIR's 5-epoch SLF also 6), every test image; PGD-20 and AutoAttack on every "
+            "row (all are compared)"
+        ),
+        backbone="tiny_post",
+        dataset="sample",
+        pretrain=_TINY_PRETRAIN,
+        pretrain_task=(
+            *_TINY_PRETEXT,
+            # ACL's lr 5.0 at batch 512 by the linear scaling rule (not tuned); its 10 warm-up epochs of 1000 would be
+            # 1-2 steps here: one epoch, as the pretext tasks' warm-up at this scale
+            ("acl", ("--learning_rate=1.25", "--warmup_epochs=1")),
+            # DynACL's K = 50 of 1000 epochs: K = 1 of 4, the strength and weight schedules in 4 steps instead of 20
+            ("dynacl", ("--learning_rate=1.25", "--warmup_epochs=1", "--dynacl_period=1")),
+        ),
+        finetune=(
+            "--batch_size=128",
+            "--epochs=6",
+            "--val_attack_steps=10",
+            "--steps_per_loop=6",
+            "--checkpoint_every=36",
+        ),
+        # each recipe's lr decays at the epochs nearest the same fractions of its training as at the benchmark's
+        # length: SLF/ALF 10,20 of 25, AFF 15,20 of 25, ACL's AFF 40,60 of 100; end-to-end as the paper study's tiny
+        finetune_flagfile=(
+            ("finetune_slf.flags", ("--lr_boundaries=2,5",)),
+            ("finetune_alf.flags", ("--lr_boundaries=2,5",)),
+            ("finetune_aff.flags", ("--lr_boundaries=4,5",)),
+            ("finetune_aff_acl.flags", ("--lr_boundaries=2,4",)),
+            ("finetune_end_to_end.flags", ("--lr_boundaries=4,5", "--warmup_steps=36")),
+        ),
+        evaluate=_TINY_EVALUATE,
+        attacks=("pgd20",),
+        autoattack="compared",
+        caveat=_NOT_THE_BENCHMARK,
+    ),
+    "benchmark": _gpu_scale(
+        "benchmark",
+        "the RobustSSL benchmark's protocol: every row on ResNet-18 post-activation (resnet18_post), the flagfiles' "
+        "epochs (ACL/DynACL 1000, the pretext tasks the paper's), full CIFAR-10, PGD-20 and AutoAttack on every "
+        "row and every test image (GPU-days per pretraining)",
+        "resnet18_post",
+    ),
+}
+
+ROBUSTSSL = Study(
+    name="robustssl",
+    description=(
+        "ACL, DynACL, DynACL-AIR and the paper's adversarial Rotation, Jigsaw and Selfie, each under the RobustSSL "
+        "benchmark's SLF, ALF and AFF, with end-to-end adversarial training as the reference line"
+    ),
+    rows=_robustssl_rows(),
+    questions=(
+        (
+            "R1",
+            "Does contrastive pretraining beat the best pretext task under each protocol? (DynACL-AIR, the latest of "
+            "the three, against each pretext task: it beats the best one under a protocol if it beats all three)",
+        ),
+        ("R2", "Does each step of the contrastive line help under each protocol: DynACL over ACL, AIR over DynACL?"),
+        ("R3", "Does pretraining + adversarial full fine-tuning beat end-to-end adversarial training?"),
+    ),
+    comparisons=_robustssl_comparisons(),
+    scales=ROBUSTSSL_SCALES,
+    evaluate_flagfile="evaluate_robustssl.flags",
+    reference_label="benchmark",
+    reference=(
+        "the RobustSSL benchmark (Xu et al.), ResNet-18 on full CIFAR-10, AutoAttack standard at 8/255 — its "
+        "published numbers are not in this project's sources yet (one `paper=` entry per row in catalogue.py)"
+    ),
+    reference_robust_metric="autoattack",
+)
+
+STUDIES = {"paper": PAPER, "robustssl": ROBUSTSSL}
 
 
 def flags_dir() -> str:

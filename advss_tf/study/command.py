@@ -43,9 +43,10 @@ def identity(study: str, scale: str, seeds: int, data: plan.Data, cifar10c: bool
 def write_report(workdir: str, say: Callable[[str], None] = print) -> dict:
     """Writes <workdir>/report/ from what has finished; returns the report (report.json's content)."""
     ident = runner.read_identity(workdir)
-    if ident.get("study") not in catalogue.STUDIES or ident.get("scale") not in catalogue.SCALES:
+    study = catalogue.STUDIES.get(ident.get("study"))
+    if study is None or ident.get("scale") not in study.scales:
         raise UsageError(f"{workdir}/{runner.STUDY_FILE} names an unknown study or scale: {ident}")
-    study, scale = catalogue.STUDIES[ident["study"]], catalogue.SCALES[ident["scale"]]
+    scale = study.scales[ident["scale"]]
     chosen, excluded = plan.select_rows(study, scale, None)
     # only the run ids are needed (for the Time section): they depend on the rows and seeds alone
     runs = plan.build(study, scale, ident["seeds"], workdir, plan.Data(**ident["data"]), chosen)
@@ -99,13 +100,12 @@ def run_study(
     """
     if study not in catalogue.STUDIES:
         raise UsageError(f"unknown study {study!r}; valid: {', '.join(catalogue.STUDIES)}")
-    if scale not in catalogue.SCALES:
-        raise UsageError(f"unknown or missing scale {scale!r}; valid: {', '.join(catalogue.SCALES)}")
     if seeds < 1 or jobs < 1:
         raise UsageError(f"--seeds and --jobs must be >= 1, got {seeds} and {jobs}")
     if autoattack is not None and autoattack not in catalogue.AUTOATTACK_POLICIES:
         raise UsageError(f"--autoattack must be one of {', '.join(catalogue.AUTOATTACK_POLICIES)}")
-    the_study, the_scale = catalogue.STUDIES[study], catalogue.SCALES[scale]
+    the_study = catalogue.STUDIES[study]
+    the_scale = the_study.scale(scale)
     data = data_source(the_scale, dataset, data_dir, tfds_data_dir)
     chosen_rows, excluded = plan.select_rows(the_study, the_scale, rows or None)
     workdir = os.path.abspath(workdir)

@@ -25,6 +25,12 @@ KINDS = ("pretrain", "finetune", "ensemble", "evaluate")
 # factor marked "not measured" is an estimate from what the run does more per step.
 PRETRAIN_SECONDS = {True: 240, False: 50}  # adversarial (190-275 s) / standard (48 s) pretraining, one task
 ENSEMBLE_PRETRAIN_FACTOR = 4  # not measured: joint PGD through three heads + the second-order diversity term
+# Not measured: a contrastive pretraining per epoch against an adversarial Rotation one (PGD-10 on B images, then
+# the clean and adversarial passes on B: ~12 forward-backward passes of B per step) — ACL's PGD-5 on both views
+# (2B) then the clean and adversarial views (4B): ~14; DynACL adds the key encoder's forward passes; AIR the
+# regularisers' passes on a third view through both routes (~+2).
+CONTRASTIVE_PRETRAIN_FACTOR = {"acl": 1.2, "dynacl": 1.25}
+AIR_FACTOR = 1.15
 FINETUNE_SECONDS = {"adversarial": 300, "trades": 330, "standard": 90}  # 268-329 s, 87-88 s; TRADES not measured
 AUX_ROTATION_FACTOR = 1.5  # not measured: the rotation head's loss (and its attack term) on rotated copies
 EXPORT_SECONDS = 10  # an ensemble export (the three took 22 s)
@@ -149,7 +155,8 @@ def build(
             else:
                 deps: tuple[str, ...] = ()
                 ft = row.finetuning
-                args = [f"--flagfile={os.path.join(flagfiles, ft.flagfile(row.pretraining is not None))}"]
+                flagfile = ft.flagfile(row.pretraining is not None)
+                args = [f"--flagfile={os.path.join(flagfiles, flagfile)}", *_unless_set(ft.recipe, scale.finetune)]
                 if row.pretraining is not None:
                     pre = row.pretraining
                     pid = run_id(seed, "pretrain", pre.name)
@@ -171,15 +178,15 @@ def build(
                                 f"--model_dir={where(pid)}",
                             ),
                             (),
-                            weight=_cost(PRETRAIN_SECONDS[pre.adversarial] * pre.fraction, row)
-                            * (ENSEMBLE_PRETRAIN_FACTOR if pre.task == "ensemble" else 1),
+                            weight=_cost(PRETRAIN_SECONDS[pre.adversarial] * pre.fraction * _factor(pre), row),
                         )
                     )
                     args.append(f"--pretrained={where(pid)}/export/pretrain")
                     deps = (pid,)
                 else:
                     args += backbone
-                args += [f"--objective={ft.objective}", *scale.finetune, *row.size_flags(), *common]
+                args += [f"--objective={ft.objective}", *scale.finetune, *scale.flagfile_flags(flagfile)]
+                args += [*row.size_flags(), *common]
                 fid = run_id(seed, "finetune", row.id)
                 cost = FINETUNE_SECONDS[ft.objective] * (AUX_ROTATION_FACTOR if ft.aux_rotation_weight else 1)
                 head = add(
@@ -196,7 +203,7 @@ def build(
                     seed,
                     row.id,
                     (
-                        f"--flagfile={os.path.join(flagfiles, 'evaluate.flags')}",
+                        f"--flagfile={os.path.join(flagfiles, study.evaluate_flagfile)}",
                         f"--attacks={','.join(attacks)}",
                         f"--cifar10c_source={c10c}",
                         *scale.evaluate,
@@ -211,6 +218,19 @@ def build(
                 )
             )
     return order(list(runs.values()))
+
+
+def _unless_set(recipe: tuple[str, ...], scale_flags: tuple[str, ...]) -> tuple[str, ...]:
+    """A row's recipe flags but those the scale sets (its lengths replace the recipe's: DynACL-AIR's 5-epoch SLF
+    runs the tiny scale's 6 epochs), so a run's command line names each setting once."""
+    names = {f.split("=")[0] for f in scale_flags}
+    return tuple(f for f in recipe if f.split("=")[0] not in names)
+
+
+def _factor(pre: catalogue.Pretraining) -> float:
+    """A pretraining's cost against a pretext task's (ENSEMBLE_PRETRAIN_FACTOR and below)."""
+    factor = ENSEMBLE_PRETRAIN_FACTOR if pre.task == "ensemble" else CONTRASTIVE_PRETRAIN_FACTOR.get(pre.task, 1.0)
+    return factor * (AIR_FACTOR if pre.air else 1.0)
 
 
 def _cost(seconds: float, row: Row) -> int:

@@ -1,5 +1,6 @@
-"""The study's answers: per row the metrics over seeds (mean ± 95 % t interval), the paper's numbers beside them, the
-paired differences that answer Q1-Q4 with a verdict each, and two figures; Markdown + JSON in <workdir>/report/.
+"""The study's answers: per row the metrics over seeds (mean ± 95 % t interval), the reference's numbers (the paper's,
+the benchmark's) beside them, the paired differences that answer its questions with a verdict each, and two figures;
+Markdown + JSON in <workdir>/report/.
 
 Reads only what the binaries wrote: each evaluation's results.json and each fine-tuning's results.json (the epoch
 of the best validation RA, which finetune took from its validation_history.json). The JSON holds no times and no
@@ -44,8 +45,9 @@ METRICS = {
 }
 MAIN_TABLE = ("standard", "pgd20", "autoattack", "worst_case", CIFAR10C, "epochs_to_best")
 UNFORESEEN_TABLE = (*UNFORESEEN_ATTACKS, UNFORESEEN_WORST, CIFAR10C)
-# The paper's number a comparison's metric is set beside: its RA is PGD-20's, so the worst case's is PGD-20's too.
-PAPER_METRIC = {"standard": "standard", "pgd20": "pgd20", "autoattack": "autoattack", "worst_case": "pgd20"}
+# The reference's number a comparison's metric is set beside; the worst case's is the study's
+# `reference_robust_metric` (the paper's RA is PGD-20's, the RobustSSL benchmark's AutoAttack's).
+PAPER_METRIC = {"standard": "standard", "pgd20": "pgd20", "autoattack": "autoattack"}
 
 
 def _read(path: str) -> dict[str, Any] | None:
@@ -138,7 +140,7 @@ def build(
             }
         )
     excluded_ids = {r.id for r, _ in excluded}
-    scale = catalogue.SCALES.get(identity.get("scale"))
+    scale = study.scales.get(identity.get("scale"))
     questions = [
         {
             "id": qid,
@@ -201,7 +203,7 @@ def _comparison(study: Study, c, records, excluded_ids: set[str], scale) -> dict
 def _seeds_needed(study: Study, c, interval: statistics.Interval | None) -> dict[str, Any]:
     """How many seeds would resolve (t interval excluding 0) the observed mean difference, and the paper's, at the
     observed spread of the per-seed differences (`statistics.seeds_to_resolve`)."""
-    paper_metric = PAPER_METRIC.get(c.metric)
+    paper_metric = study.reference_robust_metric if c.metric == "worst_case" else PAPER_METRIC.get(c.metric)
     pa, pb = (dict(study.row(x).paper).get(paper_metric) for x in (c.a, c.b))
     paper = None if pa is None or pb is None else pa - pb
     out = {"sd": None, "observed": None, "paper_difference": paper, "paper_metric": paper_metric, "paper": None}
@@ -284,20 +286,33 @@ def _cell(interval: dict | None, digits: int = 2) -> str:
     return f"{interval['mean']:.{digits}f} ± {interval['half_width']:.{digits}f}"
 
 
-def markdown(report: dict, scale_description: str, time: dict | None = None) -> str:
+def markdown(report: dict, scale_description: str, time: dict | None = None, study: Study | None = None) -> str:
+    """report.md from `report` (`build`'s); `study` (default: the one the identity names) gives the reference's
+    label and description, whether it asks about unforeseen attacks, and its scale's caveat."""
     ident = report["identity"]
+    study = study or catalogue.STUDIES[ident["study"]]
+    label = study.reference_label
+    scale = study.scales.get(ident["scale"])
+    caveat = [scale.caveat, ""] if scale is not None and scale.caveat else []
     lines = [
         f"# Study `{ident['study']}` at scale `{ident['scale']}` ({ident['seeds']} seeds)",
         "",
+        *caveat,
         f"Scale: {scale_description}.",
         "",
         f"Each cell: mean ± half-width of the {100 * report['confidence']:.0f} % Student-t interval over the seeds "
         "that finished (n per row in the second column). Accuracies in % of the test images; the worst case counts "
         "an image only if it survives every attack run on that row (L∞ 8/255); epochs to best = the fine-tuning "
-        "epoch of the best validation robust accuracy (the exported best-RA model). Paper: Chen et al. 2020, "
-        "ResNet-50v2 on full CIFAR-10, PGD-20 (AutoAttack where given).",
+        f"epoch of the best validation robust accuracy (the exported best-RA model). {label.capitalize()}: "
+        f"{study.reference}."
+        + (
+            " A row fine-tuned under a RobustSSL protocol is evaluated as its final model (the benchmark's choice), "
+            "not its best-RA one."
+            if any(r.export == "last" for r in study.rows)
+            else ""
+        ),
         "",
-        "| row | n | " + " | ".join(METRICS[m][0] for m in MAIN_TABLE) + " | paper SA | paper PGD-20 (AA) |",
+        "| row | n | " + " | ".join(METRICS[m][0] for m in MAIN_TABLE) + f" | {label} SA | {label} PGD-20 (AA) |",
         "|---|---:|" + "---:|" * len(MAIN_TABLE) + "---:|---:|",
     ]
     for r in report["rows"]:
@@ -308,7 +323,8 @@ def markdown(report: dict, scale_description: str, time: dict | None = None) -> 
         sa = f"{paper['standard']:.2f}" if "standard" in paper else "–"
         cells = [_cell(r["metrics"][m]["interval"]) for m in MAIN_TABLE]
         lines.append(f"| {r['label']} (`{r['id']}`) | {len(r['seeds'])} | " + " | ".join(cells) + f" | {sa} | {ra} |")
-    lines += _unforeseen_markdown(report)
+    if any(c.metric in (*UNFORESEEN_ATTACKS, CIFAR10C, UNFORESEEN_WORST) for c in study.comparisons):
+        lines += _unforeseen_markdown(report)
     lines += ["", "## The questions (paired differences per seed: a − b)", ""]
     for q in report["questions"]:
         lines.append(f"**{q['id']}. {q['question']}**")
@@ -316,7 +332,7 @@ def markdown(report: dict, scale_description: str, time: dict | None = None) -> 
         for c in q["comparisons"]:
             seeds = ", ".join(f"{d:+.2f}" for d in c["per_seed"].values()) or "–"
             lines.append(f"- `{c['a']}` − `{c['b']}`, {METRICS[c['metric']][0]} (per seed: {seeds}): {c['verdict']}")
-            lines.append(f"  - {_seeds_needed_line(c, report['confidence'])}")
+            lines.append(f"  - {_seeds_needed_line(c, report['confidence'], label)}")
         lines.append("")
     if report.get("not_run_yet"):
         lines += [
@@ -369,7 +385,7 @@ def _unforeseen_markdown(report: dict) -> list[str]:
     ]
 
 
-def _seeds_needed_line(c: dict, confidence: float) -> str:
+def _seeds_needed_line(c: dict, confidence: float, label: str = "paper") -> str:
     """The seeds-needed sub-line of a comparison (`_seeds_needed`)."""
     need = c["seeds_needed"]
     unit = c["unit"]
@@ -386,12 +402,12 @@ def _seeds_needed_line(c: dict, confidence: float) -> str:
         paper = f"({need['paper_difference']:+.2f}, {name})"
     if need["sd"] is None:
         why = "no seed of both rows yet" if c["interval"] is None else "one seed: a second measures the spread"
-        return f"{head}: {why}" + (f"; the paper's difference {paper}" if paper else "")
+        return f"{head}: {why}" + (f"; the {label}'s difference {paper}" if paper else "")
     text = (
         f"{head}, at the seeds' spread (sd {need['sd']:.2f} {unit}): this difference ({c['interval']['mean']:+.2f}) "
         f"{seeds(need['observed'], c['interval']['mean'])}"
     )
-    return text + (f"; the paper's {paper} {seeds(need['paper'], need['paper_difference'])}" if paper else "")
+    return text + (f"; the {label}'s {paper} {seeds(need['paper'], need['paper_difference'])}" if paper else "")
 
 
 def plot(report: dict, folder: str) -> None:
@@ -473,7 +489,7 @@ def write(
     os.makedirs(folder, exist_ok=True)
     plot(report, folder)
     time = timing(times, planned) if times else None
-    text = markdown(report, scale_description, time)
+    text = markdown(report, scale_description, time, study)
     with open(os.path.join(folder, MARKDOWN), "w", encoding="utf-8") as f:
         f.write(text)
     workspace.write_json(os.path.join(folder, JSON), report)

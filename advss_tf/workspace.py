@@ -42,7 +42,7 @@ def prepare(model_dir: str, config, overwrite: bool, data_info: dict[str, Any] |
         except (OSError, ValueError) as e:
             raise UsageError(f"{cfg_path} is unreadable ({e}); pass --overwrite to start a new run there") from e
         _check_architecture(model_dir, old, new, overwrite)
-        old = _with_arch_version(old)
+        old = config_lib.with_added_defaults(_with_arch_version(old), config)
         same = config_lib.identity(old) == config_lib.identity(new)
         if same and not overwrite:
             return os.path.isdir(path(model_dir, CHECKPOINTS))

@@ -58,6 +58,13 @@ def _check_route(route: str | None, routes: Sequence[str]) -> int:
     return list(routes).index(route)
 
 
+def _track_by_name(layer: keras.layers.Layer, children: dict) -> None:
+    """Makes each child an attribute of `layer`: TensorFlow's checkpoints and SavedModels follow attributes, not the
+    lists Keras 3 keeps (a list of sublayers would be left out of `tf.train.Checkpoint` without a word)."""
+    for name, child in children.items():
+        setattr(layer, name, child)
+
+
 @keras.saving.register_keras_serializable(package="advss_tf")
 class DualBatchNormalization(keras.layers.Layer):
     """One BatchNormalization per route (ACL's `batch_norm_multiple`); `call(x, training, route)` normalises with
@@ -68,7 +75,8 @@ class DualBatchNormalization(keras.layers.Layer):
         self.routes = tuple(routes)
         self.synchronized = synchronized
         # The house's BatchNorm (PyTorch's momentum/epsilon, the layer class `layers.batch_norm` chooses).
-        self.norms = [batch_norm(synchronized, f"{self.name}_{route}") for route in self.routes]
+        self.norms = tuple(batch_norm(synchronized, f"{self.name}_{route}") for route in self.routes)
+        _track_by_name(self, {route: norm for route, norm in zip(self.routes, self.norms, strict=True)})
 
     def build(self, input_shape):
         for norm in self.norms:
@@ -137,8 +145,9 @@ class PostActivationPart(keras.Model):
 
     def __init__(self, parts: list, routes: Sequence[str] = ROUTES, **kwargs):
         super().__init__(**kwargs)
-        self.parts = parts
+        self.parts = tuple(parts)
         self.routes = tuple(routes)
+        _track_by_name(self, {layer.name: layer for layer in self.parts})
 
     def call(self, x, training=None, route: str | None = None):
         _check_route(route, self.routes)
@@ -246,11 +255,10 @@ class ProjectionHead(keras.layers.Layer):
     def __init__(self, units: int, routes: Sequence[str] = ROUTES, sync_bn: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.units, self.routes, self.sync_bn = units, tuple(routes), sync_bn
-        self.dense = []
-        self.norms = []
-        for i in range(1, 4):
-            self.dense.append(keras.layers.Dense(units, use_bias=i == 1, name=f"{self.name}_fc{i}"))
-            self.norms.append(DualBatchNormalization(self.routes, sync_bn, name=f"{self.name}_bn{i}"))
+        self.dense = tuple(keras.layers.Dense(units, use_bias=i == 1, name=f"{self.name}_fc{i}") for i in (1, 2, 3))
+        self.norms = tuple(DualBatchNormalization(self.routes, sync_bn, name=f"{self.name}_bn{i}") for i in (1, 2, 3))
+        _track_by_name(self, {f"fc{i}": d for i, d in enumerate(self.dense, 1)})
+        _track_by_name(self, {f"bn{i}": n for i, n in enumerate(self.norms, 1)})
 
     def build(self, input_shape):
         fan_in = input_shape[-1]

@@ -225,6 +225,7 @@ class FinetuneConfig:
 
     model_dir: str
     pretrained: str | None = None
+    pretrained_route: str | None = None  # an export with two BatchNorm routes: which one (None: adversarial)
     backbone: BackboneConfig | None = None
     sync_bn: bool = False
     mode: str = "full"
@@ -255,6 +256,8 @@ class FinetuneConfig:
             raise UsageError(f"--aux_rotation_weight must be >= 0, got {self.aux_rotation_weight}")
         if self.aux_rotation_weight > 0 and self.objective == "trades":
             raise UsageError("--aux_rotation_weight goes with --objective=adversarial or standard, not trades")
+        if self.pretrained_route is not None and not self.pretrained:
+            raise UsageError("--pretrained_route chooses a route of a --pretrained export: give --pretrained")
         if self.mode != "full" and not self.pretrained:
             raise UsageError(f"--mode={self.mode} freezes the backbone: it needs --pretrained=<pretraining export>")
         if self.batch_size < 1 or self.val_batch_size < 1:

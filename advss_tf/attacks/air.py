@@ -1,4 +1,4 @@
-"""AIR's invariance regularisers (Xu et al., NeurIPS 2023; `AIR.py:83-103` of GodXuxilie/Enhancing_ACL_via_AIR at
+"""AIR's invariance regularisers (Xu et al., NeurIPS 2023; `AIR.py:76-98` of GodXuxilie/Enhancing_ACL_via_AIR at
 15cf0a7), over the global batch.
 
 With s(a, b) the cosine similarity, τ the temperature and k running over the G images of the batch, AIR's code

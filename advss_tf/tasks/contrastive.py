@@ -11,7 +11,7 @@ the global batch (attacks/nt_xent.py). The losses, as each code computes them (w
 - DynACL (`train_DynACL.py:280-291`): ((2 − w)·NT-Xent(clean) + w·NT-Xent(adv)) / 2 with
   w = min(1 + ⌊e/K⌋·(K/E)·λ, 2), views of strength s = 1 − ⌊(e − 1)/K⌋·K/E (`:217-219`), and DynACL's momentum
   key encoder (models/contrastive.py).
-- AIR (`pretraining.py:322-347`, `AIR.py:106`): (1 − w)·NT-Xent(clean) + (1 + w)·NT-Xent(adv) + λ₁·SIR + λ₂·AIR,
+- AIR (`pretraining.py:322-347`, `AIR.py:100`): (1 − w)·NT-Xent(clean) + (1 + w)·NT-Xent(adv) + λ₁·SIR + λ₂·AIR,
   w = 0 for ACL and w = λ·(1 − s) for DynACL (AIR's `--DynAug`: its one encoder, no momentum key), with the original
   image's projection through the clean route (attacks/air.py).
 

@@ -124,20 +124,29 @@ def define_attack_flags(steps_default: int = 10) -> None:
 
 
 def define_optimizer_flags(lr: float, momentum: float, wd: float, schedule: str, warmup_steps: int) -> None:
-    from advss_tf.config import SCHEDULES
+    from advss_tf.config import OPTIMIZERS, SCHEDULES
 
-    flags.DEFINE_float("learning_rate", lr, "Peak learning rate (SGD).")
-    flags.DEFINE_float("momentum", momentum, "SGD momentum.")
+    flags.DEFINE_enum(
+        "optimizer", "sgd", OPTIMIZERS, "sgd (coupled L2 weight decay) or lars (ACL's LARS: decay in the trust ratio)."
+    )
+    flags.DEFINE_float("trust_coefficient", 1e-3, "LARS: the trust coefficient of the layer-wise rate.")
+    flags.DEFINE_float("learning_rate", lr, "Peak learning rate.")
+    flags.DEFINE_float("momentum", momentum, "SGD / LARS momentum.")
     flags.DEFINE_bool("nesterov", False, "Nesterov momentum.")
     flags.DEFINE_float("weight_decay", wd, "Coupled L2 weight decay (PyTorch SGD style) on every parameter.")
     flags.DEFINE_enum("lr_schedule", schedule, SCHEDULES, "Learning-rate schedule after the warm-up.")
     flags.DEFINE_float("final_lr", 1e-6, "Cosine schedule: learning rate at the last step.")
     flags.DEFINE_integer("warmup_steps", warmup_steps, "Epoch-0 linear warm-up length in steps (0: none).")
     flags.DEFINE_float("warmup_start_lr", 0.01, "Learning rate at step 0 of the warm-up.")
+    flags.DEFINE_float(
+        "warmup_epochs", 0.0, "warmup_cosine schedules: linear warm-up from 0 over this many epochs (ACL: 10)."
+    )
     flags.DEFINE_list("lr_boundaries", [], "Step schedule: epochs at which the lr is multiplied by --lr_decay.")
     flags.DEFINE_float("lr_decay", 0.1, "Step schedule: the factor at each boundary.")
     flags.register_validator("learning_rate", lambda v: v > 0, "--learning_rate must be > 0")
     flags.register_validator("weight_decay", lambda v: v >= 0, "--weight_decay must be >= 0")
+    flags.register_validator("trust_coefficient", lambda v: v > 0, "--trust_coefficient must be > 0")
+    flags.register_validator("warmup_epochs", lambda v: v >= 0, "--warmup_epochs must be >= 0")
 
 
 def define_runtime_flags() -> None:
@@ -230,6 +239,9 @@ def optimizer_config():
         warmup_start_lr=FLAGS.warmup_start_lr,
         boundaries_epochs=boundaries,
         decay_factor=FLAGS.lr_decay,
+        optimizer=FLAGS.optimizer,
+        trust_coefficient=FLAGS.trust_coefficient,
+        warmup_epochs=FLAGS.warmup_epochs,
     )
 
 

@@ -32,7 +32,11 @@ from advss_tf.models.backbones import BackboneConfig
 ATTACK_BN_MODES = ("train", "eval")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 MIXED_PRECISION = ("none", "float16", "bfloat16")
-SCHEDULES = ("cosine", "constant", "step")  # learning-rate schedules after the warm-up (training/schedules.py)
+# Learning-rate schedules after the warm-up (training/schedules.py); the two warmup_cosine ones carry their own
+# linear warm-up of --warmup_epochs (ACL / AIR per step, DynACL per epoch).
+SCHEDULES = ("cosine", "constant", "step", "warmup_cosine", "warmup_cosine_epochs")
+OPTIMIZERS = ("sgd", "lars")  # SGD with coupled L2; LARS as ACL / DynACL / AIR (training/lars.py)
+CONTRASTIVE_TASKS = ("acl", "dynacl")  # the robust contrastive pretraining tasks (tasks/contrastive.py)
 FINETUNE_OBJECTIVES = ("standard", "adversarial", "trades")  # the losses of tasks/finetune.py
 FINETUNE_MODES = ("linear", "partial", "full")  # what trains; tasks/finetune.FROZEN_PARTS says what each freezes
 HEAD_INITS = ("glorot_uniform", "zeros")  # the new Dense head's weights: Keras' default, or the RobustSSL benchmark's
@@ -56,7 +60,8 @@ class AttackConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """SGD with momentum and coupled (PyTorch-style) L2 weight decay, plus the learning-rate schedule."""
+    """SGD with momentum and coupled (PyTorch-style) L2 weight decay, or LARS (weight decay inside its trust ratio,
+    `trust_coefficient`), plus the learning-rate schedule."""
 
     learning_rate: float = 0.1
     momentum: float = 0.9
@@ -68,8 +73,15 @@ class OptimizerConfig:
     warmup_start_lr: float = 0.01
     boundaries_epochs: tuple[int, ...] = ()
     decay_factor: float = 0.1
+    optimizer: str = "sgd"
+    trust_coefficient: float = 1e-3  # LARS only
+    warmup_epochs: float = 0.0  # the warmup_cosine schedules' linear warm-up, in epochs
 
     def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.trust_coefficient <= 0 or self.warmup_epochs < 0:
+            raise UsageError("--trust_coefficient must be > 0 and --warmup_epochs >= 0")
         if self.learning_rate <= 0:
             raise UsageError(f"--learning_rate must be > 0, got {self.learning_rate}")
         if self.weight_decay < 0:
@@ -105,6 +117,30 @@ class RuntimeConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ContrastiveConfig:
+    """The settings of the contrastive tasks (`acl`, `dynacl`; tasks/contrastive.py); docs/contrastive.md traces each
+    default to its source line."""
+
+    temperature: float = 0.5  # NT-Xent's τ
+    air: bool = False  # AIR's regularisers and loss (Xu et al. 2023)
+    air_sir_weight: float = 0.5  # AIR's λ1: the standard-invariant regulariser
+    air_air_weight: float = 0.5  # AIR's λ2: the adversarial-invariant regulariser
+    dynacl_period: int = 50  # DynACL's K: the augmentation strength (and loss weight) change every K epochs
+    dynacl_swap_param: float = 2 / 3  # DynACL's λ (swap_param) in the adversarial loss weight
+    dynacl_encoder_momentum: float = 0.99  # DynACL's momentum encoder m
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise UsageError(f"--temperature must be > 0, got {self.temperature}")
+        if min(self.air_sir_weight, self.air_air_weight, self.dynacl_swap_param) < 0:
+            raise UsageError("--air_sir_weight, --air_air_weight and --dynacl_swap_param must be >= 0")
+        if self.dynacl_period < 1:
+            raise UsageError(f"--dynacl_period must be >= 1 (epochs), got {self.dynacl_period}")
+        if not 0.0 <= self.dynacl_encoder_momentum < 1.0:
+            raise UsageError(f"--dynacl_encoder_momentum must be in [0, 1), got {self.dynacl_encoder_momentum}")
+
+
+@dataclasses.dataclass(frozen=True)
 class PretrainConfig:
     """Everything a pretraining run depends on."""
 
@@ -128,11 +164,14 @@ class PretrainConfig:
     selfie_dropout: float = 0.1
     selfie_logit_scale: float = 0.0  # 0: 1/sqrt(trunk width)
     diversity_weight: float = 0.1
+    contrastive: ContrastiveConfig = ContrastiveConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise UsageError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if self.task in CONTRASTIVE_TASKS and not self.adversarial:
+            raise UsageError(f"--task={self.task} is adversarial contrastive pretraining: it has no --noadversarial")
         _check_length(self)
         if self.jigsaw_permutations < 1:
             raise UsageError(f"--jigsaw_permutations must be >= 1, got {self.jigsaw_permutations}")
@@ -188,6 +227,7 @@ class FinetuneConfig:
 
     model_dir: str
     pretrained: str | None = None
+    pretrained_route: str | None = None  # an export with two BatchNorm routes: which one (None: adversarial)
     backbone: BackboneConfig | None = None
     sync_bn: bool = False
     mode: str = "full"
@@ -223,6 +263,8 @@ class FinetuneConfig:
             raise UsageError(f"--aux_rotation_weight must be >= 0, got {self.aux_rotation_weight}")
         if self.aux_rotation_weight > 0 and self.objective == "trades":
             raise UsageError("--aux_rotation_weight goes with --objective=adversarial or standard, not trades")
+        if self.pretrained_route is not None and not self.pretrained:
+            raise UsageError("--pretrained_route chooses a route of a --pretrained export: give --pretrained")
         if self.mode != "full" and not self.pretrained:
             raise UsageError(f"--mode={self.mode} freezes the backbone: it needs --pretrained=<pretraining export>")
         if self.batch_size < 1 or self.val_batch_size < 1:
@@ -282,30 +324,41 @@ def versions() -> dict[str, str]:
 _NOT_IDENTITY = ("runtime", "model_dir", "versions", "data_info")
 
 
-def top_level_defaults(config_class) -> dict[str, Any]:
-    """The defaults of a config dataclass's own fields, as config.json writes them (nested configs as dicts)."""
+def _defaults(cls) -> dict[str, Any]:
+    """The fields of dataclass `cls` that have defaults, at their defaults (nested dataclasses as dicts)."""
     out = {}
-    for field in dataclasses.fields(config_class):
+    for field in dataclasses.fields(cls):
         if field.default is not dataclasses.MISSING:
             value = field.default
         elif field.default_factory is not dataclasses.MISSING:
             value = field.default_factory()
         else:
             continue
-        out[field.name] = to_dict(value) if dataclasses.is_dataclass(value) else value
-    return json.loads(json.dumps(out))  # tuples as lists, as in config.json
+        out[field.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return json.loads(json.dumps(out))  # as config.json holds them (tuples as lists)
 
 
-def identity(config_dict: dict[str, Any], config_class=None) -> dict[str, Any]:
+def with_added_defaults(old: dict[str, Any], config) -> dict[str, Any]:
+    """`old` (a config.json's dict) with every field of `config`'s class it lacks at its default, nested configs
+    included: a config.json written before a field existed (the optimizer's name, the contrastive settings) meant
+    its default, so such a run still resumes."""
+
+    def fill(d: dict[str, Any], cls) -> dict[str, Any]:
+        out = {**_defaults(cls), **d}
+        for field in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(field.default) and isinstance(out.get(field.name), dict):
+                out[field.name] = fill(out[field.name], type(field.default))
+        return out
+
+    return fill(old, type(config))
+
+
+def identity(config_dict: dict[str, Any]) -> dict[str, Any]:
     """The part of a config that makes a run what it is (runtime, output location and data facts excluded).
 
     A config.json written before the data fields of `LEGACY_DEFAULTS` existed meant their defaults: they are filled
-    in, so such a run still resumes. Likewise, with `config_class`, a top-level field the file lacks was added
-    later, and a new field's default is always the behaviour from before it (the rule for adding one): it is filled
-    in with that default.
+    in, so such a run still resumes (other fields added later: `with_added_defaults`).
     """
-    if config_class is not None:
-        config_dict = {**top_level_defaults(config_class), **config_dict}
     out = {k: v for k, v in config_dict.items() if k not in _NOT_IDENTITY}
     if isinstance(out.get("data"), dict):
         out["data"] = {**LEGACY_DEFAULTS, **out["data"]}

@@ -23,6 +23,12 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string(
     "pretrained", None, "Pretraining export to start from (<pretrain model_dir>/export/pretrain); none: random init."
 )
+flags.DEFINE_string(
+    "pretrained_route",
+    None,
+    "An export with two BatchNorm routes (acl, dynacl): which one the classifier starts from, clean or adversarial "
+    "(default: adversarial, as ACL fine-tunes); refused for an export with one.",
+)
 common_flags.define_model_flags(None, "Backbone; default: the export's (resnet18 without --pretrained).")
 flags.DEFINE_enum(
     "mode", "full", FINETUNE_MODES, "What trains: linear = Dense only, partial = stage 4 + Dense, full = all."
@@ -96,6 +102,7 @@ def config_from_flags():
     return FinetuneConfig(
         model_dir=FLAGS.model_dir or default_model_dir(FLAGS.pretrained, FLAGS.aux_rotation_weight),
         pretrained=FLAGS.pretrained,
+        pretrained_route=FLAGS.pretrained_route,
         backbone=BackboneConfig(FLAGS.backbone, FLAGS.sync_bn) if FLAGS.backbone else None,
         sync_bn=FLAGS.sync_bn,
         mode=FLAGS.mode,

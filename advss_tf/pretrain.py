@@ -33,6 +33,13 @@ flags.DEFINE_float(
     "Selfie: factor on the query-patch dot products; 0 = 1/sqrt(trunk width), 1 = the reference's raw products.",
 )
 flags.DEFINE_float("diversity_weight", 0.1, "Ensemble: λ of the gradient-diversity regulariser h.")
+flags.DEFINE_float("temperature", 0.5, "acl / dynacl: NT-Xent's temperature τ.")
+flags.DEFINE_bool("air", False, "acl / dynacl: add AIR's standard- and adversarial-invariant regularisers (and loss).")
+flags.DEFINE_float("air_sir_weight", 0.5, "AIR: λ1, the weight of the standard-invariant regulariser.")
+flags.DEFINE_float("air_air_weight", 0.5, "AIR: λ2, the weight of the adversarial-invariant regulariser.")
+flags.DEFINE_integer("dynacl_period", 50, "dynacl: K, epochs between changes of the augmentation strength.")
+flags.DEFINE_float("dynacl_swap_param", 2 / 3, "dynacl: λ of the adversarial loss weight (their swap_param).")
+flags.DEFINE_float("dynacl_encoder_momentum", 0.99, "dynacl: momentum m of the key encoder (without --air).")
 
 common_flags.define_run_flags()
 common_flags.define_data_flags()
@@ -43,7 +50,7 @@ common_flags.define_runtime_flags()
 
 
 def config_from_flags():
-    from advss_tf.config import PretrainConfig
+    from advss_tf.config import ContrastiveConfig, PretrainConfig
     from advss_tf.models.backbones import BackboneConfig
 
     return PretrainConfig(
@@ -59,6 +66,15 @@ def config_from_flags():
         selfie_dropout=FLAGS.selfie_dropout,
         selfie_logit_scale=FLAGS.selfie_logit_scale,
         diversity_weight=FLAGS.diversity_weight,
+        contrastive=ContrastiveConfig(
+            temperature=FLAGS.temperature,
+            air=FLAGS.air,
+            air_sir_weight=FLAGS.air_sir_weight,
+            air_air_weight=FLAGS.air_air_weight,
+            dynacl_period=FLAGS.dynacl_period,
+            dynacl_swap_param=FLAGS.dynacl_swap_param,
+            dynacl_encoder_momentum=FLAGS.dynacl_encoder_momentum,
+        ),
         **common_flags.training_config_fields(),
     )
 

@@ -42,10 +42,9 @@ def prepare(model_dir: str, config, overwrite: bool, data_info: dict[str, Any] |
         except (OSError, ValueError) as e:
             raise UsageError(f"{cfg_path} is unreadable ({e}); pass --overwrite to start a new run there") from e
         _check_architecture(model_dir, old, new, overwrite)
-        old = _with_arch_version(old)
-        old_id, new_id = config_lib.identity(old, type(config)), config_lib.identity(new)
-        same = old_id == new_id
-        if same and not overwrite:
+        old = config_lib.with_added_defaults(_with_arch_version(old), config)
+        old_id, new_id = config_lib.identity(old), config_lib.identity(new)
+        if old_id == new_id and not overwrite:
             return os.path.isdir(path(model_dir, CHECKPOINTS))
         if not overwrite:
             diff = sorted(k for k in set(old_id) | set(new_id) if old_id.get(k) != new_id.get(k))

@@ -59,11 +59,14 @@ def pretrain_configs():
     return _configs("pretrain")
 
 
+CONTRASTIVE = ("acl", "dynacl")  # their settings: test_paper_contrastive_flagfiles_carry_their_code
+
+
 def test_pretrain_flagfiles_build_configs_and_the_paper_ones_carry_the_spec(pretrain_configs):
-    assert len(pretrain_configs) == 8
+    assert len(pretrain_configs) == 12
     for path, cfg in pretrain_configs.items():
         assert os.path.basename(path) == f"pretrain_{cfg['task']}.flags", path
-        if path.startswith("flags/paper/"):
+        if path.startswith("flags/paper/") and cfg["task"] not in CONTRASTIVE:
             assert cfg["backbone"]["name"] == "resnet50v2" and cfg["data"]["source"] == "tfds", path
             assert cfg["adversarial"], path
             assert cfg["attack"]["eps"] == pytest.approx(8 / 255), path
@@ -170,7 +173,7 @@ def _flag_sources(path) -> dict[str, str]:
 
 def test_paper_pretrain_flagfiles_carry_the_latest_revision_and_say_where_each_value_comes_from(pretrain_configs):
     paper = {c["task"]: (p, c) for p, c in pretrain_configs.items() if p.startswith("flags/paper/")}
-    assert sorted(paper) == sorted(SPEC_PRETRAIN)
+    assert sorted(paper) == sorted([*SPEC_PRETRAIN, *CONTRASTIVE])
     for task, (batch, epochs, wd, lr, nesterov, warmup) in SPEC_PRETRAIN.items():
         path, cfg = paper[task]
         opt = cfg["optimizer"]
@@ -180,12 +183,29 @@ def test_paper_pretrain_flagfiles_carry_the_latest_revision_and_say_where_each_v
         assert (README_BATCH.get(task) or "default") in sources[f"--batch_size={batch}"], path
 
 
+def test_paper_contrastive_flagfiles_carry_their_code(pretrain_configs):
+    """ACL's and DynACL's settings (docs/contrastive.md): 1000 epochs, batch 512, LARS 5.0 / 0.9 / 1e-6 / 1e-3 with a
+    10-epoch warm-up, τ 0.5, contrastive PGD-5 at 8/255 step 2/255 in inference mode, the post-activation ResNet-18."""
+    paper = {c["task"]: c for p, c in pretrain_configs.items() if p.startswith("flags/paper/")}
+    for task, schedule in (("acl", "warmup_cosine"), ("dynacl", "warmup_cosine_epochs")):
+        cfg, opt = paper[task], paper[task]["optimizer"]
+        assert (cfg["epochs"], cfg["batch_size"], cfg["backbone"]["name"]) == (1000, 512, "resnet18_post"), task
+        got = (opt["optimizer"], opt["learning_rate"], opt["momentum"], opt["weight_decay"], opt["trust_coefficient"])
+        assert got == ("lars", 5.0, 0.9, 1e-6, 1e-3), task
+        assert (opt["schedule"], opt["warmup_epochs"], opt["warmup_steps"], opt["final_lr"]) == (schedule, 10, 0, 1e-6)
+        assert cfg["attack"]["eps"] == pytest.approx(8 / 255) and cfg["attack"]["step_size"] == pytest.approx(2 / 255)
+        assert (cfg["attack"]["steps"], cfg["attack"]["bn"], cfg["contrastive"]["temperature"]) == (5, "eval", 0.5)
+    dynacl = paper["dynacl"]["contrastive"]
+    assert (dynacl["dynacl_period"], dynacl["dynacl_encoder_momentum"]) == (50, 0.99)
+    assert dynacl["dynacl_swap_param"] == pytest.approx(2 / 3) and not dynacl["air"]
+
+
 def test_every_paper_flag_says_where_its_value_comes_from():
     paths = sorted(
         glob.glob(os.path.join(REPO, "flags", "paper", "p*.flags"))
         + glob.glob(os.path.join(REPO, "flags", "paper", "f*.flags"))
     )
-    assert len(paths) == 15
+    assert len(paths) == 17
     for path in paths:
         for flag, source in _flag_sources(path).items():
             assert any(w in source for w in SOURCE_WORDS), f"{os.path.basename(path)}: {flag} has no source comment"

@@ -26,16 +26,23 @@ TEMPERATURE = 0.5  # ACL utils.py:238 (nt_xent(x, t=0.5)); DynACL utils.py:292; 
 _MASKED = -1e9  # an anchor's logit against itself: exp(_MASKED - max) is 0 in float32
 
 
-def _gathered(z1: tf.Tensor, z2: tf.Tensor, cross_replica: bool) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """(view-1 keys [G, D], view-2 keys [G, D], this replica's first row in them): every replica's rows in replica
-    order, or this replica's own where there is one replica or `cross_replica` is False."""
+def global_rows(*tensors: tf.Tensor, cross_replica: bool = True) -> tuple[list[tf.Tensor], tf.Tensor]:
+    """(each tensor's rows from every replica in replica order [G, ...], this replica's first row in them); this
+    replica's own where there is one replica or `cross_replica` is False. Differentiable: each replica gets back the
+    gradients of its own rows from every replica's loss."""
     ctx = tf.distribute.get_replica_context()
     if not cross_replica or ctx is None or ctx.num_replicas_in_sync == 1:
-        return z1, z2, tf.constant(0, tf.int32)
-    sizes = ctx.all_gather(tf.shape(z1)[:1], axis=0)  # [replicas]: uneven last batches are allowed
+        return list(tensors), tf.constant(0, tf.int32)
+    sizes = ctx.all_gather(tf.shape(tensors[0])[:1], axis=0)  # [replicas]: uneven last batches are allowed
     replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
     offset = tf.reduce_sum(sizes[:replica])
-    return ctx.all_gather(z1, axis=0), ctx.all_gather(z2, axis=0), offset
+    return [ctx.all_gather(t, axis=0) for t in tensors], offset
+
+
+def _gathered(z1: tf.Tensor, z2: tf.Tensor, cross_replica: bool) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(view-1 keys [G, D], view-2 keys [G, D], this replica's first row in them): `global_rows` of both views."""
+    (k1, k2), offset = global_rows(z1, z2, cross_replica=cross_replica)
+    return k1, k2, offset
 
 
 def _nt_xent(z1, z2, temperature: float, cross_replica: bool) -> tuple[tf.Tensor, tf.Tensor]:

@@ -71,6 +71,7 @@ def train_dataset(
     transform: Callable[[tf.Tensor, tf.Tensor, tf.Tensor], dict] | None = None,
     pad: int = 4,
     flip: bool = True,
+    step_transform: Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, int], dict] | None = None,
 ) -> tf.data.Dataset:
     """Endless batches starting at global step `start_step`.
 
@@ -80,6 +81,9 @@ def train_dataset(
     Args:
       images: uint8 [N, H, W, 3]; labels: int [N].
       transform: pure TF (float images [B,H,W,3], labels [B], seed [2]) → dict of batch tensors.
+      step_transform: used instead of `transform` when given, for inputs that change with training's progress
+        (DynACL's augmentation strength): the same arguments, then the global step (int64 scalar) and the steps
+        per epoch (int).
     """
     n = len(images)
     if global_batch_size > n:
@@ -106,7 +110,12 @@ def train_dataset(
         aug_seed, task_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(step_seed, 3))
         x = augment(to_float(tf.gather(images_t, idx)), aug_seed, pad=pad, flip=flip)
         y = tf.gather(labels_t, idx)
-        batch = transform(x, y, task_seed) if transform is not None else {"inputs": x, "labels": y}
+        if step_transform is not None:
+            batch = step_transform(x, y, task_seed, step, steps_per_epoch)
+        elif transform is not None:
+            batch = transform(x, y, task_seed)
+        else:
+            batch = {"inputs": x, "labels": y}
         noise = tf.stack(
             [tf.fill([global_batch_size], noise_seed[0]), tf.range(global_batch_size, dtype=tf.int64) + noise_seed[1]],
             1,

@@ -30,10 +30,14 @@ def infer_backbone(
         len({k[len(layer) + 1 :].split(".")[0] for k in state if k.startswith(f"{layer}.")}) for layer in layers
     )
     for name, spec in BACKBONES.items():
+        if spec.family != "resnet":  # the reference's ResNets are pre-activation ones
+            continue
         if spec.stem == stem.shape[0] and (spec.block == "bottleneck") == bottleneck and blocks[:3] == spec.blocks[:3]:
             if blocks[3] in (0, spec.blocks[3]):
                 return BackboneConfig(name)
-    shapes = ", ".join(f"{n} (stem {s.stem}, {s.block} {list(s.blocks)})" for n, s in BACKBONES.items())
+    shapes = ", ".join(
+        f"{n} (stem {s.stem}, {s.block} {list(s.blocks)})" for n, s in BACKBONES.items() if s.family == "resnet"
+    )
     raise UsageError(
         f"{where}: a ResNet with stem {stem.shape[0]}, {'bottleneck' if bottleneck else 'basic'} blocks "
         f"{[b for b in blocks if b]} is none of advss_tf's backbones: {shapes}"

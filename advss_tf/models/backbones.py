@@ -7,6 +7,7 @@ builds its trunk and stage 4 from a `BackboneConfig`, `BACKBONES` names every ba
 (docs/architecture.md, "Backbones"): the trunk is every stage but the last (the paper's θp, shared by every pretext
 head), stage 4 is the last stage, of which each head owns its own.
 
+Families: `resnet` (pre-activation ResNets), `wide_resnet`, `post_resnet` (ACL's post-activation ResNet).
 Adding a family: its module beside resnet.py (build_trunk, build_stage4, stage_channels from an `ArchSpec` and
 explicit arguments), one entry in `FAMILIES`, and its rows in `BACKBONES`.
 """
@@ -19,7 +20,7 @@ from collections.abc import Callable
 import keras
 
 from advss_tf.errors import UsageError
-from advss_tf.models import resnet, wide_resnet
+from advss_tf.models import post_resnet, resnet, wide_resnet
 from advss_tf.models.layers import ArchSpec
 
 ARCH_VERSION = 2  # what new models are built with: the reference's block (models/resnet.py)
@@ -50,6 +51,13 @@ FAMILIES: dict[str, Family] = {
         lambda cfg, name: wide_resnet.build_stage4(cfg.spec, sync_bn=cfg.sync_bn, name=name),
         wide_resnet.stage_channels,
     ),
+    # ACL / DynACL / AIR's post-activation ResNet (torchvision's block), one BatchNorm route when built here: the
+    # contrastive tasks build it with ACL's two (post_resnet.ROUTES) themselves.
+    "post_resnet": Family(
+        lambda cfg, name: post_resnet.build_trunk(cfg.spec, sync_bn=cfg.sync_bn, name=name),
+        lambda cfg, name: post_resnet.build_stage4(cfg.spec, sync_bn=cfg.sync_bn, name=name),
+        post_resnet.stage_channels,
+    ),
 }
 
 BACKBONES: dict[str, ArchSpec] = {
@@ -64,6 +72,10 @@ BACKBONES: dict[str, ArchSpec] = {
     "wrn28_10": ArchSpec("wide_resnet", "wide", (4, 4, 4), (160, 320, 640), 16),
     "wrn34_10": ArchSpec("wide_resnet", "wide", (5, 5, 5), (160, 320, 640), 16),
     "wrn10_2": ArchSpec("wide_resnet", "wide", (1, 1, 1), (32, 64, 128), 16),  # tests and CPU smoke runs
+    # The post-activation ResNet-18 of ACL, DynACL and AIR (models/post_resnet.py; ACL resnet_multi_bn.py:343-352),
+    # and tiny's widths in it for tests and CPU smoke runs.
+    "resnet18_post": ArchSpec("post_resnet", "basic", (2, 2, 2, 2), (64, 128, 256, 512), 64),
+    "tiny_post": ArchSpec("post_resnet", "basic", (1, 1, 1, 1), (16, 32, 64, 128), 16),
 }
 
 

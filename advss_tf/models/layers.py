@@ -1,7 +1,7 @@
 """What every backbone family builds with: the row of the backbone table a family reads (`ArchSpec`), the image
 normalisation inside the model, and the BatchNorm factory with its choice of layer class.
 
-The family modules (models/resnet.py, models/wide_resnet.py) import this module and nothing else of advss_tf's
+The family modules (models/resnet.py, models/wide_resnet.py, models/post_resnet.py) import this module and nothing else of advss_tf's
 models; the registry (models/backbones.py) imports them. As the reference: BatchNorm uses PyTorch's
 momentum/epsilon, and images are normalised with ImageNet statistics inside the model, so they stay in [0, 1].
 """
@@ -28,8 +28,8 @@ BN_EPSILON = 1e-5
 class ArchSpec:
     """One backbone's shape: its family (a key of models/backbones.FAMILIES) and what that family builds from."""
 
-    family: str  # "resnet" (models/resnet.py) | "wide_resnet" (models/wide_resnet.py)
-    block: str  # "basic" | "bottleneck" for the ResNets, "wide" for the WideResNets
+    family: str  # "resnet" (models/resnet.py) | "wide_resnet" (models/wide_resnet.py) | "post_resnet"
+    block: str  # "basic" | "bottleneck" for the ResNets (post_resnet: "basic"), "wide" for the WideResNets
     blocks: tuple[int, ...]  # per stage: 4 stages for the ResNets, 3 for the WideResNets
     planes: tuple[int, ...]
     stem: int

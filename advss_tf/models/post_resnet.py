@@ -16,11 +16,18 @@ Linear(C, C, no bias) → BN → ReLU → Linear(C, C, no bias) → BN, every BN
 (512 for ResNet-18), so the width follows the backbone.
 
 The parts keep the house's split (docs/architecture.md, "Backbones"): `trunk` (normalisation, stem, stages 1-3),
-`stage4` (stage 4, whose last block ends in its ReLU), then the pool and the `projection` head. Initialisation is
-ACL's: convolutions N(0, 2 / (k·k·out)) (`kaiming_normal_(mode='fan_out')`), BatchNorm 1/0, Linear layers
-PyTorch's default U(±1/√fan_in) for weights and biases. BatchNorm momentum/epsilon are PyTorch's defaults
-(0.1 / 1e-5), as the house's; the running variance moves with the biased batch variance (Keras) where PyTorch uses
-the unbiased one, a difference in training-mode statistics only.
+`stage4` (stage 4, whose last block ends in its ReLU), then the pool and the `projection` head.
+
+A family of models/backbones.py (`resnet18_post`, `tiny_post`): `build_trunk` / `build_stage4` from an `ArchSpec`
+and explicit arguments, with one BatchNorm route (`SINGLE`) unless given ACL's two; imports only models/layers.py.
+`copy_route` copies one route of a two-route part into a one-route part of the same spec (fine-tuning from an
+ACL export).
+
+Initialisation is ACL's: convolutions N(0, 2 / (k·k·out)) (`kaiming_normal_(mode='fan_out')`), BatchNorm 1/0, Linear
+layers PyTorch's default U(±1/√fan_in) for weights and biases. BatchNorm momentum/epsilon are PyTorch's defaults
+(0.1 / 1e-5), as the house's (`layers.batch_norm`, of the layer class the house chooses); the running variance
+moves with the biased batch variance (Keras) where PyTorch uses the unbiased one, a difference in training-mode
+statistics only.
 """
 
 from __future__ import annotations
@@ -30,12 +37,14 @@ from collections.abc import Sequence
 
 import keras
 
-from advss_tf.models.batch_norm import FusedBatchNormalization
-from advss_tf.models.layers import BN_EPSILON, BN_MOMENTUM, ImageNormalization, fan_out_conv
+from advss_tf.models.layers import ArchSpec, ImageNormalization, batch_norm, fan_out_conv
 
 CLEAN = "clean"  # ACL's bn_name 'normal'
 ADVERSARIAL = "adversarial"  # ACL's bn_name 'pgd'
 ROUTES = (CLEAN, ADVERSARIAL)  # in ACL's bn_names order: route i is bn_list.i
+# The one route of a backbone built through the registry (models/backbones.py): the classifier fine-tuning builds,
+# or any task but the contrastive ones. Fine-tuning fills it from the route of an export it chooses.
+SINGLE = "main"
 STAGE_STRIDES = (1, 2, 2, 2)
 RESNET18 = dict(blocks=(2, 2, 2, 2), planes=(64, 128, 256, 512), stem=64)  # ACL resnet_multi_bn.py:343-352
 
@@ -49,6 +58,13 @@ def _check_route(route: str | None, routes: Sequence[str]) -> int:
     return list(routes).index(route)
 
 
+def _track_by_name(layer: keras.layers.Layer, children: dict) -> None:
+    """Makes each child an attribute of `layer`: TensorFlow's checkpoints and SavedModels follow attributes, not the
+    lists Keras 3 keeps (a list of sublayers would be left out of `tf.train.Checkpoint` without a word)."""
+    for name, child in children.items():
+        setattr(layer, name, child)
+
+
 @keras.saving.register_keras_serializable(package="advss_tf")
 class DualBatchNormalization(keras.layers.Layer):
     """One BatchNormalization per route (ACL's `batch_norm_multiple`); `call(x, training, route)` normalises with
@@ -58,12 +74,9 @@ class DualBatchNormalization(keras.layers.Layer):
         super().__init__(**kwargs)
         self.routes = tuple(routes)
         self.synchronized = synchronized
-        self.norms = [
-            FusedBatchNormalization(
-                momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=synchronized, name=f"{self.name}_{route}"
-            )
-            for route in self.routes
-        ]
+        # The house's BatchNorm (PyTorch's momentum/epsilon, the layer class `layers.batch_norm` chooses).
+        self.norms = tuple(batch_norm(synchronized, f"{self.name}_{route}") for route in self.routes)
+        _track_by_name(self, {route: norm for route, norm in zip(self.routes, self.norms, strict=True)})
 
     def build(self, input_shape):
         for norm in self.norms:
@@ -126,14 +139,18 @@ class PostActivationBlock(keras.layers.Layer):
         }
 
 
-class _Sequence(keras.layers.Layer):
-    """Layers applied in order, each given `training` and `route` where it takes them."""
+class PostActivationPart(keras.Model):
+    """A part of the network (`trunk` or `stage4`): its layers in order, each given `training` and `route` where it
+    takes them. `parts` lists them (stem normalisation, conv, BN, ReLU, then the blocks)."""
 
-    def __init__(self, layers: list, **kwargs):
+    def __init__(self, parts: list, routes: Sequence[str] = ROUTES, **kwargs):
         super().__init__(**kwargs)
-        self.parts = layers
+        self.parts = tuple(parts)
+        self.routes = tuple(routes)
+        _track_by_name(self, {layer.name: layer for layer in self.parts})
 
     def call(self, x, training=None, route: str | None = None):
+        _check_route(route, self.routes)
         for layer in self.parts:
             if isinstance(layer, (PostActivationBlock, DualBatchNormalization)):
                 x = layer(x, training=training, route=route)
@@ -141,14 +158,93 @@ class _Sequence(keras.layers.Layer):
                 x = layer(x)
         return x
 
+    def compute_output_shape(self, input_shape):
+        for layer in self.parts:
+            if not isinstance(layer, (ImageNormalization, DualBatchNormalization, keras.layers.ReLU)):  # shape kept
+                input_shape = layer.compute_output_shape(input_shape)
+        return input_shape
 
-def _stage(stage: int, blocks: int, filters: int, routes, sync_bn: bool) -> list:
+
+def _stage(spec: ArchSpec, stage: int, routes, sync_bn: bool) -> list:
     return [
         PostActivationBlock(
-            filters, STAGE_STRIDES[stage - 1] if i == 0 else 1, routes, sync_bn, name=f"stage{stage}_block{i + 1}"
+            spec.planes[stage - 1],
+            STAGE_STRIDES[stage - 1] if i == 0 else 1,
+            routes,
+            sync_bn,
+            name=f"stage{stage}_block{i + 1}",
         )
-        for i in range(blocks)
+        for i in range(spec.blocks[stage - 1])
     ]
+
+
+def _check_spec(spec: ArchSpec) -> None:
+    if len(spec.blocks) != len(STAGE_STRIDES) or len(spec.planes) != len(STAGE_STRIDES):
+        raise ValueError(f"a post-activation ResNet has {len(STAGE_STRIDES)} stages, got {spec.blocks} / {spec.planes}")
+
+
+def stage_channels(spec: ArchSpec, stage: int) -> int:
+    """Output channels of stage 1..4 (a basic block's width)."""
+    return spec.planes[stage - 1]
+
+
+def build_trunk(
+    spec: ArchSpec, *, sync_bn: bool, routes: Sequence[str] = (SINGLE,), name: str = "trunk"
+) -> PostActivationPart:
+    """Normalisation + stem (3x3 conv stride 1 + BN + ReLU, no max-pool) + stages 1-3, built: images [N, H, W, 3] in
+    [0, 1] → [N, H/4, W/4, C3]. `routes`: its BatchNorm routes (the registry's one, or ACL's two)."""
+    _check_spec(spec)
+    stem = [
+        ImageNormalization(name="normalize"),
+        fan_out_conv(spec.stem, 3, 1, "stem_conv"),
+        DualBatchNormalization(routes, sync_bn, name="stem_bn"),
+        keras.layers.ReLU(name="stem_relu"),
+    ]
+    stages = [block for s in (1, 2, 3) for block in _stage(spec, s, routes, sync_bn)]
+    part = PostActivationPart(stem + stages, routes, name=name)
+    part(keras.ops.zeros((1, 32, 32, 3)))  # creates every weight (the shortcuts are made in build)
+    return part
+
+
+def build_stage4(
+    spec: ArchSpec, *, sync_bn: bool, routes: Sequence[str] = (SINGLE,), name: str = "stage4"
+) -> PostActivationPart:
+    """Stage 4, built: trunk feature map → [N, H/8, W/8, C4]; its last block ends in its ReLU."""
+    _check_spec(spec)
+    part = PostActivationPart(_stage(spec, 4, routes, sync_bn), routes, name=name)
+    part(keras.ops.zeros((1, 4, 4, stage_channels(spec, 3))))
+    return part
+
+
+def route_variables(layer, route: str) -> list:
+    """The variables `layer` computes with on `route`, in a fixed order: every weight the routes share, and the named
+    route's BatchNorm weights and statistics. Two parts of the same spec give lists that correspond one to one,
+    whatever their routes (fine-tuning copies an export's route into a one-route classifier with it)."""
+    if isinstance(layer, DualBatchNormalization):
+        return list(layer.norm(route).weights)
+    if isinstance(layer, PostActivationPart):
+        return [v for part in layer.parts for v in route_variables(part, route)]
+    if isinstance(layer, PostActivationBlock):
+        sub = [layer.conv1, layer.bn1, layer.conv2, layer.bn2, layer.shortcut, layer.shortcut_bn]
+        return [v for part in sub if part is not None for v in route_variables(part, route)]
+    if isinstance(layer, ProjectionHead):
+        return [
+            v for d, n in zip(layer.dense, layer.norms, strict=True) for p in (d, n) for v in route_variables(p, route)
+        ]
+    return list(layer.weights)
+
+
+def copy_route(source, target, route: str) -> None:
+    """Assigns `source`'s variables of `route` to `target`'s variables of its own (last) route.
+
+    Raises:
+      ValueError: the two parts are not of the same spec (count or shapes differ).
+    """
+    src, dst = route_variables(source, route), route_variables(target, target.routes[-1])
+    if len(src) != len(dst) or any(tuple(s.shape) != tuple(d.shape) for s, d in zip(src, dst, strict=False)):
+        raise ValueError(f"{source.name} and {target.name} are not the same network: their variables differ")
+    for s, d in zip(src, dst, strict=True):
+        d.assign(s)
 
 
 @keras.saving.register_keras_serializable(package="advss_tf")
@@ -159,11 +255,10 @@ class ProjectionHead(keras.layers.Layer):
     def __init__(self, units: int, routes: Sequence[str] = ROUTES, sync_bn: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.units, self.routes, self.sync_bn = units, tuple(routes), sync_bn
-        self.dense = []
-        self.norms = []
-        for i in range(1, 4):
-            self.dense.append(keras.layers.Dense(units, use_bias=i == 1, name=f"{self.name}_fc{i}"))
-            self.norms.append(DualBatchNormalization(self.routes, sync_bn, name=f"{self.name}_bn{i}"))
+        self.dense = tuple(keras.layers.Dense(units, use_bias=i == 1, name=f"{self.name}_fc{i}") for i in (1, 2, 3))
+        self.norms = tuple(DualBatchNormalization(self.routes, sync_bn, name=f"{self.name}_bn{i}") for i in (1, 2, 3))
+        _track_by_name(self, {f"fc{i}": d for i, d in enumerate(self.dense, 1)})
+        _track_by_name(self, {f"bn{i}": n for i, n in enumerate(self.norms, 1)})
 
     def build(self, input_shape):
         fan_in = input_shape[-1]
@@ -192,42 +287,25 @@ class ProjectionHead(keras.layers.Layer):
 
 class DualBNResNet(keras.Model):
     """Images in [0, 1] → ACL's projection (float32 [N, C4]) through the BatchNorm route `route` (default: the last
-    route, adversarial for ACL's two); `features` gives the pooled backbone features. Holds its parts by name: `trunk`, `stage4`, `projection` (`checkpoint_items`)."""
+    route, adversarial for ACL's two); `features` gives the pooled backbone features. Holds its parts by name:
+    `trunk`, `stage4`, `projection` (`checkpoint_items`)."""
 
-    def __init__(
-        self,
-        blocks: Sequence[int],
-        planes: Sequence[int],
-        stem: int,
-        routes: Sequence[str] = ROUTES,
-        sync_bn: bool = False,
-        **kwargs,
-    ):
+    def __init__(self, spec: ArchSpec, routes: Sequence[str] = ROUTES, sync_bn: bool = False, **kwargs):
         super().__init__(**kwargs)
-        if len(blocks) != len(STAGE_STRIDES) or len(planes) != len(STAGE_STRIDES):
-            raise ValueError(f"a post-activation ResNet has {len(STAGE_STRIDES)} stages, got {blocks} / {planes}")
         self.routes = tuple(routes)
-        self.blocks, self.planes, self.stem = tuple(blocks), tuple(planes), stem
-        stem_layers = [
-            ImageNormalization(name="normalize"),
-            fan_out_conv(stem, 3, 1, "stem_conv"),
-            DualBatchNormalization(self.routes, sync_bn, name="stem_bn"),
-            keras.layers.ReLU(name="stem_relu"),
-        ]
-        stages = [block for s in (1, 2, 3) for block in _stage(s, blocks[s - 1], planes[s - 1], self.routes, sync_bn)]
-        self.trunk = _Sequence(stem_layers + stages, name="trunk")
-        self.stage4 = _Sequence(_stage(4, blocks[3], planes[3], self.routes, sync_bn), name="stage4")
+        self.spec = spec
+        self.trunk = build_trunk(spec, sync_bn=sync_bn, routes=self.routes)
+        self.stage4 = build_stage4(spec, sync_bn=sync_bn, routes=self.routes)
         self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
-        self.projection = ProjectionHead(planes[3], self.routes, sync_bn, name="projection")
-        self(keras.ops.zeros((1, 32, 32, 3)))  # creates every weight (the shortcuts are made in build)
+        self.projection = ProjectionHead(self.feature_dim, self.routes, sync_bn, name="projection")
+        self(keras.ops.zeros((1, 32, 32, 3)))
 
     @property
     def feature_dim(self) -> int:
-        return self.planes[3]
+        return stage_channels(self.spec, len(STAGE_STRIDES))
 
     def features(self, images, training: bool = False, route: str | None = None):
         """Pooled stage-4 features [N, C4] through `route`'s BatchNorms."""
-        _check_route(route, self.routes)
         x = self.trunk(images, training=training, route=route)
         return self.pool(self.stage4(x, training=training, route=route))
 
@@ -249,4 +327,5 @@ def build_post_resnet(
     name: str = "post_resnet",
 ) -> DualBNResNet:
     """ACL's network (defaults: ResNet-18 with the clean and adversarial routes), built and ready to call."""
-    return DualBNResNet(blocks, planes, stem, routes, sync_bn, name=name)
+    spec = ArchSpec("post_resnet", "basic", tuple(blocks), tuple(planes), stem)
+    return DualBNResNet(spec, routes, sync_bn, name=name)

@@ -34,6 +34,10 @@ class Task(Protocol):
 
         Pure TF, traced inside the tf.data pipeline (no NumPy or Python randomness); the returned dict (e.g.
         {'inputs', 'labels'}) is what `craft` and `losses` receive, with the loop's `noise_seed` added.
+
+        A task whose inputs change with training's progress (DynACL's augmentation strength, tasks/contrastive.py)
+        also defines `step_transform(images, labels, seed, step, steps_per_epoch)`, which the training pipeline
+        then calls instead, with the global step (int64 scalar); `transform` stays what step 0 gives.
         """
 
     def craft(self, model: keras.Model, batch: dict, seed: tf.Tensor, bn_training: bool) -> Any:

@@ -15,6 +15,7 @@ from advss_tf.errors import UsageError
 from advss_tf.pretext import rotation
 from advss_tf.tasks.base import PretrainingTask
 from advss_tf.tasks.classification import jigsaw_task, rotation_task
+from advss_tf.tasks.contrastive import acl_task, dynacl_task
 from advss_tf.tasks.ensemble import EnsembleTask
 from advss_tf.tasks.selfie import SelfieTask
 
@@ -26,6 +27,9 @@ TABLE: dict[str, tuple[Callable[[PretrainConfig], PretrainingTask], dict[str, An
     "jigsaw": (jigsaw_task, dict(pad=4, flip=True)),
     "selfie": (SelfieTask, dict(pad=2, flip=False)),
     "ensemble": (EnsembleTask, dict(pad=4, flip=True)),
+    # The contrastive tasks draw their own SimCLR views from the image as it is (AIR also uses the image itself).
+    "acl": (acl_task, dict(pad=0, flip=False)),
+    "dynacl": (dynacl_task, dict(pad=0, flip=False)),
 }
 # What each task needs of the images: rotation turns them (square), the patch tasks cut them into the 4x4 grid.
 IMAGE_CHECKS: dict[str, tuple[Callable[[Any, str], None], ...]] = {

@@ -22,6 +22,7 @@ from advss_tf.config import FinetuneConfig, to_dict, versions
 from advss_tf.data import datasets, pipeline
 from advss_tf.data.datasets import DatasetInfo
 from advss_tf.errors import UsageError
+from advss_tf.models import post_resnet
 from advss_tf.models.backbones import BackboneConfig
 from advss_tf.models.classifier import ImageClassifier
 from advss_tf.tasks.finetune import FROZEN_PARTS, FinetuneTask, trainable_variables
@@ -66,9 +67,26 @@ def resolve_backbone(cfg: FinetuneConfig) -> tuple[FinetuneConfig, dict[str, Any
     return dataclasses.replace(cfg, backbone=BackboneConfig.from_dict(info["backbone"], sync_bn=sync_bn)), info
 
 
-def restore_pretrained(path: str, info: dict[str, Any], model: ImageClassifier, head: bool = False) -> list[str]:
+def pretrained_route(info: dict[str, Any], route: str | None, path: str) -> str | None:
+    """The BatchNorm route fine-tuning restores from an export with several (`--pretrained_route`, default the
+    adversarial one: what ACL fine-tunes from); None for an export with one, where choosing one is refused."""
+    routes = info.get("routes", [])
+    if len(routes) < 2:
+        if route is not None:
+            raise UsageError(f"--pretrained_route={route}: {path} has one BatchNorm route; drop --pretrained_route")
+        return None
+    route = route or post_resnet.ADVERSARIAL
+    if route not in routes:
+        raise UsageError(f"--pretrained_route={route} is not a route of {path}; valid: {', '.join(routes)}")
+    return route
+
+
+def restore_pretrained(
+    path: str, info: dict[str, Any], model: ImageClassifier, route: str | None = None, head: bool = False
+) -> list[str]:
     """Restores trunk (and stage 4 when the export has one; the head too with `head`) into `model`; every variable
-    must match.
+    must match. From an export with BatchNorm routes (ACL's), `route`'s BatchNorms go into the classifier's one
+    route.
 
     Returns:
       The restored part names.
@@ -80,7 +98,16 @@ def restore_pretrained(path: str, info: dict[str, Any], model: ImageClassifier, 
         if "head" not in info.get("parts", []):
             raise UsageError(f"--restore_head: {path} has no head (parts: {', '.join(info.get('parts', []))})")
         parts["head"] = model.head
-    export.restore_parts(path, **parts)
+    if route is None:
+        export.restore_parts(path, **parts)
+        return sorted(parts)
+    spec, sync_bn, routes = model.backbone.spec, model.backbone.sync_bn, tuple(info["routes"])
+    routed = {"trunk": post_resnet.build_trunk(spec, sync_bn=sync_bn, routes=routes)}
+    if "stage4" in parts:
+        routed["stage4"] = post_resnet.build_stage4(spec, sync_bn=sync_bn, routes=routes)
+    export.restore_parts(path, **routed, **({"head": parts["head"]} if head else {}))  # a head has no BatchNorm
+    for name, part in routed.items():
+        post_resnet.copy_route(part, parts[name], route)
     return sorted(parts)
 
 
@@ -106,6 +133,8 @@ class FinetuneRun(runs.RunKind):
     def resolve(self, cfg: FinetuneConfig) -> FinetuneConfig:
         cfg, self.info = resolve_backbone(cfg)  # a foreign or missing export fails before anything is written
         info = self.info
+        if info is not None:
+            pretrained_route(info, cfg.pretrained_route, cfg.pretrained)  # a route the export lacks fails here
         if info is not None and cfg.mode == "linear" and "stage4" not in info.get("parts", []):
             raise UsageError(
                 f"{cfg.pretrained} has no stage 4 (parts: {', '.join(info['parts'])}); --mode=linear would freeze a "
@@ -157,13 +186,15 @@ class FinetuneRun(runs.RunKind):
             for v in model.head.variables:
                 v.assign(tf.zeros_like(v))
         if self.info is not None:
-            restored = restore_pretrained(cfg.pretrained, self.info, model, head=cfg.restore_head)
+            route = pretrained_route(self.info, cfg.pretrained_route, cfg.pretrained)
+            restored = restore_pretrained(cfg.pretrained, self.info, model, route, head=cfg.restore_head)
             fresh = sorted({"trunk", "stage4"} - set(restored))
             logging.info(
-                "restored %s from the %s export %s%s",
+                "restored %s from the %s export %s%s%s",
                 " and ".join(restored),
                 self.info.get("task", "?"),
                 cfg.pretrained,
+                f" (its {route} BatchNorm route)" if route else "",
                 f"; {', '.join(fresh)} starts from random init (not in the export)" if fresh else "",
             )
         else:
@@ -265,7 +296,15 @@ class FinetuneRun(runs.RunKind):
             "backbone": to_dict(cfg.backbone),
             "num_classes": data_info.num_classes,
             "data": {**data_info.to_dict(), "class_names": list(data_info.class_names)},
-            "pretrained": {"path": cfg.pretrained, "task": info.get("task")} if info else None,
+            "pretrained": (
+                {
+                    "path": cfg.pretrained,
+                    "task": info.get("task"),
+                    "route": pretrained_route(info, cfg.pretrained_route, cfg.pretrained),
+                }
+                if info
+                else None
+            ),
             "config": to_dict(cfg),
             "versions": versions(),
         }

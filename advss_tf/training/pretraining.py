@@ -35,7 +35,9 @@ class PretrainRun(runs.RunKind):
         task = build_task(cfg)
         model = task.build_model()
         extras = task.extra_checkpoint_items()
-        return runs.Built(task, model, model.trainable_variables, checkpoint_items=extras, must_match=extras)
+        # A task may train a subset of its model (DynACL's query encoder; its momentum key is moved, not trained).
+        trained = task.trained_variables(model) if hasattr(task, "trained_variables") else model.trainable_variables
+        return runs.Built(task, model, trained, checkpoint_items=extras, must_match=extras)
 
     def augmentation(self, cfg: PretrainConfig) -> dict[str, Any]:
         return AUGMENTATION[cfg.task]

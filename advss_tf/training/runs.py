@@ -29,6 +29,7 @@ from advss_tf.config import to_dict, versions
 from advss_tf.data import datasets, pipeline
 from advss_tf.errors import UsageError
 from advss_tf.training import cluster, loop
+from advss_tf.training.lars import LARS
 from advss_tf.training.schedules import LearningRate
 from advss_tf.training.strategy import make_strategy, per_replica_batch
 
@@ -256,7 +257,7 @@ def make_trainer(
         built.model,
         optimizer,
         global_batch_size=cfg.batch_size,
-        weight_decay=cfg.optimizer.weight_decay,
+        weight_decay=coupled_weight_decay(cfg.optimizer),
         adversarial=cfg.adversarial,
         attack_bn_train=cfg.attack.bn == "train",
         jit_compile=cfg.runtime.jit_compile,
@@ -276,6 +277,8 @@ def input_iterator(
         seed=cfg.seed,
         start_step=start_step,
         transform=task.transform,
+        # A task whose inputs follow training's progress (tasks/base.py: `step_transform`) gets the step as well.
+        step_transform=getattr(task, "step_transform", None),
         **kind.augmentation(cfg),
     )
     return iter(cluster.distribute_dataset(strategy, dataset))
@@ -306,6 +309,11 @@ def precision_warning(mode: str, on_gpu: bool, amx_bf16: bool | None) -> str | N
     return None
 
 
+def coupled_weight_decay(opt_cfg) -> float:
+    """The L2 the loop adds to the loss: SGD's weight decay; none for LARS, which applies its own."""
+    return opt_cfg.weight_decay if opt_cfg.optimizer == "sgd" else 0.0
+
+
 def make_optimizer(cfg, steps_per_epoch: int, total_steps: int, mixed_precision: str):
     opt_cfg = cfg.optimizer
     lr = LearningRate(
@@ -318,8 +326,17 @@ def make_optimizer(cfg, steps_per_epoch: int, total_steps: int, mixed_precision:
         final_lr=opt_cfg.final_lr,
         boundaries_epochs=opt_cfg.boundaries_epochs,
         decay_factor=opt_cfg.decay_factor,
+        warmup_epochs=opt_cfg.warmup_epochs,
     )
-    opt = keras.optimizers.SGD(learning_rate=lr, momentum=opt_cfg.momentum, nesterov=opt_cfg.nesterov)
+    if opt_cfg.optimizer == "lars":  # weight decay inside the trust ratio (`coupled_weight_decay` leaves it out)
+        opt = LARS(
+            learning_rate=lr,
+            momentum=opt_cfg.momentum,
+            weight_decay_rate=opt_cfg.weight_decay,
+            trust_coefficient=opt_cfg.trust_coefficient,
+        )
+    else:
+        opt = keras.optimizers.SGD(learning_rate=lr, momentum=opt_cfg.momentum, nesterov=opt_cfg.nesterov)
     if mixed_precision == "float16":
         opt = keras.optimizers.LossScaleOptimizer(opt)
     return opt, lr

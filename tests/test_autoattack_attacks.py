@@ -8,7 +8,7 @@ import pytest
 import scipy.optimize
 import tensorflow as tf
 
-from advss_tf.attacks import fab, losses, registry, square, targets
+from advss_tf.attacks import apgd, fab, losses, registry, square, targets
 
 SEED = tf.constant([7, 11], tf.int64)
 NEW_ATTACKS = ("apgd_t", "fab_t", "square")
@@ -200,3 +200,41 @@ def test_registry_records_the_standard_versions_settings():
     assert rows["square"]["steps"] == 5000 and rows["square"]["targets"] is None
     assert all(r["epsilon_label"] == "8/255" for r in rows.values())
     assert registry.ATTACKS["apgd_t"].with_budget(4 / 255).step_size == pytest.approx(8 / 255)
+
+
+FAST_PATH_ATTACKS = {
+    "apgd_ce": functools.partial(apgd.apgd, steps=20),
+    "apgd_t": functools.partial(apgd.apgd_targeted, steps=20, targets=3),
+    "fab_t": functools.partial(fab.fab_targeted, steps=20, targets=3),
+}
+
+
+@pytest.mark.parametrize("name", FAST_PATH_ATTACKS)
+def test_the_fast_path_has_the_plain_paths_outcomes_with_less_work(trained_classifier, name):
+    """`fast=True` (the default: fooled examples stop, the targets of few survivors run stacked) and `fast=False`
+    (every example runs every target to the end, one target after another) leave the same examples robust, each
+    checked in the same traced call as the evaluator does; the fast path runs fewer image-forwards."""
+    model, x, y = trained_classifier
+    x, y = x[:24], y[:24].astype(np.int64)
+    forwards = tf.Variable(0, dtype=tf.int64)
+
+    def counted(z):
+        forwards.assign_add(tf.cast(tf.shape(z)[0], tf.int64))
+        return model(z, training=False)
+
+    outcomes, work = {}, {}
+    for fast in (False, True):
+
+        @tf.function(input_signature=_SIGNATURE[:2])
+        def attack(a, b, fast=fast):
+            x_adv = FAST_PATH_ATTACKS[name](counted, a, b, eps=0.5 / 255, seed=SEED, fast=fast)
+            return tf.argmax(model(x_adv, training=False), -1) == b, x_adv
+
+        forwards.assign(0)
+        robust, x_adv = attack(x, y)
+        outcomes[fast], work[fast] = robust.numpy(), int(forwards.numpy())
+        assert registry.perturbation_norm(x_adv, x, "linf").numpy().max() <= 0.5 / 255 + 1e-6
+    # Informative: the attack breaks some examples and leaves others.
+    assert 0 < outcomes[False].sum() < len(y), outcomes[False]
+    np.testing.assert_array_equal(outcomes[True], outcomes[False])
+    assert work[True] < work[False], work

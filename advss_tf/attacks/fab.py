@@ -21,16 +21,20 @@ standard version runs one restart from the clean image (no random start), so the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tensorflow as tf
 
 from advss_tf.attacks.pgd import ModelFn
-from advss_tf.attacks.targets import each_target
+from advss_tf.attacks.targets import STACK_ROWS, compacts, each_target, settled_examples, stacked
 
 ALPHA_MAX = 0.1  # α_max: the largest weight of the step from the clean image
 ETA = 1.05  # η: extrapolation of the projection step past the linearised boundary
 BETA = 0.9  # β: backward step towards the clean image after a success
 FINAL_SEARCH_STEPS = 10  # bisection steps of the final search (the segment shrinks 2^10-fold)
 _FAR = 1e10  # the distance of "no adversarial point yet"
+# A point this much within ε stays within it through the final search's rounding (distances in [0, 1]: a few ulps).
+_ROUNDING = 1e-6
 
 
 def _least_multiplier(slope: tf.Tensor, kink: tf.Tensor, c: tf.Tensor) -> tf.Tensor:
@@ -40,8 +44,9 @@ def _least_multiplier(slope: tf.Tensor, kink: tf.Tensor, c: tf.Tensor) -> tf.Ten
     every kink from cumulative sums, the first kink where g reaches c brackets λ, and g is linear before it. Rows
     where even g(∞) = Σ slope_i·kink_i < c get +∞.
     """
-    order = tf.argsort(kink, axis=1)
-    kink_sorted = tf.gather(kink, order, batch_dims=1)
+    # Ascending by kink (ties: lower index first) as tf.argsort, which is this top_k; its values spare a gather.
+    negated, order = tf.math.top_k(-kink, k=tf.shape(kink)[1])
+    kink_sorted = -negated
     slope_sorted = tf.gather(slope, order, batch_dims=1)
     slope_below = tf.cumsum(slope_sorted, axis=1)  # Σ_{j ≤ k} slope_(j)
     slope_total = slope_below[:, -1:]
@@ -137,53 +142,78 @@ def fab_run(
     eta: float = ETA,
     beta: float = BETA,
     norm: str = "linf",
+    settled: Callable[[tf.Tensor], tf.Tensor] | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """One targeted FAB run from the clean images: (closest point found within ε, else x; success bool [N]).
 
     `norm` ("linf" or "l2") picks the projection and the distance; α_max, η and β are the same for both, as in the
-    reference.
+    reference. `settled`: bool [N] (a point within ε found) → bool [N], the rows that may stop: their state stays
+    as it was and the others iterate on alone (a dynamic batch dimension). Further iterations only ever replace a
+    row's point by a closer one, so a row with a point within ε succeeds either way. None: every row runs every
+    iteration, as the reference.
     """
     _check_norm(norm)
     project, distance = PROJECTIONS[norm], DISTANCES[norm]
     shape = tf.shape(x)
-    flat = lambda v: tf.reshape(v, [shape[0], -1])  # noqa: E731
+    flat = lambda v: tf.reshape(v, [tf.shape(v)[0], -1])  # noqa: E731
     x0 = flat(x)
     labels = tf.cast(labels, tf.int32)
     target = tf.cast(target, tf.int32)
 
-    def predicted_wrong(points):
-        return tf.argmax(model_fn(tf.reshape(points, shape)), axis=-1, output_type=tf.int32) != labels
+    def unflat(points):
+        return tf.reshape(points, tf.concat([tf.shape(points)[:1], shape[1:]], 0))
 
-    def body(i, x1, best, best_dist):
+    def predicted_wrong(points, labels):
+        return tf.argmax(model_fn(unflat(points)), axis=-1, output_type=tf.int32) != labels
+
+    def step(x1, best, best_dist, take):
+        x0_rows, labels_rows, target_rows = take(x0), take(labels), take(target)
         with tf.GradientTape() as tape:
             tape.watch(x1)
-            logits = tf.cast(model_fn(tf.reshape(x1, shape)), tf.float32)
-            f = tf.gather(logits, target, batch_dims=1) - tf.gather(logits, labels, batch_dims=1)
+            logits = tf.cast(model_fn(unflat(x1)), tf.float32)
+            f = tf.gather(logits, target_rows, batch_dims=1) - tf.gather(logits, labels_rows, batch_dims=1)
         w = tape.gradient(f, x1, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         b = tf.reduce_sum(w * x1, axis=1) - f
         # One projection call for both starting points, as the two share the hyperplane.
-        d = project(tf.concat([x1, x0], 0), tf.concat([w, w], 0), tf.concat([b, b], 0))
+        d = project(tf.concat([x1, x0_rows], 0), tf.concat([w, w], 0), tf.concat([b, b], 0))
         d1, d2 = tf.split(d, 2, axis=0)
         a1, a2 = tf.maximum(distance(d1), 1e-8), tf.maximum(distance(d2), 1e-8)
         alpha = tf.clip_by_value(a1 / (a1 + a2), 0.0, alpha_max)[:, None]
-        x1 = tf.clip_by_value((1.0 - alpha) * (x1 + eta * d1) + alpha * (x0 + eta * d2), 0.0, 1.0)
+        x1 = tf.clip_by_value((1.0 - alpha) * (x1 + eta * d1) + alpha * (x0_rows + eta * d2), 0.0, 1.0)
         x1 = tf.stop_gradient(x1)
-        wrong = predicted_wrong(x1)
-        dist = distance(x1 - x0)
+        wrong = predicted_wrong(x1, labels_rows)
+        dist = distance(x1 - x0_rows)
         closer = wrong & (dist < best_dist)
         best = tf.where(closer[:, None], x1, best)
         best_dist = tf.where(closer, dist, best_dist)
-        x1 = tf.where(wrong[:, None], x0 + beta * (x1 - x0), x1)
-        return i + 1, x1, best, best_dist
+        x1 = tf.where(wrong[:, None], x0_rows + beta * (x1 - x0_rows), x1)
+        return x1, best, best_dist
+
+    def within(best_dist):
+        # A point within ε, with room for the rounding of the final search's x + t·(best − x) (see `settled`).
+        return best_dist + _ROUNDING <= eps
+
+    def body(i, x1, best, best_dist):
+        if settled is None:
+            return (i + 1, *step(x1, best, best_dist, lambda t: t))
+        rows = tf.where(~settled(within(best_dist)))
+        take = lambda t: tf.gather_nd(t, rows)  # noqa: E731
+        new = step(take(x1), take(best), take(best_dist), take)
+        return (i + 1, *(tf.tensor_scatter_nd_update(old, rows, v) for old, v in zip((x1, best, best_dist), new)))
+
+    def running(i, x1, best, best_dist):
+        if settled is None:
+            return i < steps
+        return (i < steps) & ~tf.reduce_all(settled(within(best_dist)))
 
     far = tf.fill([shape[0]], tf.constant(_FAR, x0.dtype))
-    _, _, best, best_dist = tf.while_loop(lambda i, *_: i < steps, body, (tf.constant(0), x0, x0, far))
+    _, _, best, best_dist = tf.while_loop(running, body, (tf.constant(0), x0, x0, far))
     found = best_dist < _FAR
 
     # Final search: the least t in (0, 1] with x + t·(best − x) misclassified, by bisection (assumes one crossing).
     def search(_, low, high):
         mid = 0.5 * (low + high)
-        wrong = predicted_wrong(x0 + mid[:, None] * (best - x0))
+        wrong = predicted_wrong(x0 + mid[:, None] * (best - x0), labels)
         return _ + 1, tf.where(wrong, low, mid), tf.where(wrong, mid, high)
 
     zeros = tf.zeros_like(best_dist)
@@ -212,6 +242,7 @@ def fab_targeted(
     seed: tf.Tensor,
     targets: int = 9,
     norm: str = "linf",
+    fast: bool = True,
     **unused,
 ) -> tf.Tensor:
     """FAB-T (L∞ or L2): one targeted FAB run per target class, each on the examples no earlier run fooled.
@@ -224,6 +255,10 @@ def fab_targeted(
       seed: int [2]; FAB-T starts from the clean image, so only the target order matters and this is unused.
       targets: target classes, the top non-true ones by clean logit (the standard version: 9).
       norm: "linf" or "l2": the projection (`project_linf` / `project_l2`) and the distance FAB minimises.
+      fast: (dynamic batch dimension only) the targets of few survivors run stacked in one run (`each_target`'s
+        `rows`), and an example stops once one of its targets found a point within ε (`fab_run`'s `settled`);
+        False: the plain path, one target after another, every example to the end. The same examples succeed
+        either way.
 
     Returns:
       Per example the closest adversarial point found within ε, else the clean image; gradient-stopped.
@@ -231,8 +266,14 @@ def fab_targeted(
     _check_norm(norm)
     x = tf.convert_to_tensor(x)
     labels = tf.cast(y, tf.int64)
+    fast = fast and compacts(x)
 
-    def run_once(take, target, _seed):
-        return fab_run(model_fn, take(x), take(labels), target, eps=eps, steps=steps, norm=norm)
+    def run_group(take, targets_group, _seeds):
+        if not fast:  # one target (targets_group [1, M]): the plain run
+            return fab_run(model_fn, take(x), take(labels), targets_group[0], eps=eps, steps=steps, norm=norm)
+        group = tf.shape(targets_group)[0]
+        rows = stacked(take(x), group), stacked(take(labels), group), tf.reshape(targets_group, [-1])
+        return fab_run(model_fn, *rows, eps=eps, steps=steps, norm=norm, settled=settled_examples(group))
 
-    return each_target(run_once, model_fn, x, labels, count=targets, seed=seed)
+    rows = STACK_ROWS if fast else None
+    return each_target(run_group, model_fn, x, labels, count=targets, seed=seed, rows=rows)

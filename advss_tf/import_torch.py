@@ -1,9 +1,9 @@
-"""Importing the reference code's PyTorch checkpoints: `python -m advss_tf.import_torch --checkpoint=FILE
---format=FORMAT --output=DIR`.
+"""Importing PyTorch checkpoints of the reference code, RobustBench, and ACL / DynACL / AIR: `python -m
+advss_tf.import_torch --checkpoint=FILE --format=FORMAT --output=DIR`.
 
 Writes the SavedModel our own binaries write for that kind of model — a classifier export (`serving_default`,
 `serving_uint8`) that `evaluate` attacks, or a pretraining export that `finetune --pretrained` restores — with
-assets recording the source file, its sha256, the format and that the reference code trained it (docs/import.md).
+assets recording the source file, its sha256, the format and whose code trained it (docs/import.md).
 Needs torch (`pip install -e ".[peer]"`); files are read with torch.load(weights_only=True). Bad input: one line on
 stderr, exit status 2, nothing written.
 """
@@ -24,7 +24,7 @@ flags.DEFINE_enum(
     "format",
     None,
     list(FORMATS),
-    "Which reference script wrote it: " + "; ".join(f"{k}: {v.description}" for k, v in FORMATS.items()),
+    "Which script wrote it: " + "; ".join(f"{k}: {v.description}" for k, v in FORMATS.items()),
 )
 flags.DEFINE_string("output", None, "The export directory to write (refused if it holds anything, unless --overwrite).")
 flags.DEFINE_string(

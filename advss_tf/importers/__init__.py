@@ -4,5 +4,5 @@
 entry points `load` / `import_checkpoint`; `checkpoint` reads a file (torch.load(weights_only=True)), `slots` places
 its tensors and checks that every one is used, `backbone` infers which of our backbones a reference ResNet is; one
 module per family of formats: `classifier`, `pretext` (rotation, jigsaw), `selfie`, `ensemble_pretraining`,
-`ensembles` (model_ensemble.py, RobustBench). A new format is one new module and one entry in `formats.FORMATS`.
+`ensembles` (model_ensemble.py, RobustBench), `contrastive` (ACL's, DynACL's and AIR's pretraining checkpoints). A new format is one new module and one entry in `formats.FORMATS`.
 """

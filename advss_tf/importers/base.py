@@ -43,10 +43,13 @@ class Format:
     options: tuple[str, ...] = ()
 
 
-def provenance(paths: list[str], fmt: Format, meta: dict, normaliser: dict) -> dict[str, Any]:
-    """The export's `imported` entry: who trained it, the format, the source files, their metadata and normaliser."""
+def provenance(
+    paths: list[str], fmt: Format, meta: dict, normaliser: dict, trained_by: str = REFERENCE
+) -> dict[str, Any]:
+    """The export's `imported` entry: who trained it (the reference code unless said), the format, the source files,
+    their metadata and normaliser."""
     return {
-        "trained_by": REFERENCE,
+        "trained_by": trained_by,
         "format": fmt.name,
         "format_description": fmt.description,
         "sources": [{"file": os.path.basename(p), "sha256": sha256(p)} for p in paths],

@@ -15,8 +15,10 @@ import numpy as np
 
 from advss_tf.errors import UsageError
 
-# Entries of a training script's checkpoint dict besides the weights: recorded (numbers) or left (optimizer state).
-METADATA_KEYS = ("epoch", "best_prec1", "best_ata", "optimizer")
+# Entries of the reference scripts' checkpoint dicts besides the weights: recorded (numbers) or left (optimizer
+# state). A format whose code saves other entries passes its own to `read_state_dicts`.
+NUMBER_KEYS = ("epoch", "best_prec1", "best_ata")
+TRAINING_STATE_KEYS = ("optimizer",)
 
 
 def load_checkpoint(path: str) -> Any:
@@ -73,9 +75,16 @@ def _without_module_prefix(state: dict) -> dict:
     return state
 
 
-def read_state_dicts(path: str, fmt: str, names: tuple[str, ...]) -> tuple[list[dict], dict]:
+def read_state_dicts(
+    path: str,
+    fmt: str,
+    names: tuple[str, ...],
+    numbers: tuple[str, ...] = NUMBER_KEYS,
+    training_state: tuple[str, ...] = TRAINING_STATE_KEYS,
+) -> tuple[list[dict], dict]:
     """The state dicts under `names` of the checkpoint file at `path` (a bare state dict counts as the first), and
-    its metadata (epoch, best_prec1, best_ata; whether it holds optimizer state)."""
+    its metadata: the entries `numbers` (epoch, accuracies) recorded, and whether it holds `training_state` (an
+    optimizer's). Any other top-level entry is refused."""
     obj = load_checkpoint(path)
     if not isinstance(obj, dict):
         raise UsageError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict (--format={fmt})")
@@ -85,7 +94,7 @@ def read_state_dicts(path: str, fmt: str, names: tuple[str, ...]) -> tuple[list[
         if len(names) > 1:
             raise UsageError(f"{path} is a bare state_dict; --format={fmt} expects the keys {', '.join(names)}")
         return [obj], {}
-    unexpected = sorted(k for k in obj if k not in names and k not in METADATA_KEYS)
+    unexpected = sorted(k for k in obj if k not in names and k not in numbers and k not in training_state)
     missing = [n for n in names if n not in obj]
     if missing or unexpected:
         parts = [f"missing {', '.join(missing)}"] if missing else []
@@ -97,10 +106,11 @@ def read_state_dicts(path: str, fmt: str, names: tuple[str, ...]) -> tuple[list[
             raise UsageError(f"{path}: {n!r} is not a state_dict of tensors")
         dicts.append(obj[n])
     meta = {}
-    for k in ("epoch", "best_prec1", "best_ata"):
+    for k in numbers:
         if k in obj:
             v = obj[k]
             meta[k] = float(np.asarray(v)) if isinstance(v, (np.ndarray, float, int)) else str(v)
-    if "optimizer" in obj:
-        meta["optimizer"] = "present in the file, not imported (training state)"
+    for k in training_state:
+        if k in obj:
+            meta[k] = "present in the file, not imported (training state)"
     return dicts, meta

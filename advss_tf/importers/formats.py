@@ -12,6 +12,9 @@ mis-shaped key is one UsageError naming it, before anything is written. The mode
 version 2 (the reference's block), and the export's assets record the source file (name, sha256), the format and
 that the reference code trained it.
 
+The formats `acl`, `dynacl`, `acl_air` and `dynacl_air` read the released pretraining checkpoints of ACL, DynACL and
+AIR (importers/contrastive.py) into the contrastive pretraining export, both BatchNorm routes.
+
 PyTorch is imported lazily (inside `checkpoint.load_checkpoint`): importing the importers works without it.
 """
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 import os
 
 from advss_tf.errors import UsageError
-from advss_tf.importers import classifier, ensemble_pretraining, ensembles, pretext, selfie
+from advss_tf.importers import classifier, contrastive, ensemble_pretraining, ensembles, pretext, selfie
 from advss_tf.importers.base import Format, Imported
 
 FORMATS: dict[str, Format] = {
@@ -67,6 +70,31 @@ FORMATS: dict[str, Format] = {
             "RobustBench's Chen2020Adversarial (branch1-3, models.0-2, mu, sigma) → one classifier: mean of the three "
             "softmaxes",
             ensembles.import_robustbench,
+        ),
+        # ACL, DynACL and AIR save one network in one dict (importers/contrastive.py): four names for one layout, so
+        # that the export records which method trained it.
+        Format(
+            "acl",
+            "ACL train_simCLR.py (model.pt, model_<epoch>.pt, the released ACL_DS.pt): {'epoch', 'state_dict': "
+            "multi-BN ResNet + proj_head, 'optim'} → contrastive pretraining export (task acl, both routes)",
+            contrastive.import_contrastive,
+        ),
+        Format(
+            "dynacl",
+            "DynACL train_DynACL.py: model_encoder_k.pt (the released DynACL.pt; ACL's layout) or the momentum pair "
+            "(model.pt: encoder_q. + encoder_k.; the key is imported) → contrastive pretraining export (task dynacl)",
+            contrastive.import_contrastive,
+        ),
+        Format(
+            "acl_air",
+            "AIR pretraining.py without --DynAug (ACL's layout) → contrastive pretraining export (task acl, AIR)",
+            contrastive.import_contrastive,
+        ),
+        Format(
+            "dynacl_air",
+            "AIR pretraining.py --DynAug (the released DynACL_IR.pt; ACL's layout) → contrastive pretraining export "
+            "(task dynacl, AIR)",
+            contrastive.import_contrastive,
         ),
     )
 }

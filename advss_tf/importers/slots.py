@@ -50,12 +50,13 @@ def bn_slots(prefix: str, layer) -> dict[str, Slot]:
 
 
 def dense_slots(prefix: str, layer) -> dict[str, Slot]:
-    """A Linear's weight and bias under `prefix` → the Keras Dense `layer` (the weight transposed)."""
+    """A Linear's weight and bias under `prefix` → the Keras Dense `layer` (the weight transposed); a Dense without
+    a bias takes a Linear(bias=False), which has no `bias` key."""
     d, k = layer.kernel.shape
-    return {
-        f"{prefix}.weight": Slot((int(k), int(d)), lambda v: assign(layer.kernel, v.T)),
-        f"{prefix}.bias": Slot((int(k),), lambda v: assign(layer.bias, v)),
-    }
+    slots = {f"{prefix}.weight": Slot((int(k), int(d)), lambda v: assign(layer.kernel, v.T))}
+    if layer.bias is not None:
+        slots[f"{prefix}.bias"] = Slot((int(k),), lambda v: assign(layer.bias, v))
+    return slots
 
 
 def normaliser_slots(mean_key: str, std_key: str, shape: tuple[int, ...], record: dict) -> dict[str, Slot]:

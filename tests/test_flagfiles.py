@@ -209,3 +209,28 @@ def test_every_paper_flag_says_where_its_value_comes_from():
     for path in paths:
         for flag, source in _flag_sources(path).items():
             assert any(w in source for w in SOURCE_WORDS), f"{os.path.basename(path)}: {flag} has no source comment"
+
+
+def test_the_acl_step_benchmark_builds_the_paper_flagfiles_step(pretrain_configs, monkeypatch):
+    """tools/benchmark_acl_step.py times `build_step("acl", ..., **acl_paper_fields())` (tools/pretrain_step.py) as
+    "the pretrain binary's ACL step": its attack, optimizer and contrastive settings are the paper flagfile's."""
+    import dataclasses
+    import importlib.util
+    import sys
+
+    from advss_tf.config import AttackConfig
+
+    path = os.path.join(REPO, "tools", "pretrain_step.py")
+    spec = importlib.util.spec_from_file_location("pretrain_step", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    fields = module.acl_paper_fields()
+    paper = pretrain_configs["flags/paper/pretrain_acl.flags"]
+
+    def as_json(config):  # as the parse script wrote the flagfile's config (tuples become lists)
+        return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+    assert as_json(AttackConfig(steps=paper["attack"]["steps"], bn=fields["attack_bn"])) == paper["attack"]
+    assert as_json(fields["optimizer"]) == paper["optimizer"]
+    assert as_json(fields["contrastive"]) == paper["contrastive"]

@@ -26,27 +26,13 @@ def _keras(keras_models, arch):
     return keras_models[arch]
 
 
-def _randomised(net, seed=0):
-    """ACL's network with its BatchNorm scales, shifts and running statistics moved off 1/0, differently per route."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
-                c = m.num_features
-                m.weight.copy_(0.5 + torch.rand(c, generator=gen))
-                m.bias.copy_(0.1 * torch.randn(c, generator=gen))
-                m.running_mean.copy_(0.1 * torch.randn(c, generator=gen))
-                m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=gen))
-    return net.eval()
-
-
 @pytest.mark.parametrize("arch", ["tiny", "resnet18"])
 def test_layer_exact_on_both_routes(arch, keras_models):
     from advss_tf.peer import torch_acl_resnet
 
     torch.manual_seed(0)
     spec = TINY if arch == "tiny" else post_resnet.RESNET18
-    net = _randomised(torch_acl_resnet.AclResNet(**spec))
+    net = torch_acl_resnet.move_batch_norms(torch_acl_resnet.AclResNet(**spec)).eval()
     model = _keras(keras_models, arch)
     assert torch_acl_resnet.parameter_count(net) == model.count_params()
     torch_acl_resnet.copy_torch_weights(net, model)

@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 from absl import app, flags
+from bench_processes import Worker, peak_rss_gib, reply, reset_peak_rss, summary, write_json
 
 PARTS = ("adv_step", "clean_step", "pgd20_eval")
 VARIANTS = ("advss_tf", "torch_eager", "torch_channels_last", "torch_compile")
@@ -42,7 +41,6 @@ VARIANTS = ("advss_tf", "torch_eager", "torch_channels_last", "torch_compile")
 # advss_tf with one inter-op thread instead of TensorFlow's default (one per CPU), the threading experiment of
 # docs/benchmarks.md.
 EXTRA_VARIANTS = ("advss_tf_keras_bn", "advss_tf_interop1")
-_PROTOCOL = "@@bench "  # worker lines meant for the coordinator start with this; anything else is ignored
 
 flags.DEFINE_string("backbone", "resnet18", "Backbone (tiny | resnet18 | resnet50v2).")
 flags.DEFINE_integer("batch_size", 128, "Images per step, for every variant.")
@@ -65,30 +63,6 @@ FLAGS = flags.FLAGS
 
 JIGSAW_CLASSES = 31
 EVAL_CLASSES = 10
-
-
-# -- memory -------------------------------------------------------------------------------------------------------
-def reset_peak_rss() -> None:
-    """Restarts the kernel's peak-RSS counter (VmHWM) of this process, so each timing gets its own peak."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass  # not Linux: the peak then covers everything so far
-
-
-def peak_rss_gib() -> float:
-    """Peak resident memory of this process since the last `reset_peak_rss` (Linux) or since start."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 # -- the coordinator's shared inputs ------------------------------------------------------------------------------
@@ -192,11 +166,6 @@ def op_profile(seconds: dict[str, float]) -> dict:
 
 
 # -- workers ------------------------------------------------------------------------------------------------------
-def _reply(obj: dict) -> None:
-    sys.stdout.write(_PROTOCOL + json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
 def _tf_worker(workdir: str, threads: int, batch_norm: str, inter_op_threads: int = 0):
     """advss_tf: the real Trainer (adversarial and standard) and the real evaluation attack loop."""
     import dataclasses
@@ -346,7 +315,7 @@ def worker_main() -> None:
     for name in FLAGS.parts:
         for _ in range(2):
             parts[name]()
-    _reply({"ready": True, "params": params, "eval_params": eval_params, "warmup_sec": time.perf_counter() - start})
+    reply({"ready": True, "params": params, "eval_params": eval_params, "warmup_sec": time.perf_counter() - start})
     for line in sys.stdin:
         name = line.strip()
         if not name:
@@ -354,7 +323,7 @@ def worker_main() -> None:
         if name.startswith("profile:"):
             part = name.split(":", 1)[1]
             profiler = tf_op_seconds if FLAGS.worker.startswith("advss_tf") else torch_op_seconds
-            _reply(op_profile(profiler(parts[part])))
+            reply(op_profile(profiler(parts[part])))
             continue
         reset_peak_rss()
         t0 = time.perf_counter()
@@ -362,42 +331,7 @@ def worker_main() -> None:
         seconds = time.perf_counter() - t0
         if name == "pgd20_eval":
             seconds = float(inner)  # the attack loop's own clock (advss_tf excludes its retracing there)
-        _reply({"seconds": seconds, "peak_rss_gib": peak_rss_gib()})
-
-
-class Worker:
-    """A worker process of one variant, spoken to one line at a time."""
-
-    def __init__(self, variant: str, workdir: str, argv: list[str]):
-        self.variant = variant
-        self.log_path = os.path.join(workdir, f"{variant}.log")
-        self._log = open(self.log_path, "w")
-        cmd = [sys.executable, os.path.abspath(__file__), f"--worker={variant}", f"--workdir={workdir}", *argv]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True)
-
-    def read(self) -> dict:
-        for line in self.proc.stdout:
-            if line.startswith(_PROTOCOL):
-                return json.loads(line[len(_PROTOCOL) :])
-        self._log.flush()
-        with open(self.log_path) as f:
-            tail = f.read()[-3000:]
-        raise RuntimeError(f"worker {self.variant} exited (status {self.proc.wait()}):\n{tail}")
-
-    def time(self, part: str) -> dict:
-        self.proc.stdin.write(part + "\n")
-        self.proc.stdin.flush()
-        return self.read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait()
-        self._log.close()
-
-
-def _summary(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+        reply({"seconds": seconds, "peak_rss_gib": peak_rss_gib()})
 
 
 def table(results: dict, batch_size: int) -> str:
@@ -439,7 +373,7 @@ def coordinator_main() -> None:
             if c["keras"] != c["torch"]:
                 raise RuntimeError(f"the two {name} models differ in size: {c}")
         # Workers build and warm up at the same time (nothing is timed yet); then they take turns.
-        workers = [Worker(v, workdir, argv) for v in FLAGS.variants]
+        workers = [Worker(v, os.path.abspath(__file__), workdir, argv) for v in FLAGS.variants]
         try:
             ready = {w.variant: w.read() for w in workers}
             for v, r in ready.items():
@@ -453,7 +387,7 @@ def coordinator_main() -> None:
                         seconds = raw[part][w.variant][-1]["seconds"]
                         print(f"round {r + 1} {part} {w.variant}: {seconds:.2f} s", flush=True)
                 if FLAGS.json_out:  # a run cut short still leaves the rounds it finished
-                    _write_json(FLAGS.json_out, {"partial": True, "rounds_done": r + 1, "raw": raw, "params": counts})
+                    write_json(FLAGS.json_out, {"partial": True, "rounds_done": r + 1, "raw": raw, "params": counts})
             profiles = {}
             if FLAGS.profile:
                 for w in workers:
@@ -470,7 +404,7 @@ def coordinator_main() -> None:
     timings = {
         p: {
             v: {
-                **_summary([x["seconds"] for x in runs]),
+                **summary([x["seconds"] for x in runs]),
                 "seconds": [round(x["seconds"], 3) for x in runs],
                 "peak_rss_gib": max(x["peak_rss_gib"] for x in runs),
             }
@@ -510,13 +444,7 @@ def coordinator_main() -> None:
     print(table(results, FLAGS.batch_size))
     print(json.dumps(results))
     if FLAGS.json_out:
-        _write_json(FLAGS.json_out, results)
-
-
-def _write_json(path: str, obj: dict) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(json.dumps(obj) + "\n")
-    os.replace(path + ".tmp", path)
+        write_json(FLAGS.json_out, results)
 
 
 def main(argv):

@@ -203,6 +203,21 @@ def copy_torch_weights(net: AclResNet, model: post_resnet.DualBNResNet) -> None:
         var.assign(value)
 
 
+def move_batch_norms(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Moves every BatchNorm's scale, shift and running statistics off their initial 1 / 0 / 0 / 1, differently per
+    route (seeded), so that a comparison of two networks' outputs tells the routes apart; returns `net`."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+                c = m.num_features
+                m.weight.copy_(0.5 + torch.rand(c, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(c, generator=gen))
+                m.running_mean.copy_(0.1 * torch.randn(c, generator=gen))
+                m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=gen))
+    return net
+
+
 def parameter_count(net: nn.Module) -> int:
     """Parameters + BatchNorm running mean/variance: what Keras' `count_params()` counts for the same model."""
     stats = sum(
@@ -213,4 +228,11 @@ def parameter_count(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters()) + stats
 
 
-__all__ = ["AclResNet", "build_torch_acl_resnet18", "copy_torch_weights", "keras_to_acl_names", "parameter_count"]
+__all__ = [
+    "AclResNet",
+    "build_torch_acl_resnet18",
+    "copy_torch_weights",
+    "keras_to_acl_names",
+    "move_batch_norms",
+    "parameter_count",
+]

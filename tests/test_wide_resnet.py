@@ -12,7 +12,6 @@ from test_finetune import pretrain_export, values  # the export `pretraining.run
 from test_tasks import tiny_config
 
 from advss_tf.config import CONTRASTIVE_TASKS
-from advss_tf.errors import UsageError
 from advss_tf.models import wide_resnet
 from advss_tf.models.backbones import BACKBONES, BackboneConfig, build_stage4, build_trunk
 from advss_tf.models.classifier import ImageClassifier
@@ -99,11 +98,26 @@ def test_every_pretraining_task_builds_and_runs_on_a_wrn(task_name):
 
 
 @pytest.mark.parametrize("task_name", CONTRASTIVE_TASKS)
-def test_the_contrastive_tasks_refuse_a_wrn_with_one_line(task_name):
-    """ACL/DynACL need a BatchNorm per route, which only the post-activation family has (README's deviations)."""
-    task = table.build_task(dataclasses.replace(tiny_config(task_name), backbone=BackboneConfig(SMALL)))
-    with pytest.raises(UsageError, match="post-activation ResNet with a BatchNorm per route.*wide_resnet"):
-        task.build_model()
+def test_the_contrastive_tasks_train_a_step_on_a_wrn(task_name):
+    """ACL/DynACL on a WRN: its BatchNorms doubled per route, its convolutions shared (backbones.build_routed)."""
+    task = table.build_task(dataclasses.replace(tiny_config(task_name), backbone=BackboneConfig(SMALL), batch_size=4))
+    keras.utils.set_random_seed(0)
+    model = task.build_model()
+    images = tf.random.stateless_uniform([4, 32, 32, 3], seed=[0, 2])
+    batch = task.transform(images, tf.zeros([4], tf.int32), tf.constant([0, 3], tf.int64))
+    adv = task.craft(model, batch, tf.constant([1, 2], tf.int64), False)
+    variables = task.trained_variables(model)
+    before = values(variables)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(task.losses(model, batch, adv)[0])
+    gradients = tape.gradient(loss, variables)
+    # Both routes' losses reach every trained variable: the shared convolutions and each route's BatchNorms.
+    assert np.isfinite(loss.numpy()) and all(g is not None for g in gradients)
+    keras.optimizers.SGD(0.1).apply_gradients(zip(gradients, variables))
+    assert all(not np.array_equal(b, v.numpy()) for b, v in zip(before, variables, strict=True))
+    exported = task.export_signatures(model)
+    for name in ("features", "features_clean"):
+        assert exported[name](images)["features"].shape == (4, BackboneConfig(SMALL).feature_dim)
 
 
 def test_finetuning_modes_train_what_they_say_on_a_wrn():

@@ -5,7 +5,8 @@ A backbone is a family (one module that knows only its own architecture and impo
 builds its trunk and stage 4 from a `BackboneConfig`, `BACKBONES` names every backbone, and `build_trunk` /
 `build_stage4` build the parts of whichever backbone a config names. The split is the same in every family
 (docs/architecture.md, "Backbones"): the trunk is every stage but the last (the paper's θp, shared by every pretext
-head), stage 4 is the last stage, of which each head owns its own.
+head), stage 4 is the last stage, of which each head owns its own. `build_routed` builds either part with one
+BatchNorm per route (the contrastive tasks' clean and adversarial routes) for every family.
 
 Families: `resnet` (pre-activation ResNets), `wide_resnet`, `post_resnet` (ACL's post-activation ResNet).
 Adding a family: its module beside resnet.py (build_trunk, build_stage4, stage_channels from an `ArchSpec` and
@@ -15,13 +16,13 @@ explicit arguments), one entry in `FAMILIES`, and its rows in `BACKBONES`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import keras
 
 from advss_tf.errors import UsageError
 from advss_tf.models import post_resnet, resnet, wide_resnet
-from advss_tf.models.layers import ArchSpec
+from advss_tf.models.layers import ArchSpec, route_part
 
 ARCH_VERSION = 2  # what new models are built with: the reference's block (models/resnet.py)
 LEGACY_ARCH_VERSION = 1  # what an export or config.json without a version was written with
@@ -35,6 +36,9 @@ class Family:
     build_trunk: Callable[[BackboneConfig, str], keras.Model]
     build_stage4: Callable[[BackboneConfig, str], keras.Model]
     stage_channels: Callable[[ArchSpec, int], int]
+    # A part with a BatchNorm per route (config, part name, routes → model) where the family's own layers hold the
+    # routes; None for a functional family, whose one-route part `build_routed` rebuilds per route (`route_part`).
+    build_routed: Callable[[BackboneConfig, str, tuple[str, ...]], keras.Model] | None = None
 
 
 FAMILIES: dict[str, Family] = {
@@ -51,12 +55,15 @@ FAMILIES: dict[str, Family] = {
         lambda cfg, name: wide_resnet.build_stage4(cfg.spec, sync_bn=cfg.sync_bn, name=name),
         wide_resnet.stage_channels,
     ),
-    # ACL / DynACL / AIR's post-activation ResNet (torchvision's block), one BatchNorm route when built here: the
-    # contrastive tasks build it with ACL's two (post_resnet.ROUTES) themselves.
+    # ACL / DynACL / AIR's post-activation ResNet (torchvision's block), one BatchNorm route when built here and the
+    # routes `build_routed` names (the contrastive tasks: ACL's two, post_resnet.ROUTES) in its dual BatchNorms.
     "post_resnet": Family(
         lambda cfg, name: post_resnet.build_trunk(cfg.spec, sync_bn=cfg.sync_bn, name=name),
         lambda cfg, name: post_resnet.build_stage4(cfg.spec, sync_bn=cfg.sync_bn, name=name),
         post_resnet.stage_channels,
+        lambda cfg, part, routes: (post_resnet.build_trunk if part == "trunk" else post_resnet.build_stage4)(
+            cfg.spec, sync_bn=cfg.sync_bn, routes=routes, name=part
+        ),
     ),
 }
 
@@ -142,3 +149,21 @@ def build_trunk(cfg: BackboneConfig, name: str = "trunk") -> keras.Model:
 def build_stage4(cfg: BackboneConfig, name: str = "stage4") -> keras.Model:
     """The last stage of `cfg`'s backbone: trunk feature map → [N, h', w', feature_dim]."""
     return FAMILIES[cfg.family].build_stage4(cfg, name)
+
+
+PARTS = ("trunk", "stage4")  # what `build_routed` builds
+
+
+def build_routed(cfg: BackboneConfig, part: str, routes: Sequence[str]) -> keras.Model:
+    """`part` ("trunk" or "stage4") of `cfg`'s backbone with one BatchNorm per route at every BatchNorm place, the
+    convolutions shared by the routes: `model(x, training, route)` runs the named route and, in training mode, moves
+    only its statistics. Every family: the post-activation ResNet's dual BatchNorms, or a functional family's
+    one-route part rebuilt per route (`layers.route_part`), with the layer names and order of its one-route part
+    (so `post_resnet.copy_route` fills a one-route part from either)."""
+    if part not in PARTS:
+        raise ValueError(f"unknown part {part!r}; valid: {', '.join(PARTS)}")
+    family = FAMILIES[cfg.family]
+    if family.build_routed is not None:
+        return family.build_routed(cfg, part, tuple(routes))
+    one_route = build_trunk(cfg, part) if part == "trunk" else build_stage4(cfg, part)
+    return route_part(one_route, routes)

@@ -1,5 +1,11 @@
-"""The models of the contrastive tasks (tasks/contrastive.py): ACL's dual-BatchNorm network, and DynACL's pair of
-them with a momentum key encoder.
+"""The models of the contrastive tasks (tasks/contrastive.py): ACL's dual-BatchNorm network on any backbone, and
+DynACL's pair of them with a momentum key encoder.
+
+ACL's network (`DualBNNetwork`) is the backbone's trunk and stage 4 with a BatchNorm per route — clean and
+adversarial, ACL's `bn_names` — and ACL's projection head of the backbone's feature width on top
+(models/post_resnet.py). ACL, DynACL and AIR train the post-activation ResNet-18 (`resnet18_post`, their paper
+flagfiles), whose blocks hold both routes; every other `--backbone` is routed the same way (`backbones.build_routed`:
+its convolutions shared, each BatchNorm duplicated per route).
 
 DynACL's code (`models/resnet_multi_bn.py:487-529`, `train_DynACL.py:83-88`, `:280-286`) trains `resnet18_momentum`:
 two copies of ACL's network, `encoder_q` and `encoder_k`, the key initialised from the query (parameters only;
@@ -14,24 +20,17 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from advss_tf.errors import UsageError
-from advss_tf.models.backbones import BackboneConfig
-from advss_tf.models.post_resnet import ROUTES, DualBNResNet
-
-POST_FAMILY = "post_resnet"
+from advss_tf.models.backbones import PARTS, BackboneConfig, build_routed
+from advss_tf.models.post_resnet import ROUTES, DualBNNetwork
 
 
-def _dual_bn_network(backbone: BackboneConfig, name: str) -> DualBNResNet:
-    if backbone.family != POST_FAMILY:
-        raise UsageError(
-            f"the contrastive tasks train ACL's post-activation ResNet with a BatchNorm per route; --backbone="
-            f"{backbone.name} is a {backbone.family}: use resnet18_post or tiny_post"
-        )
-    return DualBNResNet(backbone.spec, ROUTES, backbone.sync_bn, name=name)
+def _dual_bn_network(backbone: BackboneConfig, name: str) -> DualBNNetwork:
+    trunk, stage4 = (build_routed(backbone, part, ROUTES) for part in PARTS)
+    return DualBNNetwork(trunk, stage4, backbone.feature_dim, ROUTES, backbone.sync_bn, name=name)
 
 
 class MomentumEncoders(keras.Model):
-    """DynACL's `resnet18_momentum`: a query and a key network (`DualBNResNet`s); `pair` sends the first views
+    """DynACL's `resnet18_momentum`: a query and a key network (`DualBNNetwork`s); `pair` sends the first views
     through the query and the second through the key; `update_key` moves the key towards the query."""
 
     def __init__(self, backbone: BackboneConfig, momentum: float, **kwargs):
@@ -74,13 +73,13 @@ class MomentumEncoders(keras.Model):
 
 
 def build_contrastive_model(backbone: BackboneConfig, encoder_momentum: float | None = None) -> keras.Model:
-    """ACL's network (`DualBNResNet`, routes clean and adversarial) of `backbone`, or with `encoder_momentum`
-    DynACL's `MomentumEncoders`. UsageError for a backbone outside the post-activation family."""
+    """ACL's network (`DualBNNetwork`, routes clean and adversarial) of `backbone`, or with `encoder_momentum`
+    DynACL's `MomentumEncoders`."""
     if encoder_momentum is None:
         return _dual_bn_network(backbone, "acl_model")
     return MomentumEncoders(backbone, encoder_momentum, name="dynacl_model")
 
 
-def exported_network(model: keras.Model) -> DualBNResNet:
+def exported_network(model: keras.Model) -> DualBNNetwork:
     """The network an export serves and fine-tuning starts from: the key of DynACL's pair, else the model."""
     return model.key if isinstance(model, MomentumEncoders) else model

@@ -1,5 +1,6 @@
 """What every backbone family builds with: the row of the backbone table a family reads (`ArchSpec`), the image
-normalisation inside the model, and the BatchNorm factory with its choice of layer class.
+normalisation inside the model, the BatchNorm factory with its choice of layer class, and BatchNorm routes (one
+BatchNorm per route at every BatchNorm place, the rest shared: the contrastive tasks' backbones).
 
 The family modules (models/resnet.py, models/wide_resnet.py, models/post_resnet.py) import this module and nothing else of advss_tf's
 models; the registry (models/backbones.py) imports them. As the reference: BatchNorm uses PyTorch's
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import keras
 
@@ -115,3 +116,66 @@ def fan_out_conv(filters: int, kernel: int, stride: int, name: str) -> keras.lay
         kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal"),
         name=name,
     )
+
+
+# -- BatchNorm routes -------------------------------------------------------------------------------------------------
+def check_route(route: str | None, routes: Sequence[str]) -> int:
+    """The index of `route` among `routes`; None is the last one (adversarial, for ACL's two)."""
+    if route is None:
+        return len(routes) - 1
+    if route not in routes:
+        raise ValueError(f"unknown BatchNorm route {route!r}; this model has: {', '.join(routes)}")
+    return list(routes).index(route)
+
+
+def track_by_name(layer: keras.layers.Layer, children: dict) -> None:
+    """Makes each child an attribute of `layer`: TensorFlow's checkpoints and SavedModels follow attributes, not the
+    lists Keras 3 keeps (a list of sublayers would be left out of `tf.train.Checkpoint` without a word)."""
+    for name, child in children.items():
+        setattr(layer, name, child)
+
+
+class RoutedPart(keras.Model):
+    """A functional part (a trunk or a stage 4) with one BatchNorm per route: per route, a functional model of the
+    same graph whose BatchNorms are that route's own and whose other layers (convolutions, the normalisation, ...)
+    are the same layer objects in every route. `call(x, training, route)` runs the named route's model, so in
+    training mode only its statistics move. Built by `route_part`."""
+
+    def __init__(self, route_models: dict[str, keras.Model], **kwargs):
+        super().__init__(**kwargs)
+        self.routes = tuple(route_models)
+        track_by_name(self, route_models)  # checkpoint keys <part>/<route>/...
+
+    def route_model(self, route: str | None) -> keras.Model:
+        """The functional model of `route` (None: the last route)."""
+        return getattr(self, self.routes[check_route(route, self.routes)])
+
+    def call(self, x, training=None, route: str | None = None):
+        return self.route_model(route)(x, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return self.route_model(None).compute_output_shape(input_shape)
+
+
+def route_part(part: keras.Model, routes: Sequence[str]) -> RoutedPart:
+    """`part` (a functional model with one BatchNorm per place, as every functional family builds it) with a
+    BatchNorm per route: each route's model is `part`'s graph rebuilt with a fresh BatchNorm of the same class and
+    settings, named `<name>_<route>`, at every BatchNorm place, and `part`'s own layers everywhere else (shared
+    weights). `part`'s BatchNorms themselves are left out."""
+
+    def model_of(route: str) -> keras.Model:
+        norms = {}  # one per BatchNorm layer, however many times the graph calls it
+
+        def layer_of(layer):
+            if not isinstance(layer, keras.layers.BatchNormalization):
+                return layer
+            if id(layer) not in norms:
+                config = {**layer.get_config(), "name": f"{layer.name}_{route}"}
+                norms[id(layer)] = layer.__class__.from_config(config)
+            return norms[id(layer)]
+
+        model = keras.models.clone_model(part, clone_function=layer_of)
+        model.name = f"{part.name}_{route}"
+        return model
+
+    return RoutedPart({route: model_of(route) for route in routes}, name=part.name)

@@ -21,7 +21,11 @@ The parts keep the house's split (docs/architecture.md, "Backbones"): `trunk` (n
 A family of models/backbones.py (`resnet18_post`, `tiny_post`): `build_trunk` / `build_stage4` from an `ArchSpec`
 and explicit arguments, with one BatchNorm route (`SINGLE`) unless given ACL's two; imports only models/layers.py.
 `copy_route` copies one route of a two-route part into a one-route part of the same spec (fine-tuning from an
-ACL export).
+ACL export), of this family or of a functional one (`layers.RoutedPart`).
+
+The routed network itself is any family's: `DualBNNetwork` holds a routed trunk and stage 4 of whichever family
+(the contrastive tasks build them through the registry, `backbones.build_routed`) and ACL's projection head of the
+backbone's feature width; `DualBNResNet` is ACL's own, this family's parts in it.
 
 Initialisation is ACL's: convolutions N(0, 2 / (k·k·out)) (`kaiming_normal_(mode='fan_out')`), BatchNorm 1/0, Linear
 layers PyTorch's default U(±1/√fan_in) for weights and biases. BatchNorm momentum/epsilon are PyTorch's defaults
@@ -37,7 +41,15 @@ from collections.abc import Sequence
 
 import keras
 
-from advss_tf.models.layers import ArchSpec, ImageNormalization, batch_norm, fan_out_conv
+from advss_tf.models.layers import (
+    ArchSpec,
+    ImageNormalization,
+    RoutedPart,
+    batch_norm,
+    check_route,
+    fan_out_conv,
+    track_by_name,
+)
 
 CLEAN = "clean"  # ACL's bn_name 'normal'
 ADVERSARIAL = "adversarial"  # ACL's bn_name 'pgd'
@@ -47,22 +59,6 @@ ROUTES = (CLEAN, ADVERSARIAL)  # in ACL's bn_names order: route i is bn_list.i
 SINGLE = "main"
 STAGE_STRIDES = (1, 2, 2, 2)
 RESNET18 = dict(blocks=(2, 2, 2, 2), planes=(64, 128, 256, 512), stem=64)  # ACL resnet_multi_bn.py:343-352
-
-
-def _check_route(route: str | None, routes: Sequence[str]) -> int:
-    """The index of `route` among `routes`; None is the last one (adversarial, for ACL's two)."""
-    if route is None:
-        return len(routes) - 1
-    if route not in routes:
-        raise ValueError(f"unknown BatchNorm route {route!r}; this model has: {', '.join(routes)}")
-    return list(routes).index(route)
-
-
-def _track_by_name(layer: keras.layers.Layer, children: dict) -> None:
-    """Makes each child an attribute of `layer`: TensorFlow's checkpoints and SavedModels follow attributes, not the
-    lists Keras 3 keeps (a list of sublayers would be left out of `tf.train.Checkpoint` without a word)."""
-    for name, child in children.items():
-        setattr(layer, name, child)
 
 
 @keras.saving.register_keras_serializable(package="advss_tf")
@@ -76,7 +72,7 @@ class DualBatchNormalization(keras.layers.Layer):
         self.synchronized = synchronized
         # The house's BatchNorm (PyTorch's momentum/epsilon, the layer class `layers.batch_norm` chooses).
         self.norms = tuple(batch_norm(synchronized, f"{self.name}_{route}") for route in self.routes)
-        _track_by_name(self, {route: norm for route, norm in zip(self.routes, self.norms, strict=True)})
+        track_by_name(self, {route: norm for route, norm in zip(self.routes, self.norms, strict=True)})
 
     def build(self, input_shape):
         for norm in self.norms:
@@ -84,7 +80,7 @@ class DualBatchNormalization(keras.layers.Layer):
 
     def norm(self, route: str) -> keras.layers.BatchNormalization:
         """The BatchNormalization layer of `route`."""
-        return self.norms[_check_route(route, self.routes)]
+        return self.norms[check_route(route, self.routes)]
 
     def call(self, x, training=None, route: str | None = None):
         return self.norm(route)(x, training=training)
@@ -147,10 +143,10 @@ class PostActivationPart(keras.Model):
         super().__init__(**kwargs)
         self.parts = tuple(parts)
         self.routes = tuple(routes)
-        _track_by_name(self, {layer.name: layer for layer in self.parts})
+        track_by_name(self, {layer.name: layer for layer in self.parts})
 
     def call(self, x, training=None, route: str | None = None):
-        _check_route(route, self.routes)
+        check_route(route, self.routes)
         for layer in self.parts:
             if isinstance(layer, (PostActivationBlock, DualBatchNormalization)):
                 x = layer(x, training=training, route=route)
@@ -216,12 +212,15 @@ def build_stage4(
     return part
 
 
-def route_variables(layer, route: str) -> list:
+def route_variables(layer, route: str | None) -> list:
     """The variables `layer` computes with on `route`, in a fixed order: every weight the routes share, and the named
     route's BatchNorm weights and statistics. Two parts of the same spec give lists that correspond one to one,
-    whatever their routes (fine-tuning copies an export's route into a one-route classifier with it)."""
+    whatever their routes (fine-tuning copies an export's route into a one-route classifier with it). A part of
+    another family is a `RoutedPart` (its route's functional model) or, with one route, a functional model."""
     if isinstance(layer, DualBatchNormalization):
         return list(layer.norm(route).weights)
+    if isinstance(layer, RoutedPart):
+        return list(layer.route_model(route).weights)
     if isinstance(layer, PostActivationPart):
         return [v for part in layer.parts for v in route_variables(part, route)]
     if isinstance(layer, PostActivationBlock):
@@ -234,14 +233,26 @@ def route_variables(layer, route: str) -> list:
     return list(layer.weights)
 
 
+def _route_free_name(variable, route: str | None) -> str:
+    """`layer/variable` of `variable`'s path, without the route's suffix on the layer's name: the same for a variable
+    and its counterpart in another route or another part of the same spec."""
+    name = "/".join(variable.path.split("/")[-2:])
+    return name.replace(f"_{route}/", "/") if route is not None else name
+
+
 def copy_route(source, target, route: str) -> None:
-    """Assigns `source`'s variables of `route` to `target`'s variables of its own (last) route.
+    """Assigns `source`'s variables of `route` to `target`'s variables of its own (last) route; a `target` without
+    routes (a functional family's one-route part) is its one route.
 
     Raises:
-      ValueError: the two parts are not of the same spec (count or shapes differ).
+      ValueError: the two parts are not of the same spec (count, shapes or layer names differ).
     """
-    src, dst = route_variables(source, route), route_variables(target, target.routes[-1])
-    if len(src) != len(dst) or any(tuple(s.shape) != tuple(d.shape) for s, d in zip(src, dst, strict=False)):
+    target_route = target.routes[-1] if hasattr(target, "routes") else None
+    src, dst = route_variables(source, route), route_variables(target, target_route)
+    if len(src) != len(dst) or any(
+        tuple(s.shape) != tuple(d.shape) or _route_free_name(s, route) != _route_free_name(d, target_route)
+        for s, d in zip(src, dst, strict=False)
+    ):
         raise ValueError(f"{source.name} and {target.name} are not the same network: their variables differ")
     for s, d in zip(src, dst, strict=True):
         d.assign(s)
@@ -257,8 +268,8 @@ class ProjectionHead(keras.layers.Layer):
         self.units, self.routes, self.sync_bn = units, tuple(routes), sync_bn
         self.dense = tuple(keras.layers.Dense(units, use_bias=i == 1, name=f"{self.name}_fc{i}") for i in (1, 2, 3))
         self.norms = tuple(DualBatchNormalization(self.routes, sync_bn, name=f"{self.name}_bn{i}") for i in (1, 2, 3))
-        _track_by_name(self, {f"fc{i}": d for i, d in enumerate(self.dense, 1)})
-        _track_by_name(self, {f"bn{i}": n for i, n in enumerate(self.norms, 1)})
+        track_by_name(self, {f"fc{i}": d for i, d in enumerate(self.dense, 1)})
+        track_by_name(self, {f"bn{i}": n for i, n in enumerate(self.norms, 1)})
 
     def build(self, input_shape):
         fan_in = input_shape[-1]
@@ -285,27 +296,31 @@ class ProjectionHead(keras.layers.Layer):
         return {**super().get_config(), "units": self.units, "routes": list(self.routes), "sync_bn": self.sync_bn}
 
 
-class DualBNResNet(keras.Model):
-    """Images in [0, 1] → ACL's projection (float32 [N, C4]) through the BatchNorm route `route` (default: the last
-    route, adversarial for ACL's two); `features` gives the pooled backbone features. Holds its parts by name:
-    `trunk`, `stage4`, `projection` (`checkpoint_items`)."""
+class DualBNNetwork(keras.Model):
+    """Images in [0, 1] → ACL's projection (float32 [N, feature_dim]) through the BatchNorm route `route` (default:
+    the last route, adversarial for ACL's two); `features` gives the pooled backbone features. Holds its parts by
+    name: `trunk`, `stage4` (any family's, built with these routes: `PostActivationPart`s, or `RoutedPart`s of a
+    functional family) and the `projection` head of width `feature_dim` (`checkpoint_items`)."""
 
-    def __init__(self, spec: ArchSpec, routes: Sequence[str] = ROUTES, sync_bn: bool = False, **kwargs):
+    def __init__(
+        self,
+        trunk: keras.Model,
+        stage4: keras.Model,
+        feature_dim: int,
+        routes: Sequence[str] = ROUTES,
+        sync_bn: bool = False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.routes = tuple(routes)
-        self.spec = spec
-        self.trunk = build_trunk(spec, sync_bn=sync_bn, routes=self.routes)
-        self.stage4 = build_stage4(spec, sync_bn=sync_bn, routes=self.routes)
+        self.feature_dim = int(feature_dim)
+        self.trunk, self.stage4 = trunk, stage4
         self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
         self.projection = ProjectionHead(self.feature_dim, self.routes, sync_bn, name="projection")
         self(keras.ops.zeros((1, 32, 32, 3)))
 
-    @property
-    def feature_dim(self) -> int:
-        return stage_channels(self.spec, len(STAGE_STRIDES))
-
     def features(self, images, training: bool = False, route: str | None = None):
-        """Pooled stage-4 features [N, C4] through `route`'s BatchNorms."""
+        """Pooled stage-4 features [N, feature_dim] through `route`'s BatchNorms."""
         x = self.trunk(images, training=training, route=route)
         return self.pool(self.stage4(x, training=training, route=route))
 
@@ -316,6 +331,16 @@ class DualBNResNet(keras.Model):
     @property
     def checkpoint_items(self) -> dict:
         return dict(trunk=self.trunk, stage4=self.stage4, projection=self.projection)
+
+
+class DualBNResNet(DualBNNetwork):
+    """ACL's network: the post-activation ResNet of `spec` with the BatchNorm routes `routes`, and its projection."""
+
+    def __init__(self, spec: ArchSpec, routes: Sequence[str] = ROUTES, sync_bn: bool = False, **kwargs):
+        trunk = build_trunk(spec, sync_bn=sync_bn, routes=routes)
+        stage4 = build_stage4(spec, sync_bn=sync_bn, routes=routes)
+        super().__init__(trunk, stage4, stage_channels(spec, len(STAGE_STRIDES)), routes, sync_bn, **kwargs)
+        self.spec = spec
 
 
 def build_post_resnet(

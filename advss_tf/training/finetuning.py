@@ -23,7 +23,7 @@ from advss_tf.data import datasets, pipeline
 from advss_tf.data.datasets import DatasetInfo
 from advss_tf.errors import UsageError
 from advss_tf.models import post_resnet
-from advss_tf.models.backbones import BackboneConfig
+from advss_tf.models.backbones import PARTS, BackboneConfig, build_routed
 from advss_tf.models.classifier import ImageClassifier
 from advss_tf.tasks.finetune import FROZEN_PARTS, FinetuneTask, trainable_variables
 from advss_tf.tasks.table import check_image_shape
@@ -85,8 +85,8 @@ def restore_pretrained(
     path: str, info: dict[str, Any], model: ImageClassifier, route: str | None = None, head: bool = False
 ) -> list[str]:
     """Restores trunk (and stage 4 when the export has one; the head too with `head`) into `model`; every variable
-    must match. From an export with BatchNorm routes (ACL's), `route`'s BatchNorms go into the classifier's one
-    route.
+    must match. From an export with BatchNorm routes (the contrastive tasks', on any backbone), `route`'s BatchNorms
+    go into the classifier's one route.
 
     Returns:
       The restored part names.
@@ -101,10 +101,9 @@ def restore_pretrained(
     if route is None:
         export.restore_parts(path, **parts)
         return sorted(parts)
-    spec, sync_bn, routes = model.backbone.spec, model.backbone.sync_bn, tuple(info["routes"])
-    routed = {"trunk": post_resnet.build_trunk(spec, sync_bn=sync_bn, routes=routes)}
-    if "stage4" in parts:
-        routed["stage4"] = post_resnet.build_stage4(spec, sync_bn=sync_bn, routes=routes)
+    # The export's parts as the contrastive tasks built them (every route), then `route`'s into the classifier's.
+    routes = tuple(info["routes"])
+    routed = {name: build_routed(model.backbone, name, routes) for name in PARTS if name in parts}
     export.restore_parts(path, **routed, **({"head": parts["head"]} if head else {}))  # a head has no BatchNorm
     for name, part in routed.items():
         post_resnet.copy_route(part, parts[name], route)

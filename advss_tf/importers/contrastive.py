@@ -39,10 +39,13 @@ from advss_tf.importers.base import Format, Imported, pretrain_config, provenanc
 from advss_tf.importers.checkpoint import one_file, read_state_dicts
 from advss_tf.importers.slots import Slot, apply_slots, bn_slots, conv_slot, dense_slots, normaliser_slots
 from advss_tf.models.backbones import BACKBONES, BackboneConfig
-from advss_tf.models.contrastive import POST_FAMILY, build_contrastive_model
+from advss_tf.models.contrastive import build_contrastive_model
 from advss_tf.models.post_resnet import DualBatchNormalization, DualBNResNet, PostActivationBlock
 from advss_tf.tasks.table import build_task
 from advss_tf.training import pretraining
+
+# Their released files are all ACL's post-activation ResNet (models/backbones.py's family of that name).
+POST_FAMILY = "post_resnet"
 
 
 @dataclasses.dataclass(frozen=True)

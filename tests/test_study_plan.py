@@ -187,10 +187,14 @@ def test_a_foreign_study_folder_is_refused_and_overwrite_replaces_only_the_study
     runner.prepare(str(tmp_path), ident, overwrite=False)  # the same study re-opens
     (tmp_path / "runs").mkdir()
     (tmp_path / "mine.txt").write_text("keep")
-    with pytest.raises(UsageError, match="holds another study .*seeds: 2 here, 3 asked"):
-        runner.prepare(str(tmp_path), {**ident, "seeds": 3}, overwrite=False)
-    runner.prepare(str(tmp_path), {**ident, "seeds": 3}, overwrite=True)
-    assert json.loads((tmp_path / "study.json").read_text())["seeds"] == 3
+    (tmp_path / "runs" / "seed0").mkdir()
+    # More (or fewer) seeds is the same study: it re-opens with its runs, and study.json says the new count.
+    runner.prepare(str(tmp_path), {**ident, "seeds": 3}, overwrite=False)
+    assert json.loads((tmp_path / "study.json").read_text())["seeds"] == 3 and (tmp_path / "runs" / "seed0").is_dir()
+    with pytest.raises(UsageError, match="holds another study .*scale: 'smoke' here, 'tiny' asked"):
+        runner.prepare(str(tmp_path), {**ident, "scale": "tiny"}, overwrite=False)
+    runner.prepare(str(tmp_path), {**ident, "scale": "tiny"}, overwrite=True)
+    assert json.loads((tmp_path / "study.json").read_text())["scale"] == "tiny"
     assert not (tmp_path / "runs").exists() and (tmp_path / "mine.txt").read_text() == "keep"
 
 

@@ -47,7 +47,12 @@ def prepare(workdir: str, identity: dict[str, Any], overwrite: bool) -> None:
             raise UsageError(f"{path} is unreadable ({e}); pass --overwrite to start a new study there") from None
         if old == identity:
             return
-        if not overwrite:
+        # The seed count is not what a run is (a seed's runs are the same whatever the count): a study re-opened with
+        # more seeds adds runs, with fewer it plans and reports seeds 0..N-1 and leaves the others' folders alone.
+        same_study = {k: v for k, v in old.items() if k != "seeds"} == {
+            k: v for k, v in identity.items() if k != "seeds"
+        }
+        if not overwrite and not same_study:
             diff = ", ".join(
                 f"{k}: {old.get(k)!r} here, {identity.get(k)!r} asked"
                 for k in sorted(identity)

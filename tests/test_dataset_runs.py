@@ -7,11 +7,12 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from binaries import run_binary
 from test_datasets import class_images, write_cifar100_binary, write_image, write_labelled_folder
 
 from advss_tf import serving
-from advss_tf.config import AttackConfig, OptimizerConfig, PretrainConfig, RuntimeConfig
+from advss_tf.config import AttackConfig, ContrastiveConfig, OptimizerConfig, PretrainConfig, RuntimeConfig
 from advss_tf.data.datasets import DataSource
 from advss_tf.errors import UsageError
 from advss_tf.evaluation import evaluator
@@ -73,6 +74,35 @@ def folders(tmp_path_factory):
     write_labelled_folder(root / "pets" / "train", per_class=8, size=SIZE, seed=0)
     write_labelled_folder(root / "pets" / "test", per_class=3, size=SIZE, seed=10)
     return str(root / "unlabelled"), str(root / "pets")
+
+
+@pytest.mark.parametrize("task, air", [("acl", False), ("dynacl", True)])
+def test_contrastive_tasks_pretrain_on_unlabelled_96px_images_and_export_both_routes(folders, tmp_path, task, air):
+    """STL-10's use (its unlabelled split): the contrastive tasks need no labels and any image size — SimCLR's views
+    are cropped back to the input size — and the export serves both BatchNorm routes at that size."""
+    unlabelled, _ = folders
+    cfg = PretrainConfig(
+        task=task,
+        model_dir=str(tmp_path / task),
+        backbone=BackboneConfig("tiny_post"),
+        data=DataSource("folder", unlabelled),
+        batch_size=8,
+        train_steps=2,
+        attack=AttackConfig(steps=1, bn="eval"),
+        contrastive=ContrastiveConfig(air=air),
+        optimizer=OPTIMIZER,
+        runtime=RUNTIME,
+    )
+    pre = pretraining.run(cfg)
+    assert pre["steps"] == 2 and np.isfinite(pre["final_train_metrics"]["loss"]), pre
+    with open(os.path.join(pre["export"], "assets", "advss_export.json")) as f:
+        info = json.load(f)
+    assert info["data"]["labelled"] is False and info["data"]["image_shape"] == [SIZE, SIZE, 3]
+    loaded = tf.saved_model.load(pre["export"])  # kept: the signatures' variables live as long as it does
+    images = tf.random.uniform([2, SIZE, SIZE, 3], seed=1)
+    for name in ("features", "features_clean"):
+        (out,) = loaded.signatures[name](images=images).values()
+        assert out.shape == (2, 128) and np.isfinite(out.numpy()).all(), name
 
 
 @pytest.mark.slow

@@ -19,6 +19,8 @@ import pytest
 import tensorflow as tf
 from test_training import _config as pretrain_config
 
+from advss_tf.config import AttackConfig, ContrastiveConfig, PretrainConfig, RuntimeConfig
+from advss_tf.models.backbones import BackboneConfig
 from advss_tf.training import loop, pretraining, runs
 
 STEPS = 4
@@ -114,6 +116,30 @@ def test_interrupted_then_resumed_run_ends_bitwise_equal(name, tmp_path, monkeyp
     # Dropout and attention dropout: one SeedGenerator state each, advanced by every training-mode call.
     seeds = [n for n in values if n.startswith("random_state/")]
     assert len(seeds) == 3 and all(values[n][1] > 0 for n in seeds), seeds
+
+
+def test_dynacl_resumes_bitwise_momentum_key_and_both_routes_included(tmp_path, monkeypatch, deterministic_ops):
+    """DynACL, with its momentum key encoder (moved after every step) and both BatchNorm routes of query and key:
+    resumed from a copy taken at the first checkpoint, as a kill -9 there leaves it, every checkpointed variable ends
+    bitwise equal to the uninterrupted run's. (ACL's binary is killed with -9 and resumed in tests/test_contrastive.py;
+    DynACL+AIR has one encoder and no state beyond ACL's.)"""
+
+    def run(model_dir):
+        cfg = PretrainConfig(
+            task="dynacl",
+            model_dir=str(model_dir),
+            backbone=BackboneConfig("tiny_post"),
+            batch_size=8,
+            train_steps=STEPS,
+            attack=AttackConfig(steps=1, bn="eval"),
+            contrastive=ContrastiveConfig(),
+            runtime=RuntimeConfig(**RUNTIME),
+        )
+        return pretraining.run(cfg)
+
+    values = straight_and_resumed_from_its_copy(run, tmp_path, monkeypatch)
+    # The key's own weights are checkpointed (not rebuilt from the query on resume).
+    assert any("key" in n for n in values) and any("query" in n for n in values), sorted(values)[:10]
 
 
 def test_steps_skipped_by_loss_scaling_still_count_and_resume_where_they_stopped(

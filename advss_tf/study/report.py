@@ -295,7 +295,7 @@ def markdown(report: dict, scale_description: str, time: dict | None = None, stu
     scale = study.scales.get(ident["scale"])
     caveat = [scale.caveat, ""] if scale is not None and scale.caveat else []
     lines = [
-        f"# Study `{ident['study']}` at scale `{ident['scale']}` ({ident['seeds']} seeds)",
+        f"# Study `{ident['study']}` at scale `{ident['scale']}` ({ident['seeds']} seed{'s' if ident['seeds'] != 1 else ''})",
         "",
         *caveat,
         f"Scale: {scale_description}.",

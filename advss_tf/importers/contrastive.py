@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import keras
 import numpy as np
 
 from advss_tf.config import ContrastiveConfig
@@ -40,7 +41,7 @@ from advss_tf.importers.checkpoint import one_file, read_state_dicts
 from advss_tf.importers.slots import Slot, apply_slots, bn_slots, conv_slot, dense_slots, normaliser_slots
 from advss_tf.models.backbones import BACKBONES, BackboneConfig
 from advss_tf.models.contrastive import build_contrastive_model
-from advss_tf.models.post_resnet import DualBatchNormalization, DualBNResNet, PostActivationBlock
+from advss_tf.models.post_resnet import DualBatchNormalization, DualBNResNet, acl_module_names
 from advss_tf.tasks.table import build_task
 from advss_tf.training import pretraining
 
@@ -154,24 +155,14 @@ def network_slots(network: DualBNResNet, prefix: str, normaliser: dict, updates:
     """ACL's `resnet18` with `fc = proj_head` (keys under `prefix`) → our DualBNResNet's variables; the normaliser
     is checked into `normaliser`, the stem BatchNorms' `num_batches_tracked` recorded into `updates` by route."""
     slots = normaliser_slots(f"{prefix}normalize.mean", f"{prefix}normalize.std", (3,), normaliser)
-    stem = {layer.name: layer for layer in network.trunk.parts}
-    slots[f"{prefix}conv1.weight"] = conv_slot(stem["stem_conv"])
-    slots.update(dual_bn_slots(f"{prefix}bn1", stem["stem_bn"]))
-    for i, route in enumerate(stem["stem_bn"].routes):
+    for name, layer in acl_module_names(network):
+        if isinstance(layer, DualBatchNormalization):
+            slots.update(dual_bn_slots(f"{prefix}{name}", layer))
+        elif isinstance(layer, keras.layers.Dense):
+            slots.update(dense_slots(f"{prefix}{name}", layer))
+        else:
+            slots[f"{prefix}{name}.weight"] = conv_slot(layer)
+    stem_bn = next(layer for layer in network.trunk.parts if layer.name == "stem_bn")
+    for i, route in enumerate(stem_bn.routes):
         slots[f"{prefix}bn1.bn_list.{i}.num_batches_tracked"] = Slot((), lambda v, r=route: updates.update({r: int(v)}))
-    blocks = [p for p in network.trunk.parts if isinstance(p, PostActivationBlock)] + list(network.stage4.parts)
-    for block in blocks:  # our stage<s>_block<b> is their layer<s>.<b - 1>
-        stage, index = block.name.removeprefix("stage").split("_block")
-        theirs = f"{prefix}layer{stage}.{int(index) - 1}"
-        for name in ("conv1", "conv2"):
-            slots[f"{theirs}.{name}.weight"] = conv_slot(getattr(block, name))
-        for name in ("bn1", "bn2"):
-            slots.update(dual_bn_slots(f"{theirs}.{name}", getattr(block, name)))
-        if block.shortcut is not None:  # their Downsample_multiple: conv + multi-BN
-            slots[f"{theirs}.downsample.conv.weight"] = conv_slot(block.shortcut)
-            slots.update(dual_bn_slots(f"{theirs}.downsample.bn", block.shortcut_bn))
-    head = network.projection
-    for i, (dense, norm) in enumerate(zip(head.dense, head.norms, strict=True), start=1):
-        slots.update(dense_slots(f"{prefix}fc.fc{i}", dense))
-        slots.update(dual_bn_slots(f"{prefix}fc.bn{i}", norm))
     return slots

@@ -233,6 +233,27 @@ def route_variables(layer, route: str | None) -> list:
     return list(layer.weights)
 
 
+def acl_module_names(network: DualBNNetwork) -> list[tuple[str, keras.layers.Layer]]:
+    """Each layer of a post-activation `network` that holds tensors, with the module name ACL's state dict gives it
+    (`resnet_multi_bn.py`; a key is that name, then the tensor's: `layer2.0.downsample.bn.bn_list.1.running_var`):
+    the stem `conv1`, `bn1`; our `stage<s>_block<b>` is their `layer<s>.<b - 1>` (`conv1`, `bn1`, `conv2`, `bn2`,
+    `downsample.conv`, `downsample.bn`); the projection head `fc.fc<i>`, `fc.bn<i>`. The one map from their names to
+    ours, for the importer (importers/contrastive.py) and the PyTorch twin (peer/torch_acl_resnet.py)."""
+    stem = {layer.name: layer for layer in network.trunk.parts}
+    out: list[tuple[str, keras.layers.Layer]] = [("conv1", stem["stem_conv"]), ("bn1", stem["stem_bn"])]
+    blocks = [p for p in network.trunk.parts if isinstance(p, PostActivationBlock)] + list(network.stage4.parts)
+    for block in blocks:
+        stage, index = block.name.removeprefix("stage").split("_block")
+        theirs = f"layer{stage}.{int(index) - 1}"
+        out += [(f"{theirs}.{attr}", getattr(block, attr)) for attr in ("conv1", "bn1", "conv2", "bn2")]
+        if block.shortcut is not None:  # their Downsample_multiple: conv + multi-BN
+            out += [(f"{theirs}.downsample.conv", block.shortcut), (f"{theirs}.downsample.bn", block.shortcut_bn)]
+    head = network.projection
+    for i, (dense, norm) in enumerate(zip(head.dense, head.norms, strict=True), start=1):
+        out += [(f"fc.fc{i}", dense), (f"fc.bn{i}", norm)]
+    return out
+
+
 def _route_free_name(variable, route: str | None) -> str:
     """`layer/variable` of `variable`'s path, without the route's suffix on the layer's name: the same for a variable
     and its counterpart in another route or another part of the same spec."""

@@ -158,21 +158,8 @@ def keras_to_acl_names(model: post_resnet.DualBNResNet) -> dict[str, str]:
             if getattr(layer, "bias", None) is not None:
                 names[layer.bias.path] = f"{prefix}.bias"
 
-    trunk = model.trunk.parts
-    add(trunk[1], "conv1")
-    add(trunk[2], "bn1")
-    blocks = [part for part in trunk if isinstance(part, post_resnet.PostActivationBlock)] + list(model.stage4.parts)
-    for block in blocks:
-        stage, index = block.name.removeprefix("stage").split("_block")
-        prefix = f"layer{stage}.{int(index) - 1}"
-        for attr in ("conv1", "bn1", "conv2", "bn2"):
-            add(getattr(block, attr), f"{prefix}.{attr}")
-        if block.shortcut is not None:
-            add(block.shortcut, f"{prefix}.downsample.conv")
-            add(block.shortcut_bn, f"{prefix}.downsample.bn")
-    for i, (dense, norm) in enumerate(zip(model.projection.dense, model.projection.norms, strict=True), start=1):
-        add(dense, f"fc.fc{i}")
-        add(norm, f"fc.bn{i}")
+    for name, layer in post_resnet.acl_module_names(model):
+        add(layer, name)
     return names
 
 

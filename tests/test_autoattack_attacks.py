@@ -111,6 +111,55 @@ def test_fab_finds_smaller_perturbations_than_pgd(strength_images):
     assert (fab_norm <= pgd_norm + 1e-6).mean() >= 0.9
 
 
+def _least_multiplier_by_sorting(slope, kink, c):
+    """The textbook solution in float64 NumPy: g at every sorted kink from cumulative sums, linear between."""
+    order = np.argsort(kink, kind="stable")
+    k, s = kink[order], slope[order]
+    below = np.cumsum(s)
+    g = np.cumsum(s * k) + k * (below[-1] - below)  # g at each kink
+    first = int(np.sum(g < c))
+    if first == len(k):
+        return np.inf
+    lam0, g0, free = (0.0, 0.0, below[-1]) if first == 0 else (k[first - 1], g[first - 1], below[-1] - below[first - 1])
+    return lam0 + (c - g0) / max(free, 1e-12)
+
+
+def test_the_projections_multiplier_is_the_piecewise_linear_root():
+    """FAB's Lagrange multiplier (Newton steps, no sort) is the least λ with Σ slope·min(λ, kink) = c, as sorting the
+    kinks gives it: in float64 to 1e-12 on small rows with the edge cases (c = 0, zero slopes, tied kinks, kinks at
+    0, a root just below the last kink, out of reach); in float32 on FAB's 3,072-wide rows, near float64's root."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for case in range(200):
+        d = int(rng.integers(1, 12))
+        slope = np.abs(rng.normal(size=d)) * (rng.uniform(size=d) > 0.2)
+        kink = rng.uniform(0, 1, d)
+        if case % 5 == 1:
+            kink[: d // 2] = kink[0]  # ties
+        if case % 7 == 2:
+            kink[0] = 0.0  # a coordinate already at its bound
+        top = float(np.sum(slope * kink))
+        # zero, inside, just below the last kink (exactly at it, rounding decides), beyond reach
+        c = [0.0, rng.uniform(0, top), top * (1 - 1e-9), top * 1.5 + 1.0][case % 4]
+        rows.append((slope, kink, c))
+    for slope, kink, c in rows:
+        got = fab._least_multiplier(tf.constant(slope[None]), tf.constant(kink[None]), tf.constant([c], tf.float64))
+        got = got.numpy()[0]
+        want = _least_multiplier_by_sorting(slope, kink, c)
+        if np.isinf(want):
+            assert np.isinf(got), (slope, kink, c, got)
+        else:  # the least root: where g is flat at c (zero slopes), any λ there gives the same step
+            g = lambda lam, slope=slope, kink=kink: np.sum(slope * np.minimum(lam, kink))  # noqa: E731
+            np.testing.assert_allclose(g(got), c, rtol=1e-12, atol=1e-12)
+            assert got <= want + 1e-12, (got, want)
+    slope = np.abs(rng.normal(size=(32, 3072)))
+    kink = rng.uniform(0, 1, (32, 3072))
+    c = rng.uniform(0, 1, 32) * np.sum(slope * kink, axis=1) * np.r_[np.full(16, 0.01), np.ones(16)]
+    got = fab._least_multiplier(*(tf.constant(v, tf.float32) for v in (slope, kink, c))).numpy()
+    want = np.array([_least_multiplier_by_sorting(*r) for r in zip(slope, kink, c)])
+    np.testing.assert_allclose(got, want, rtol=2e-6)
+
+
 def test_linf_projection_is_the_linear_programs_solution():
     rng = np.random.default_rng(0)
     dim = 12

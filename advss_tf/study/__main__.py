@@ -5,11 +5,14 @@
     python -m advss_tf.study --study=robustssl --scale=tiny --seeds=3 --workdir=runs/robustssl_tiny \\
         --data_dir=../shared/data/cifar10-subset
     python -m advss_tf.study report --workdir=runs/study_tiny
+    python -m advss_tf.study keep --workdir=runs/study_tiny --to=docs/study_tiny
 
 Each run is `python -m advss_tf.pretrain|finetune|evaluate` (or tools/ensemble_export.py) in its own run directory
 under <workdir>/runs/; re-running the command skips what has finished and resumes what has not. --emit=slurm writes
-SLURM array jobs instead of running; --only=<run id> runs one run (what each array task does). Exit status: 0 done,
-1 a run failed, 2 bad input (one line on stderr), 128+signal when stopped. See docs/study.md.
+SLURM array jobs instead of running; --only=<run id> runs one run (what each array task does). `keep` copies the
+results of the finished chains (no checkpoints or exports) to --to, a folder that `report` and `run` work on as on
+the study's own. Exit status: 0 done, 1 a run failed, 2 bad input (one line on stderr), 128+signal when stopped. See
+docs/study.md.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from advss_tf.study import catalogue
 from advss_tf.study import command as command_lib
 
 FLAGS = flags.FLAGS
-COMMANDS = ("run", "report")
+COMMANDS = ("run", "report", "keep")
 
 flags.DEFINE_enum("study", "paper", sorted(catalogue.STUDIES), "Which study (a declared table of rows).")
 flags.DEFINE_enum(
@@ -34,6 +37,7 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_integer("seeds", 3, "Seeds 0 .. N-1 of every row (each run's --seed).")
 flags.DEFINE_string("workdir", None, "The study folder: study.json, runs/, logs/, report/ (created if missing).")
+flags.DEFINE_string("to", None, "keep: the folder the finished chains' results go to (made if missing).")
 flags.DEFINE_list("rows", [], "Row ids to run (default: every row of the study that runs at this scale).")
 flags.DEFINE_integer("jobs", 1, "Runs at once on this machine (independent runs only; dependencies are kept).")
 flags.DEFINE_enum(
@@ -74,6 +78,15 @@ def main(argv: list[str]) -> None:
             raise UsageError("give --workdir (the study folder)")
         if command == "report":
             command_lib.write_report(FLAGS.workdir)
+            return
+        if command == "keep":
+            if not FLAGS.to:
+                raise UsageError("keep needs --to (the folder the results go to)")
+            if command_lib.keep_finished(FLAGS.workdir, FLAGS.to):
+                try:
+                    command_lib.write_report(FLAGS.to)
+                except UsageError as e:  # chains kept, none of them evaluated yet
+                    print(f"study: no report: {e}")
             return
         status = command_lib.run_study(
             FLAGS.workdir,

@@ -1,11 +1,13 @@
-"""What `python -m advss_tf.study` does, as Python: `run_study(...)` and `write_report(workdir)` (the CLI maps its
-flags onto these; tests and notebooks call them directly). Bad input raises UsageError before anything is written."""
+"""What `python -m advss_tf.study` does, as Python: `run_study(...)`, `write_report(workdir)` and
+`keep_finished(workdir, dest)` (the CLI maps its flags onto these; tests and notebooks call them directly). Bad input
+raises UsageError before anything is written."""
 
 from __future__ import annotations
 
 import functools
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Callable
 
@@ -42,14 +44,7 @@ def identity(study: str, scale: str, seeds: int, data: plan.Data, cifar10c: bool
 
 def write_report(workdir: str, say: Callable[[str], None] = print) -> dict:
     """Writes <workdir>/report/ from what has finished; returns the report (report.json's content)."""
-    ident = runner.read_identity(workdir)
-    study = catalogue.STUDIES.get(ident.get("study"))
-    if study is None or ident.get("scale") not in study.scales:
-        raise UsageError(f"{workdir}/{runner.STUDY_FILE} names an unknown study or scale: {ident}")
-    scale = study.scales[ident["scale"]]
-    chosen, excluded = plan.select_rows(study, scale, None)
-    # only the run ids are needed (for the Time section): they depend on the rows and seeds alone
-    runs = plan.build(study, scale, ident["seeds"], workdir, plan.Data(**ident["data"]), chosen)
+    ident, study, scale, excluded, runs = _planned(workdir)
     times = os.path.join(workdir, runner.LOGS, runner.TIMES)
     result = report_lib.write(workdir, study, ident, excluded, scale.description, times, {r.id for r in runs})
     if not result["rows"]:
@@ -59,6 +54,64 @@ def write_report(workdir: str, say: Callable[[str], None] = print) -> dict:
         say(f.read())
     say(f"study: report in {path} (and {report_lib.JSON}, {report_lib.SCATTER}, {report_lib.DIFFERENCES})")
     return result
+
+
+def _planned(workdir: str):
+    """The study a folder holds, as its study.json names it: (identity, study, scale, rows not at this scale with
+    why, every run of its rows at that scale and its seeds)."""
+    ident = runner.read_identity(workdir)
+    study = catalogue.STUDIES.get(ident.get("study"))
+    if study is None or ident.get("scale") not in study.scales:
+        raise UsageError(f"{workdir}/{runner.STUDY_FILE} names an unknown study or scale: {ident}")
+    scale = study.scales[ident["scale"]]
+    chosen, excluded = plan.select_rows(study, scale, None)
+    data = plan.Data(**ident["data"])
+    cifar10c, autoattack = ident.get("cifar10c", False), ident.get("autoattack")
+    runs = plan.build(study, scale, ident["seeds"], workdir, data, chosen, cifar10c, autoattack)
+    return ident, study, scale, excluded, runs
+
+
+def keep_finished(workdir: str, dest: str, say: Callable[[str], None] = print) -> list[str]:
+    """Copies into `dest` the results of every finished run whose dependants have all finished too (a finished
+    chain), with study.json and logs/times.jsonl: the study's numbers without its checkpoints and exports, small
+    enough to commit or mail, from which `report` makes the same report and the same `run` command resumes (a
+    finished run is skipped; a run not kept re-runs, with whatever it needs). Returns the kept run ids.
+
+    A run is kept only with all its dependants because `dest` holds no export: a kept pretraining whose
+    fine-tuning still had to run would leave that fine-tuning nothing to start from. An ensemble's export is a
+    SavedModel, not a result: its evaluation is kept, the export itself re-made if a resumed study needs it.
+    """
+    workdir, dest = os.path.abspath(workdir), os.path.abspath(dest)
+    if dest == workdir or dest.startswith(workdir + os.sep):
+        raise UsageError(f"--to {dest} is inside the study folder {workdir}: give a folder outside it")
+    runs = _planned(workdir)[-1]
+    done = {r.id for r in runs if r.finished(workdir)}
+    dependants: dict[str, list[str]] = {r.id: [] for r in runs}
+    for r in runs:
+        for d in r.deps:
+            dependants[d].append(r.id)
+    complete: dict[str, bool] = {}
+
+    def is_complete(rid: str) -> bool:
+        if rid not in complete:
+            complete[rid] = rid in done and all(is_complete(d) for d in dependants[rid])
+        return complete[rid]
+
+    kept = [r for r in runs if is_complete(r.id) and r.kind != "ensemble"]
+    runner.prepare(dest, runner.read_identity(workdir), overwrite=False)
+    for r in kept:
+        out = r.directory(dest)
+        os.makedirs(out, exist_ok=True)
+        shutil.copy2(os.path.join(r.directory(workdir), "results.json"), out)
+    times = os.path.join(workdir, runner.LOGS, runner.TIMES)
+    if os.path.exists(times):
+        os.makedirs(os.path.join(dest, runner.LOGS), exist_ok=True)
+        shutil.copy2(times, os.path.join(dest, runner.LOGS, runner.TIMES))
+    waiting = sorted(done - {r.id for r in kept} - {r.id for r in runs if r.kind == "ensemble"})
+    say(f"study: kept {len(kept)} of {len(done)} finished runs in {dest} ({len(runs)} in the study)")
+    if waiting:
+        say(f"study: not kept, finished but a dependant is not: {', '.join(waiting)}")
+    return [r.id for r in kept]
 
 
 def estimate(runs: list[plan.Run], jobs: int, workdir: str) -> str:

@@ -1,6 +1,7 @@
 """The distributed training step and a whole pretraining run: data parallel = per-half gradients averaged,
 resume = uninterrupted, NaN guard, export = Keras model, TensorBoard content."""
 
+import dataclasses
 import glob
 import logging
 import os
@@ -165,9 +166,11 @@ def test_mixed_precision_run_trains_and_exports_float32_signatures(tmp_path, pre
     """--mixed_precision computes in 16 bits but keeps float32 variables, and the export's signatures still return
     float32 (SPEC §10): a serving pipeline never sees bf16/fp16 tensors."""
     try:
-        # Rotation (4 views an image) rather than Jigsaw (9 patches each): float16 is emulated on a CPU, and the
-        # policy's path through the step, the checkpoint and the export is the same for every task.
-        results = pretraining.run(_config(tmp_path, task="rotation", steps=4, mixed_precision=precision))
+        # Rotation (4 views an image) rather than Jigsaw (9 patches each), and 4 images a batch: float16 is emulated
+        # on a CPU, and the policy's path through the step, the checkpoint and the export is the same for every task
+        # and batch size.
+        cfg = _config(tmp_path, task="rotation", steps=4, mixed_precision=precision)
+        results = pretraining.run(dataclasses.replace(cfg, batch_size=4))
         model = _weights(str(tmp_path), task="rotation")  # built under the run's policy
         assert all(v.dtype == "float32" for v in model.weights)
     finally:

@@ -367,6 +367,12 @@ def test_keep_copies_the_finished_chains_results_and_the_copy_reports_and_resume
     )
     made = command_lib.write_report(str(dest), say=lambda _: None)
     assert {r["id"] for r in made["rows"]} == {rot, e2e}
+    planned = 2 * (2 + len(made["not_run_yet"]))  # seed 0 of two rows evaluated, of 2 seeds x every row
+    title = (dest / report.REPORT / report.MARKDOWN).read_text(encoding="utf-8").splitlines()[0]
+    assert (
+        title
+        == f"# Study `paper` at scale `smoke` (2 seeds; in progress: 2 of {planned} row-seed evaluations finished)"
+    )
     runs = command_lib._planned(str(dest))[-1]
     assert sorted(r.id for r in runs if r.finished(str(dest))) == sorted(kept)  # `run` skips these, re-runs the rest
     with pytest.raises(UsageError, match="inside the study folder"):

@@ -294,8 +294,13 @@ def markdown(report: dict, scale_description: str, time: dict | None = None, stu
     label = study.reference_label
     scale = study.scales.get(ident["scale"])
     caveat = [scale.caveat, ""] if scale is not None and scale.caveat else []
+    seeds = f"{ident['seeds']} seed{'s' if ident['seeds'] != 1 else ''}"
+    evaluated = sum(len(r["seeds"]) for r in report["rows"])
+    planned = ident["seeds"] * (len(report["rows"]) + len(report.get("not_run_yet") or []))
+    if any(len(r["seeds"]) < ident["seeds"] for r in report["rows"]):  # a study still running, or resumed later
+        seeds += f"; in progress: {evaluated} of {planned} row-seed evaluations finished"
     lines = [
-        f"# Study `{ident['study']}` at scale `{ident['scale']}` ({ident['seeds']} seed{'s' if ident['seeds'] != 1 else ''})",
+        f"# Study `{ident['study']}` at scale `{ident['scale']}` ({seeds})",
         "",
         *caveat,
         f"Scale: {scale_description}.",

@@ -26,30 +26,20 @@ import statistics
 import sys
 from datetime import datetime
 
+from advss_tf.study import report, runner
+
 STAGES = ("apgd_ce", "apgd_t", "fab_t", "square")
 
 
-def finished_attempts(workdir: str) -> dict[str, dict]:
-    """Each run's last finished attempt in logs/times.jsonl (its CPU, cores, jobs, end time)."""
-    out = {}
-    path = os.path.join(workdir, "logs", "times.jsonl")
-    if not os.path.exists(path):
-        return out
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # a killed write's torn last line
-            if entry.get("outcome") == "done":
-                out[entry["run"]] = entry
-    return out
+def attempts_of(workdir: str) -> list[dict]:
+    """Every attempt in the study's logs/times.jsonl (none if it has none)."""
+    return (report.read_attempts(os.path.join(workdir, runner.LOGS, runner.TIMES)) or ([], 0))[0]
 
 
-def stage_rows(workdir: str) -> list[dict]:
-    """One row per (evaluation, AutoAttack stage): run, stage, attacked, seconds, work, ms per image-iteration, cpu,
-    jobs, ended."""
-    attempts = finished_attempts(workdir)
+def stage_rows(workdir: str, attempts: list[dict]) -> list[dict]:
+    """One row per (evaluation, AutoAttack stage): run, stage, attacked, seconds, work, ms per image-iteration, and
+    the cpu, jobs and end time of the run's last finished attempt (of `attempts`)."""
+    finished = {a["run"]: a for a in attempts if a.get("outcome") == "done"}
     rows = []
     for path in sorted(glob.glob(os.path.join(workdir, "runs", "seed*", "evaluate", "*", "results.json"))):
         run = os.path.relpath(os.path.dirname(path), os.path.join(workdir, "runs"))
@@ -58,7 +48,7 @@ def stage_rows(workdir: str) -> list[dict]:
         autoattack = (results.get("robust_accuracy") or {}).get("autoattack")
         if not autoattack:
             continue
-        attempt = attempts.get(run, {})
+        attempt = finished.get(run, {})
         for stage in autoattack.get("stages", []):
             work = stage["num_attacked"] * stage["steps"] * (stage.get("targets") or 1)
             seconds = stage["seconds"] - stage.get("trace_seconds", 0.0)
@@ -109,7 +99,7 @@ def summary(rows: list[dict], split: datetime | None) -> list[dict]:
     return out
 
 
-def markdown(table: list[dict], rows: list[dict], workdir: str) -> str:
+def markdown(table: list[dict], rows: list[dict], attempts: list[dict]) -> str:
     lines = [
         "| group | stage | evaluations | images attacked | seconds | ms per image-iteration (median) |",
         "|---|---|---:|---:|---:|---:|",
@@ -120,26 +110,13 @@ def markdown(table: list[dict], rows: list[dict], workdir: str) -> str:
             f"| {t['group']} | {t['stage']} | {t['evaluations']} | {t['attacked']} | {t['seconds']:.0f} | {cost} |"
         )
     attack_seconds = sum(r["seconds"] for r in rows)
-    every = sum(e["seconds"] for e in _all_attempts(workdir))
+    every = sum(a["seconds"] for a in attempts)
     lines.append("")
     lines.append(
         f"AutoAttack in these evaluations: {attack_seconds / 3600:.2f} h of the study's {every / 3600:.2f} h of "
         "run time (every attempt in logs/times.jsonl)."
     )
     return "\n".join(lines)
-
-
-def _all_attempts(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "logs", "times.jsonl")
-    out = []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,12 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     if split is not None and split.tzinfo is None:
         print("error: --split needs a UTC offset (e.g. +00:00): times.jsonl's times carry one", file=sys.stderr)
         return 2
-    rows = stage_rows(args.workdir)
+    attempts = attempts_of(args.workdir)
+    rows = stage_rows(args.workdir, attempts)
     if not rows:
         print(f"error: no evaluation in {args.workdir} ran AutoAttack", file=sys.stderr)
         return 2
     table = summary(rows, split)
-    print(markdown(table, rows, args.workdir))
+    print(markdown(table, rows, attempts))
     if args.json_out:
         with open(args.json_out, "w", encoding="utf-8") as f:
             json.dump({"rows": rows, "summary": table}, f, indent=1)

@@ -86,18 +86,11 @@ def keep_finished(workdir: str, dest: str, say: Callable[[str], None] = print) -
         raise UsageError(f"--to {dest} is inside the study folder {workdir}: give a folder outside it")
     runs = _planned(workdir)[-1]
     done = {r.id for r in runs if r.finished(workdir)}
-    dependants: dict[str, list[str]] = {r.id: [] for r in runs}
-    for r in runs:
-        for d in r.deps:
-            dependants[d].append(r.id)
-    complete: dict[str, bool] = {}
-
-    def is_complete(rid: str) -> bool:
-        if rid not in complete:
-            complete[rid] = rid in done and all(is_complete(d) for d in dependants[rid])
-        return complete[rid]
-
-    kept = [r for r in runs if is_complete(r.id) and r.kind != "ensemble"]
+    needed_by = plan.dependants(runs)
+    complete: dict[str, bool] = {}  # finished, and so is every run that needs it, directly or not
+    for r in reversed(plan.order(runs)):
+        complete[r.id] = r.id in done and all(complete[c] for c in needed_by[r.id])
+    kept = [r for r in runs if complete[r.id] and r.kind != "ensemble"]
     runner.prepare(dest, runner.read_identity(workdir), overwrite=False)
     for r in kept:
         out = r.directory(dest)

@@ -265,17 +265,23 @@ def order(runs: list[Run]) -> list[Run]:
     return out
 
 
+def dependants(runs: list[Run]) -> dict[str, list[str]]:
+    """Each run's id → the ids of the runs in `runs` that need it directly."""
+    out: dict[str, list[str]] = {r.id: [] for r in runs}
+    for r in runs:
+        for d in r.deps:
+            if d in out:
+                out[d].append(r.id)
+    return out
+
+
 def bottom_levels(runs: list[Run]) -> dict[str, int]:
     """Each run's bottom level: its weight plus the heaviest chain of runs that need it, directly or not — the
     longest weighted path from the run to the end of the study (dependencies outside `runs` count as finished)."""
-    dependants: dict[str, list[str]] = {r.id: [] for r in runs}
-    for r in runs:
-        for d in r.deps:
-            if d in dependants:
-                dependants[d].append(r.id)
+    needed_by = dependants(runs)
     level: dict[str, int] = {}
     for r in reversed(order(runs)):
-        level[r.id] = r.weight + max((level[c] for c in dependants[r.id]), default=0)
+        level[r.id] = r.weight + max((level[c] for c in needed_by[r.id]), default=0)
     return level
 
 

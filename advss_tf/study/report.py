@@ -215,15 +215,9 @@ def _seeds_needed(study: Study, c, interval: statistics.Interval | None) -> dict
     return out
 
 
-def timing(path: str, planned: set[str] | None = None) -> dict | None:
-    """What the study's runs cost, from the runner's record of attempts (`path`: <workdir>/logs/times.jsonl;
-    None if there is none).
-
-    Per kind, the run time of the attempts that finished runs of the plan (`planned`: run ids; None: every run);
-    the time of attempts that were stopped or failed (a resumed run's earlier attempts) and of runs no longer in the
-    plan (rows since left out) apart; the machines and --jobs values seen; when the first and last attempt ended.
-    Times are each run's own wall time: with --jobs=K, K ran at once (each on cores ÷ K threads).
-    """
+def read_attempts(path: str) -> tuple[list[dict[str, Any]], int] | None:
+    """The attempts of a study's logs/times.jsonl (`path`; `runner.record_attempt` writes them) and the count of torn
+    lines skipped (the last line of a killed write); None when there is no such file."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -234,7 +228,23 @@ def timing(path: str, planned: set[str] | None = None) -> dict | None:
         try:
             entries.append(json.loads(line))
         except ValueError:
-            torn += 1  # the last line of a killed write
+            torn += 1
+    return entries, torn
+
+
+def timing(path: str, planned: set[str] | None = None) -> dict | None:
+    """What the study's runs cost, from the runner's record of attempts (`path`: <workdir>/logs/times.jsonl;
+    None if there is none).
+
+    Per kind, the run time of the attempts that finished runs of the plan (`planned`: run ids; None: every run);
+    the time of attempts that were stopped or failed (a resumed run's earlier attempts) and of runs no longer in the
+    plan (rows since left out) apart; the machines and --jobs values seen; when the first and last attempt ended.
+    Times are each run's own wall time: with --jobs=K, K ran at once (each on cores ÷ K threads).
+    """
+    attempts = read_attempts(path)
+    if attempts is None:
+        return None
+    entries, torn = attempts
     finished = {k: {"runs": 0, "seconds": 0.0} for k in KINDS}
     other = {"stopped_or_failed": 0.0, "not_in_plan": 0.0}
     for e in entries:

@@ -76,11 +76,13 @@ def folders(tmp_path_factory):
     return str(root / "unlabelled"), str(root / "pets")
 
 
-@pytest.mark.parametrize("task, air", [("acl", False), ("dynacl", True)])
-def test_contrastive_tasks_pretrain_on_unlabelled_96px_images_and_export_both_routes(folders, tmp_path, task, air):
+def test_contrastive_tasks_pretrain_on_unlabelled_96px_images_and_export_both_routes(folders, tmp_path):
     """STL-10's use (its unlabelled split): the contrastive tasks need no labels and any image size — SimCLR's views
-    are cropped back to the input size — and the export serves both BatchNorm routes at that size."""
+    are cropped back to the input size — and the export serves both BatchNorm routes at that size. DynACL+AIR: the
+    views, the strength schedule and AIR's regularisers on top of ACL's loss (ACL's own path through the views and
+    the export is tests/test_contrastive.py's, at 32x32)."""
     unlabelled, _ = folders
+    task, air = "dynacl", True
     cfg = PretrainConfig(
         task=task,
         model_dir=str(tmp_path / task),

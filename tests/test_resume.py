@@ -2,10 +2,12 @@
 checkpointed variable bitwise equal to an uninterrupted run's (weights, BatchNorm statistics, optimizer slots, the
 run's step, the dropout seed states), with deterministic ops. Plus the float16 case where loss scaling skips steps.
 
-The ensemble resumes a copy of the uninterrupted run's directory taken right after its first checkpoint (what a
-kill -9 there leaves) instead of a third run stopped by SIGTERM: its step's trace (joint PGD and the diversity
-term's double backprop) is a minute on the 2-core CPU per run. The SIGTERM stop is the loop's, the same for every
-task, and is tested here on Selfie (mirrored), in tests/test_resume_finetune.py and on the binaries."""
+Selfie (mirrored) and the ensemble resume a copy of the uninterrupted run's directory taken right after its first
+checkpoint (what a kill -9 there leaves) instead of a third run stopped by SIGTERM: two traces of their step where
+a SIGTERM stop needs three (the ensemble's, joint PGD and the diversity term's double backprop, is a minute on the
+2-core CPU per run). The SIGTERM stop is the loop's, the same for every task and strategy, and is tested here on
+Rotation (the loss-scaling test), in tests/test_resume_finetune.py and on the binaries (tests/test_selfie.py,
+tests/test_pretrain_cli.py)."""
 
 import dataclasses
 import functools
@@ -111,8 +113,7 @@ def straight_and_resumed_from_its_copy(run, tmp_path, monkeypatch) -> dict[str, 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_interrupted_then_resumed_run_ends_bitwise_equal(name, tmp_path, monkeypatch, deterministic_ops):
-    resume = straight_and_resumed_from_its_copy if name == "ensemble" else straight_and_resumed
-    values = resume(RUNS[name], tmp_path, monkeypatch)
+    values = straight_and_resumed_from_its_copy(RUNS[name], tmp_path, monkeypatch)
     # Dropout and attention dropout: one SeedGenerator state each, advanced by every training-mode call.
     seeds = [n for n in values if n.startswith("random_state/")]
     assert len(seeds) == 3 and all(values[n][1] > 0 for n in seeds), seeds

@@ -221,8 +221,27 @@ def test_the_report_answers_r1_per_seed_and_labels_the_tiny_scale_as_not_the_ben
     title, caveat = md.splitlines()[0], md.splitlines()[2]
     assert title == "# Study `robustssl` at scale `tiny` (3 seeds)"
     assert caveat.startswith("**Not the RobustSSL benchmark's scale.**")
-    assert "| benchmark SA | benchmark PGD-20 (AA) |" in md and "evaluated as its final model" in md
+    assert "| benchmark SA | benchmark AutoAttack |" in md and "evaluated as its final model" in md
+    table = {
+        line.split("(`")[1].split("`)")[0]: line for line in md.splitlines() if line.startswith("| ") and "(`" in line
+    }
+    assert table[air].endswith("| 78.08 | 45.27 |") and table[rot].endswith("| – | – |")  # not in the benchmark
     assert "Unforeseen attacks" not in md and "paper" not in md.split("## The questions")[1].split("## Rows")[0]
     assert "**R1. Does contrastive pretraining beat the best pretext task under each protocol?" in md
     at_benchmark = report.markdown({**out, "identity": {**ident, "scale": "benchmark"}}, "GPU", None, STUDY)
     assert "Not the RobustSSL" not in at_benchmark and "| benchmark SA |" in at_benchmark
+
+
+def test_the_benchmarks_numbers_are_its_tables_and_only_the_contrastive_rows_have_them():
+    """catalogue.ROBUSTSSL_BENCHMARK against the published table's own "Mean SA" and "Mean RA" columns (the means of
+    each method's SLF, ALF and AFF cells: a mistyped cell shows), and on the rows: SA and AutoAttack, nothing else."""
+    published_means = {"acl": (78.33, 43.13), "dynacl": (76.75, 47.09), "dynacl_air": (79.41, 47.36)}  # SA, RA
+    for method, means in published_means.items():
+        cells = [catalogue.ROBUSTSSL_BENCHMARK[(method, p)] for p in catalogue.ROBUSTSSL_PROTOCOLS]
+        assert [sum(c[i] for c in cells) / 3 for i in (0, 1)] == pytest.approx(means, abs=0.005), method
+    for row in STUDY.rows:
+        method = row.id.rsplit("_", 1)[0]
+        if method in published_means:
+            assert dict(row.paper).keys() == {"standard", "autoattack"}, row.id
+        else:
+            assert row.paper == (), row.id

@@ -649,6 +649,25 @@ FROZEN_ENCODER_PROTOCOLS = ("slf", "alf")
 TRUNK_ONLY_PRETRAININGS = ("selfie",)
 
 
+# The benchmark's published numbers for the contrastive rows, (SA, RA) in %, RA = AutoAttack standard at 8/255:
+# ResNet-18 pretrained and fine-tuned on full CIFAR-10, its "Transferability from CIFAR-10 to CIFAR-10" leaderboard
+# table in GodXuxilie/RobustSSL_Benchmark's README at ffa202d (2023-10-22; the leaderboard has since moved to
+# robustssl.github.io), rows ACL, DynACL and DynACL-IR (AIR's DynACL, our dynacl_air), columns SLF/ALF/AFF RA and SA
+# (each row's mean RA over the three protocols checks against its "Mean RA" column: 43.13, 47.09, 47.36). The
+# pretext tasks and end-to-end adversarial training are not in the benchmark.
+ROBUSTSSL_BENCHMARK = {
+    ("acl", "slf"): (78.22, 39.17),
+    ("acl", "alf"): (75.53, 40.60),
+    ("acl", "aff"): (81.25, 49.62),
+    ("dynacl", "slf"): (75.41, 45.09),
+    ("dynacl", "alf"): (72.97, 45.67),
+    ("dynacl", "aff"): (81.86, 50.52),
+    ("dynacl_air", "slf"): (78.08, 45.27),
+    ("dynacl_air", "alf"): (77.42, 46.14),
+    ("dynacl_air", "aff"): (82.74, 50.68),
+}
+
+
 def robustssl_defined(pretraining: str, protocol: str) -> bool:
     """Whether the study has the row `<pretraining>_<protocol>` (not Selfie under a frozen-encoder protocol)."""
     return not (pretraining in TRUNK_ONLY_PRETRAININGS and protocol in FROZEN_ENCODER_PROTOCOLS)
@@ -683,12 +702,14 @@ def _robustssl_rows() -> tuple[Row, ...]:
     for prefix, label, pretraining in ROBUSTSSL_PRETRAININGS:
         for protocol in (p for p in ROBUSTSSL_PROTOCOLS if robustssl_defined(prefix, p)):
             finetuning = _robustssl_finetuning(prefix, protocol)
+            benchmark = ROBUSTSSL_BENCHMARK.get((prefix, protocol))
             rows.append(
                 Row(
                     robustssl_row_id(prefix, protocol),
                     f"{label} → {PROTOCOL_LABELS[finetuning.protocol]}",
                     pretraining=pretraining,
                     finetuning=finetuning,
+                    paper=(("standard", benchmark[0]), ("autoattack", benchmark[1])) if benchmark else (),
                     # the rows R1 and R3 judge: DynACL-AIR, the pretext tasks (and at_e2e above)
                     headline=prefix not in ("acl", "dynacl"),
                 )
@@ -838,8 +859,9 @@ ROBUSTSSL = Study(
     evaluate_flagfile="evaluate_robustssl.flags",
     reference_label="benchmark",
     reference=(
-        "the RobustSSL benchmark (Xu et al.), ResNet-18 on full CIFAR-10, AutoAttack standard at 8/255 — its "
-        "published numbers are not in this project's sources yet (one `paper=` entry per row in catalogue.py)"
+        "the RobustSSL benchmark (Xu et al.): ResNet-18 pretrained and fine-tuned on full CIFAR-10, AutoAttack "
+        "standard at 8/255, its published CIFAR-10 leaderboard (catalogue.ROBUSTSSL_BENCHMARK says where from); it "
+        "has the contrastive rows only, not the pretext tasks or end-to-end adversarial training"
     ),
     reference_robust_metric="autoattack",
 )

@@ -296,6 +296,11 @@ def _cell(interval: dict | None, digits: int = 2) -> str:
     return f"{interval['mean']:.{digits}f} ± {interval['half_width']:.{digits}f}"
 
 
+def _robust_header(study: Study) -> str:
+    """The reference's robust-accuracy column: the paper's PGD-20 (AutoAttack in brackets), the benchmark's AutoAttack."""
+    return "AutoAttack" if study.reference_robust_metric == "autoattack" else "PGD-20 (AA)"
+
+
 def markdown(report: dict, scale_description: str, time: dict | None = None, study: Study | None = None) -> str:
     """report.md from `report` (`build`'s); `study` (default: the one the identity names) gives the reference's
     label and description, whether it asks about unforeseen attacks, and its scale's caveat."""
@@ -327,14 +332,19 @@ def markdown(report: dict, scale_description: str, time: dict | None = None, stu
             else ""
         ),
         "",
-        "| row | n | " + " | ".join(METRICS[m][0] for m in MAIN_TABLE) + f" | {label} SA | {label} PGD-20 (AA) |",
+        "| row | n | "
+        + " | ".join(METRICS[m][0] for m in MAIN_TABLE)
+        + f" | {label} SA | {label} {_robust_header(study)} |",
         "|---|---:|" + "---:|" * len(MAIN_TABLE) + "---:|---:|",
     ]
     for r in report["rows"]:
         paper = r["paper"]
-        ra = f"{paper['pgd20']:.2f}" if "pgd20" in paper else "–"
-        if "autoattack" in paper:
-            ra += f" ({paper['autoattack']:.2f})"
+        if study.reference_robust_metric == "autoattack":  # AutoAttack alone (the RobustSSL benchmark's)
+            ra = f"{paper['autoattack']:.2f}" if "autoattack" in paper else "–"
+        else:  # PGD-20, with AutoAttack in brackets where the reference gives it (the paper's)
+            ra = f"{paper['pgd20']:.2f}" if "pgd20" in paper else "–"
+            if "autoattack" in paper:
+                ra += f" ({paper['autoattack']:.2f})"
         sa = f"{paper['standard']:.2f}" if "standard" in paper else "–"
         cells = [_cell(r["metrics"][m]["interval"]) for m in MAIN_TABLE]
         lines.append(f"| {r['label']} (`{r['id']}`) | {len(r['seeds'])} | " + " | ".join(cells) + f" | {sa} | {ra} |")
@@ -438,8 +448,11 @@ def plot(report: dict, folder: str) -> None:
             return None, 0.0
         return interval["mean"], interval["half_width"] or 0.0
 
-    # Left: this study's rows on their own scale; right: the same beside the paper's models (squares), whose
-    # numbers at the paper's scale would otherwise squeeze a small-scale study's points into one corner.
+    # Left: this study's rows on their own scale; right: the same beside the reference's models (squares: the paper's
+    # or the benchmark's), whose numbers at their scale would otherwise squeeze a small-scale study's points into one
+    # corner.
+    study = catalogue.STUDIES[report["identity"]["study"]]
+    robust = study.reference_robust_metric
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [3, 2]})
     for panel, ax in enumerate(axes):
         for i, r in enumerate(report["rows"]):
@@ -453,8 +466,8 @@ def plot(report: dict, folder: str) -> None:
             ax.scatter([x], [y], s=size, alpha=0.7, marker="o" if epochs is not None else "D", color=f"C{i % 10}")
             if panel == 0:
                 ax.annotate(r["id"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-            if panel == 1 and "standard" in r["paper"] and "pgd20" in r["paper"]:
-                ax.scatter([r["paper"]["pgd20"]], [r["paper"]["standard"]], s=25, marker="s", color=f"C{i % 10}")
+            if panel == 1 and "standard" in r["paper"] and robust in r["paper"]:
+                ax.scatter([r["paper"][robust]], [r["paper"]["standard"]], s=25, marker="s", color=f"C{i % 10}")
         ax.set_xlabel("robust accuracy, worst case at L∞ 8/255 (%)")
         ax.set_ylabel("standard accuracy (%)")
     axes[1].set_xlim(0, 100)
@@ -463,7 +476,10 @@ def plot(report: dict, folder: str) -> None:
     axes[0].set_title(
         f"{ident['study']} at {ident['scale']}: mean ± 95% interval; marker area ∝ epochs to best RA", fontsize=8
     )
-    axes[1].set_title("beside the paper's models (squares: PGD-20 RA, same colour = same row)", fontsize=8)
+    axes[1].set_title(
+        f"beside the {study.reference_label}'s models (squares: {METRICS[robust][0]} RA, same colour = same row)",
+        fontsize=8,
+    )
     fig.tight_layout()
     fig.savefig(os.path.join(folder, SCATTER), dpi=120)
     plt.close(fig)

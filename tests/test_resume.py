@@ -11,6 +11,8 @@ tests/test_pretrain_cli.py)."""
 
 import dataclasses
 import functools
+import glob
+import json
 import os
 import shutil
 import signal
@@ -22,7 +24,7 @@ import tensorflow as tf
 from test_training import _config as pretrain_config
 
 from advss_tf.config import AttackConfig, ContrastiveConfig, PretrainConfig, RuntimeConfig
-from advss_tf.models.backbones import BackboneConfig
+from advss_tf.models.backbones import BackboneConfig, build_trunk
 from advss_tf.training import loop, pretraining, runs
 
 STEPS = 4
@@ -41,8 +43,41 @@ def _pretrain(task, model_dir, **runtime):
 # fine-tuning runs tests/test_resume_finetune.py (a file of their own, so the two test processes share the work).
 RUNS = {
     "selfie_mirrored": functools.partial(_pretrain, "selfie", strategy="mirrored", num_cpu_devices=2),
-    "ensemble": functools.partial(_pretrain, "ensemble"),
+    # image summaries at steps 2 and 4: the resumed run's logs are checked (assert_ensemble_export_and_logs)
+    "ensemble": functools.partial(_pretrain, "ensemble", image_summary_every=2),
 }
+
+
+def assert_ensemble_export_and_logs(model_dir) -> None:
+    """The ensemble run's export serves every head, its trunk restores into a fresh trunk with the same features,
+    and its TensorBoard logs have every task's metrics, the diversity term and the Selfie and adversarial images."""
+    export_dir = os.path.join(model_dir, "export", "pretrain")
+    loaded = tf.saved_model.load(export_dir)  # kept: the signatures' variables live as long as it does
+    assert {"features", "rotation_logits", "jigsaw_logits", "selfie_logits"} <= set(loaded.signatures)
+    x = tf.random.uniform([3, 32, 32, 3], seed=5)
+    features = loaded.signatures["features"](images=x)["features"]
+    trunk = build_trunk(BackboneConfig("tiny"))
+    status = tf.train.Checkpoint(trunk=trunk).read(os.path.join(export_dir, "variables", "variables"))
+    status.expect_partial().assert_existing_objects_matched()
+    np.testing.assert_allclose(features, tf.reduce_mean(trunk(x, training=False), axis=[1, 2]), atol=1e-5)
+    info = json.load(open(os.path.join(export_dir, "assets", "advss_export.json")))
+    assert info["task"] == "ensemble" and info["parts"][0] == "trunk" and "stage4" not in info["parts"]
+    assert np.array(json.load(open(os.path.join(export_dir, "assets", "jigsaw_permutations.json")))).shape == (31, 16)
+    tags = set()
+    for f in glob.glob(os.path.join(str(model_dir), "tensorboard", "train", "events*")):
+        for event in tf.compat.v1.train.summary_iterator(f):
+            tags |= {v.tag for v in event.summary.value}
+    for tag in (
+        "train/diversity_h",
+        "train/selfie_adv_loss",
+        "train/jigsaw_clean_accuracy",
+        "train/rotation_adv_accuracy",
+        "train/learning_rate",
+        "train/images_per_sec",
+        "selfie_masked_inputs",
+        "adversarial/rotation/",
+    ):
+        assert any(t.startswith(tag) for t in tags), (tag, tags)
 
 
 def after_first_checkpoint(monkeypatch, action):
@@ -114,6 +149,8 @@ def straight_and_resumed_from_its_copy(run, tmp_path, monkeypatch) -> dict[str, 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_interrupted_then_resumed_run_ends_bitwise_equal(name, tmp_path, monkeypatch, deterministic_ops):
     values = straight_and_resumed_from_its_copy(RUNS[name], tmp_path, monkeypatch)
+    if name == "ensemble":  # the resumed run's export and logs (its own events file holds steps 3-4)
+        assert_ensemble_export_and_logs(tmp_path / "resumed")
     # Dropout and attention dropout: one SeedGenerator state each, advanced by every training-mode call.
     seeds = [n for n in values if n.startswith("random_state/")]
     assert len(seeds) == 3 and all(values[n][1] > 0 for n in seeds), seeds

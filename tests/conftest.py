@@ -29,6 +29,19 @@ def import_torch():
     return torch
 
 
+def tensorboard_tags(model_dir) -> set[str]:
+    """Every summary tag a run wrote to its TensorBoard train log (`<model_dir>/tensorboard/train/events*`)."""
+    import glob
+
+    import tensorflow as tf
+
+    tags = set()
+    for f in glob.glob(os.path.join(str(model_dir), "tensorboard", "train", "events*")):
+        for event in tf.compat.v1.train.summary_iterator(f):
+            tags |= {v.tag for v in event.summary.value}
+    return tags
+
+
 @pytest.fixture(scope="session")
 def sample_arrays():
     """Real CIFAR-10 images from the bundled sample: (train images, train labels, test images, test labels)."""

@@ -11,7 +11,6 @@ tests/test_pretrain_cli.py)."""
 
 import dataclasses
 import functools
-import glob
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tensorboard_tags
 from test_training import _config as pretrain_config
 
 from advss_tf.config import AttackConfig, ContrastiveConfig, PretrainConfig, RuntimeConfig
@@ -63,10 +63,7 @@ def assert_ensemble_export_and_logs(model_dir) -> None:
     info = json.load(open(os.path.join(export_dir, "assets", "advss_export.json")))
     assert info["task"] == "ensemble" and info["parts"][0] == "trunk" and "stage4" not in info["parts"]
     assert np.array(json.load(open(os.path.join(export_dir, "assets", "jigsaw_permutations.json")))).shape == (31, 16)
-    tags = set()
-    for f in glob.glob(os.path.join(str(model_dir), "tensorboard", "train", "events*")):
-        for event in tf.compat.v1.train.summary_iterator(f):
-            tags |= {v.tag for v in event.summary.value}
+    tags = tensorboard_tags(model_dir)
     for tag in (
         "train/diversity_h",
         "train/selfie_adv_loss",

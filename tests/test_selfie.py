@@ -1,7 +1,6 @@
 """Selfie: patch-order bookkeeping, the transformer layers, the attack on the whole image, learning beats chance,
 export, and the binary's resume / SIGTERM / bad-input behaviour."""
 
-import glob
 import json
 import os
 
@@ -9,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tensorboard_tags
 from pretrain_binary import assert_sigterm_saves_and_rerun_finishes, assert_usage_error, pretrain_command
 
 from advss_tf.config import AttackConfig, OptimizerConfig, PretrainConfig, RuntimeConfig
@@ -236,10 +236,7 @@ def test_run_exports_trunk_features_that_a_classifier_can_restore(tmp_path):
     assert info["task"] == "selfie" and "trunk" in info["parts"] and "stage4" not in info["parts"]
     assert loaded.signatures["selfie_logits"](images=x)["logits"].shape == (3, 4, 4)
 
-    tags = set()
-    for f in glob.glob(os.path.join(str(tmp_path), "tensorboard", "train", "events*")):
-        for event in tf.compat.v1.train.summary_iterator(f):
-            tags |= {v.tag for v in event.summary.value}
+    tags = tensorboard_tags(tmp_path)
     for tag in (
         "train/clean_loss",
         "train/adv_accuracy",

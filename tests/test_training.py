@@ -2,7 +2,6 @@
 resume = uninterrupted, NaN guard, export = Keras model, TensorBoard content."""
 
 import dataclasses
-import glob
 import logging
 import os
 
@@ -10,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tensorboard_tags
 
 from advss_tf.config import AttackConfig, OptimizerConfig, PretrainConfig, RuntimeConfig
 from advss_tf.data import pipeline
@@ -121,10 +121,7 @@ def test_export_reloads_with_the_same_outputs_and_tensorboard_has_the_content(tm
         out = tf.reduce_sum(loaded.jigsaw_logits(x)["logits"])
     assert float(tf.reduce_sum(tf.abs(tape.gradient(out, x)))) > 0
 
-    tags = set()
-    for f in glob.glob(os.path.join(str(tmp_path), "tensorboard", "train", "events*")):
-        for event in tf.compat.v1.train.summary_iterator(f):
-            tags |= {v.tag for v in event.summary.value}
+    tags = tensorboard_tags(tmp_path)
     for tag in (
         "train/loss",
         "train/adv_accuracy",

@@ -1,5 +1,5 @@
 """The ensemble: the diversity term h, the joint attack, the λ = 0 reduction, training under MirroredStrategy, and
-the binary's resume / SIGTERM / bad-input behaviour (a pretraining run's export and logs: tests/test_resume.py)."""
+the binary's bad-input behaviour (a pretraining run's resume, export and logs: tests/test_resume.py)."""
 
 import os
 

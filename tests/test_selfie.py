@@ -1,5 +1,6 @@
 """Selfie: patch-order bookkeeping, the transformer layers, the attack on the whole image, learning beats chance,
-export, and the binary's resume / SIGTERM / bad-input behaviour."""
+export, and the binary's bad-input behaviour. (Selfie's exact resume: tests/test_resume.py, mirrored, and inside the
+ensemble's; the pretrain binary's SIGTERM and resume: tests/test_pretrain_cli.py.)"""
 
 import json
 import os
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import tensorboard_tags
-from pretrain_binary import assert_sigterm_saves_and_rerun_finishes, assert_usage_error, pretrain_command
+from pretrain_binary import assert_usage_error, pretrain_command
 
 from advss_tf.config import AttackConfig, OptimizerConfig, PretrainConfig, RuntimeConfig
 from advss_tf.data import pipeline
@@ -294,11 +295,3 @@ TINY_SELFIE = [
 def test_binary_rejects_heads_that_do_not_divide_the_trunk(tmp_path):
     command = pretrain_command("selfie", tmp_path / "run", *TINY_SELFIE, "--selfie_heads=3")
     assert_usage_error(command, tmp_path / "run", "--selfie_heads=3 does not divide the tiny trunk width 64")
-
-
-@pytest.mark.slow
-def test_binary_saves_on_sigterm_and_the_same_command_resumes(tmp_path):
-    # 22 steps after the first checkpoint: the signal lands mid-run even when a tiny step takes milliseconds.
-    command = pretrain_command("selfie", tmp_path / "run", *TINY_SELFIE, "--train_steps=24")
-    results = assert_sigterm_saves_and_rerun_finishes(command, tmp_path / "run", first_checkpoint=2, total_steps=24)
-    assert results["task"] == "selfie"

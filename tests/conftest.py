@@ -194,25 +194,31 @@ def trained_classifier(sample_arrays, shared_dir):
 # each file in one of them (.ci/run: -n 2 --dist loadfile --no-loadscope-reorder), and files are handed out in
 # collection order, so starting the long ones first keeps one process from running a long file alone at the end.
 # Only the order changes; a file missing here runs after these, in its usual place.
-LONGEST_FIRST = (
-    "test_study_e2e.py",
-    "test_resume.py",
-    "test_import_reference.py",
-    "test_multi_worker.py",
-    "test_selfie.py",
-    "test_ensemble.py",
-    "test_sigkill.py",
-    "test_resume_finetune.py",
-    "test_finetune.py",
-    "test_autoattack_api.py",
-    "test_dataset_runs.py",
-    "test_peer_autoattack.py",
-    "test_worst_case.py",
+LONGEST_FIRST = (  # ~seconds per file, idle Xeon, 2026-12-07: the slow tests' --durations summed per file
+    "test_resume.py",  # ~140
+    "test_multi_worker.py",  # ~115
+    "test_study_e2e.py",  # ~90
+    "test_ensemble.py",  # ~65
+    "test_training.py",  # ~60
+    "test_contrastive.py",  # ~55
+    "test_attacks.py",  # ~42
+    "test_autoattack_attacks.py",  # ~40
+    "test_resume_finetune.py",  # ~35
+    "test_sigkill.py",  # ~33
+    "test_finetune.py",  # ~32
+    "test_dataset_runs.py",  # ~30
+    "test_worst_case.py",  # ~29
+    "test_peer_autoattack.py",  # ~28
+    "test_autoattack_api.py",  # ~27
+    "test_import_acl.py",  # ~25
+    "test_contrastive_backbones.py",  # ~21
+    "test_pseudo_labels.py",  # ~21
+    "test_cli_defaults.py",  # ~18
+    "test_import_reference.py",  # ~17
+    "test_autoattack_l2.py",  # ~16
+    "test_selfie.py",  # ~15
+    "test_pretrain_cli.py",  # ~14
     "test_evaluate.py",
-    "test_autoattack_l2.py",
-    "test_autoattack_attacks.py",
-    "test_attacks.py",
-    "test_training.py",
 )
 
 

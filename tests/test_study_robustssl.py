@@ -226,6 +226,13 @@ def test_the_report_answers_r1_per_seed_and_labels_the_tiny_scale_as_not_the_ben
         line.split("(`")[1].split("`)")[0]: line for line in md.splitlines() if line.startswith("| ") and "(`" in line
     }
     assert table[air].endswith("| 78.08 | 45.27 |") and table[rot].endswith("| – | – |")  # not in the benchmark
+    # the pretraining × protocol grid: worst case / SA over the 3 seeds, the benchmark's AA / SA where it has the row
+    grid = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in md.splitlines() if line.startswith("| ")}
+    assert grid["pretraining"] == ["SLF", "ALF", "AFF |"]
+    assert grid["DynACL-AIR"][0] == "31.33 ± 3.79 / 70.00 ± 0.00 (45.27 / 78.08)"  # 30, 33, 31: sd 1.53, t 4.30
+    assert grid["adversarial Rotation"][0] == "26.67 ± 3.79 / 70.00 ± 0.00"
+    assert grid["DynACL-AIR"][1] == "not run yet (46.14 / 77.42)" and grid["adversarial Selfie"][0] == "(not a row)"
+    assert "Outside the grid: `at_e2e` not run yet." in md
     assert "Unforeseen attacks" not in md and "paper" not in md.split("## The questions")[1].split("## Rows")[0]
     assert "**R1. Does contrastive pretraining beat the best pretext task under each protocol?" in md
     at_benchmark = report.markdown({**out, "identity": {**ident, "scale": "benchmark"}}, "GPU", None, STUDY)

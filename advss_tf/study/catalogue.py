@@ -193,6 +193,9 @@ class Study:
     reference_label: str = "paper"
     reference: str = "Chen et al. 2020, ResNet-50v2 on full CIFAR-10, PGD-20 (AutoAttack where given)"
     reference_robust_metric: str = "pgd20"
+    # A compact table the report adds under its rows table, where a study crosses pretrainings with fine-tuning
+    # protocols: (column labels, ((pretraining label, one row id or None per column), ...)).
+    grid: tuple[tuple[str, ...], tuple[tuple[str, tuple[str | None, ...]], ...]] | None = None
 
     def scale(self, name: str | None) -> Scale:
         if name not in self.scales:
@@ -719,6 +722,17 @@ def _robustssl_rows() -> tuple[Row, ...]:
     return tuple(rows)
 
 
+def _robustssl_grid() -> tuple[tuple[str, ...], tuple[tuple[str, tuple[str | None, ...]], ...]]:
+    """Pretraining × protocol: the row of each (None where the study has none: Selfie's frozen-encoder protocols)."""
+    return tuple(p.upper() for p in ROBUSTSSL_PROTOCOLS), tuple(
+        (
+            label,
+            tuple(robustssl_row_id(prefix, p) if robustssl_defined(prefix, p) else None for p in ROBUSTSSL_PROTOCOLS),
+        )
+        for prefix, label, _ in ROBUSTSSL_PRETRAININGS
+    )
+
+
 def _robustssl_comparisons() -> tuple[Comparison, ...]:
     row = robustssl_row_id
     name = {p: label for p, label, _ in ROBUSTSSL_PRETRAININGS}
@@ -866,6 +880,7 @@ ROBUSTSSL = Study(
         "has the contrastive rows only, not the pretext tasks or end-to-end adversarial training"
     ),
     reference_robust_metric="autoattack",
+    grid=_robustssl_grid(),
 )
 
 STUDIES = {"paper": PAPER, "robustssl": ROBUSTSSL}

@@ -348,6 +348,8 @@ def markdown(report: dict, scale_description: str, time: dict | None = None, stu
         sa = f"{paper['standard']:.2f}" if "standard" in paper else "–"
         cells = [_cell(r["metrics"][m]["interval"]) for m in MAIN_TABLE]
         lines.append(f"| {r['label']} (`{r['id']}`) | {len(r['seeds'])} | " + " | ".join(cells) + f" | {sa} | {ra} |")
+    if study.grid:
+        lines += _grid_markdown(report, study)
     if any(c.metric in (*UNFORESEEN_ATTACKS, CIFAR10C, UNFORESEEN_WORST) for c in study.comparisons):
         lines += _unforeseen_markdown(report)
     lines += ["", "## The questions (paired differences per seed: a − b)", ""]
@@ -377,6 +379,43 @@ def markdown(report: dict, scale_description: str, time: dict | None = None, stu
     lines += [f"![SA vs RA]({SCATTER})", "", f"![differences]({DIFFERENCES})", ""]
     lines += time_markdown(time)
     return "\n".join(lines)
+
+
+def _grid_markdown(report: dict, study: Study) -> list[str]:
+    """The study's grid (`Study.grid`: pretraining × protocol) as one table: per cell the worst case and SA, mean ±
+    half-width over the seeds, and the reference's robust accuracy and SA where it has that row."""
+    columns, grid = study.grid
+    rows = {r["id"]: r for r in report["rows"]}
+    robust = study.reference_robust_metric
+
+    def cell(row_id: str | None) -> str:
+        if row_id is None:
+            return "(not a row)"
+        r = rows.get(row_id)
+        ours = (
+            f"{_cell(r['metrics']['worst_case']['interval'])} / {_cell(r['metrics']['standard']['interval'])}"
+            if r
+            else "not run yet"
+        )
+        ref = dict(study.row(row_id).paper)
+        if robust in ref and "standard" in ref:
+            ours += f" ({ref[robust]:.2f} / {ref['standard']:.2f})"
+        return ours
+
+    lines = [
+        "",
+        f"By protocol: worst case / SA in % (mean ± half-width over the seeds; the {study.reference_label}'s "
+        f"{METRICS[robust][0]} / SA in brackets where it has the row).",
+        "",
+        "| pretraining | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    lines += [f"| {label} | " + " | ".join(cell(x) for x in ids) + " |" for label, ids in grid]
+    in_grid = {x for _, ids in grid for x in ids}
+    outside = [r for r in study.rows if r.id not in in_grid]
+    if outside:
+        lines += ["", "Outside the grid: " + "; ".join(f"`{r.id}` {cell(r.id)}" for r in outside) + "."]
+    return lines
 
 
 def _unforeseen_markdown(report: dict) -> list[str]:

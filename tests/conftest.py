@@ -29,8 +29,9 @@ def import_torch():
     return torch
 
 
-def tensorboard_tags(model_dir) -> set[str]:
-    """Every summary tag a run wrote to its TensorBoard train log (`<model_dir>/tensorboard/train/events*`)."""
+def assert_logged(model_dir, *prefixes: str) -> None:
+    """The run's TensorBoard train log (`<model_dir>/tensorboard/train/events*`) has a tag starting with each of
+    `prefixes`."""
     import glob
 
     import tensorflow as tf
@@ -39,7 +40,8 @@ def tensorboard_tags(model_dir) -> set[str]:
     for f in glob.glob(os.path.join(str(model_dir), "tensorboard", "train", "events*")):
         for event in tf.compat.v1.train.summary_iterator(f):
             tags |= {v.tag for v in event.summary.value}
-    return tags
+    for prefix in prefixes:
+        assert any(t.startswith(prefix) for t in tags), (prefix, tags)
 
 
 @pytest.fixture(scope="session")

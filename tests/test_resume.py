@@ -6,8 +6,8 @@ Selfie (mirrored) and the ensemble resume a copy of the uninterrupted run's dire
 checkpoint (what a kill -9 there leaves) instead of a third run stopped by SIGTERM: two traces of their step where
 a SIGTERM stop needs three (the ensemble's, joint PGD and the diversity term's double backprop, is a minute on the
 2-core CPU per run). The SIGTERM stop is the loop's, the same for every task and strategy, and is tested here on
-Rotation (the loss-scaling test), in tests/test_resume_finetune.py and on the binaries (tests/test_selfie.py,
-tests/test_pretrain_cli.py)."""
+Rotation (the loss-scaling test), in tests/test_resume_finetune.py and on the binaries (tests/test_pretrain_cli.py,
+tests/test_finetune.py)."""
 
 import dataclasses
 import functools
@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tensorboard_tags
+from conftest import assert_logged
 from test_training import _config as pretrain_config
 
 from advss_tf.config import AttackConfig, ContrastiveConfig, PretrainConfig, RuntimeConfig
@@ -63,8 +63,8 @@ def assert_ensemble_export_and_logs(model_dir) -> None:
     info = json.load(open(os.path.join(export_dir, "assets", "advss_export.json")))
     assert info["task"] == "ensemble" and info["parts"][0] == "trunk" and "stage4" not in info["parts"]
     assert np.array(json.load(open(os.path.join(export_dir, "assets", "jigsaw_permutations.json")))).shape == (31, 16)
-    tags = tensorboard_tags(model_dir)
-    for tag in (
+    assert_logged(
+        model_dir,
         "train/diversity_h",
         "train/selfie_adv_loss",
         "train/jigsaw_clean_accuracy",
@@ -73,8 +73,7 @@ def assert_ensemble_export_and_logs(model_dir) -> None:
         "train/images_per_sec",
         "selfie_masked_inputs",
         "adversarial/rotation/",
-    ):
-        assert any(t.startswith(tag) for t in tags), (tag, tags)
+    )
 
 
 def after_first_checkpoint(monkeypatch, action):

@@ -296,9 +296,13 @@ def _cell(interval: dict | None, digits: int = 2) -> str:
     return f"{interval['mean']:.{digits}f} ± {interval['half_width']:.{digits}f}"
 
 
-def _robust_header(study: Study) -> str:
-    """The reference's robust-accuracy column: the paper's PGD-20 (AutoAttack in brackets), the benchmark's AutoAttack."""
-    return "AutoAttack" if study.reference_robust_metric == "autoattack" else "PGD-20 (AA)"
+def _reference_ra(study: Study, paper: dict[str, float]) -> tuple[str, str]:
+    """The reference's robust-accuracy column, (header, cell): the benchmark's AutoAttack alone, or the paper's PGD-20
+    with its AutoAttack in brackets where it gives one."""
+    if study.reference_robust_metric == "autoattack":
+        return "AutoAttack", f"{paper['autoattack']:.2f}" if "autoattack" in paper else "–"
+    cell = f"{paper['pgd20']:.2f}" if "pgd20" in paper else "–"
+    return "PGD-20 (AA)", cell + (f" ({paper['autoattack']:.2f})" if "autoattack" in paper else "")
 
 
 def markdown(report: dict, scale_description: str, time: dict | None = None, study: Study | None = None) -> str:
@@ -334,17 +338,12 @@ def markdown(report: dict, scale_description: str, time: dict | None = None, stu
         "",
         "| row | n | "
         + " | ".join(METRICS[m][0] for m in MAIN_TABLE)
-        + f" | {label} SA | {label} {_robust_header(study)} |",
+        + f" | {label} SA | {label} {_reference_ra(study, {})[0]} |",
         "|---|---:|" + "---:|" * len(MAIN_TABLE) + "---:|---:|",
     ]
     for r in report["rows"]:
         paper = r["paper"]
-        if study.reference_robust_metric == "autoattack":  # AutoAttack alone (the RobustSSL benchmark's)
-            ra = f"{paper['autoattack']:.2f}" if "autoattack" in paper else "–"
-        else:  # PGD-20, with AutoAttack in brackets where the reference gives it (the paper's)
-            ra = f"{paper['pgd20']:.2f}" if "pgd20" in paper else "–"
-            if "autoattack" in paper:
-                ra += f" ({paper['autoattack']:.2f})"
+        ra = _reference_ra(study, paper)[1]
         sa = f"{paper['standard']:.2f}" if "standard" in paper else "–"
         cells = [_cell(r["metrics"][m]["interval"]) for m in MAIN_TABLE]
         lines.append(f"| {r['label']} (`{r['id']}`) | {len(r['seeds'])} | " + " | ".join(cells) + f" | {sa} | {ra} |")

@@ -1,6 +1,7 @@
 """The study's declared rows, its plan of runs, the study folder's identity, SLURM emission and the report, without
 training anything (the end-to-end study is tests/test_study_e2e.py)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -452,6 +453,7 @@ def test_the_runner_keeps_dependency_order_runs_k_at_once_skips_dependants_of_a_
         ]
 
     monkeypatch.setattr(plan.Run, "command", stand_in)
+    monkeypatch.setattr(plan.Run, "exported", plan.Run.finished)  # the stand-ins export nothing
     runs = _four_runs()
     (tmp_path / "fail-b").touch()
     said = []
@@ -477,19 +479,88 @@ def test_the_runner_keeps_dependency_order_runs_k_at_once_skips_dependants_of_a_
     assert (tmp_path / "events").read_text().split() == ["start", "b", "end", "b", "start", "c", "end", "c"]
 
 
-def test_the_runner_finishes_what_it_started_first_and_does_not_rerun_what_another_process_finished(
-    tmp_path, monkeypatch
-):
-    def stand_in(run):  # records its start; b also finishes d, as a second process (--only, SLURM) would
-        finish = [run.directory(str(tmp_path))] + ([str(tmp_path / "runs/seed0/pretrain/d")] if run.row == "b" else [])
+def _recording_stand_in(tmp_path, label, also=lambda run: []):
+    """A Run.command stand-in: a line of Python that appends label(run) to tmp_path/events and writes the
+    results.json of the run (and of the run directories also(run) names)."""
+
+    def stand_in(run):
+        finish = [run.directory(str(tmp_path)), *also(run)]
         return [
             sys.executable,
             "-c",
-            f"import os\nopen({str(tmp_path / 'events')!r}, 'a').write({run.row!r} + '\\n')\n"
+            f"import os\nopen({str(tmp_path / 'events')!r}, 'a').write({label(run)!r} + '\\n')\n"
             f"for d in {finish!r}:\n    os.makedirs(d, exist_ok=True); open(os.path.join(d, 'results.json'), 'w')",
         ]
 
-    monkeypatch.setattr(plan.Run, "command", stand_in)
+    return stand_in
+
+
+def test_a_resumed_folder_skips_what_nothing_needs_and_remakes_what_was_made_otherwise_or_lost_its_export(
+    tmp_path, monkeypatch
+):
+    """`plan.states` on a folder like a `study keep` copy to which a row was added: the pretraining a kept chain
+    came from is not needed again; an evaluation made with other arguments than the plan's is made again, with
+    the fine-tuning whose export it needs; a pretraining kept without its export is made again for a new row."""
+    wd = str(tmp_path)
+    evaluate = plan.Run("seed0/evaluate/c", "evaluate", 0, "c", ("--attacks=pgd20,autoattack",), ("seed0/finetune/b",))
+    runs = [
+        plan.Run("seed0/pretrain/a", "pretrain", 0, "a", (), ()),
+        plan.Run("seed0/finetune/b", "finetune", 0, "b", (), ("seed0/pretrain/a",)),
+        evaluate,
+        plan.Run("seed0/pretrain/p", "pretrain", 0, "p", (), ()),
+        plan.Run("seed0/finetune/q", "finetune", 0, "q", (), ("seed0/pretrain/p",)),
+        plan.Run("seed0/evaluate/r", "evaluate", 0, "r", ("--attacks=pgd20",), ("seed0/finetune/q",)),
+        plan.Run("seed0/finetune/s", "finetune", 0, "s", (), ("seed0/pretrain/p",)),  # the added row
+        plan.Run("seed0/evaluate/t", "evaluate", 0, "t", (), ("seed0/finetune/s",)),
+    ]
+
+    def finish(rid, command=None):
+        path = tmp_path / "runs" / rid / "results.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"command": command} if command else {}))
+
+    # c's results.json records the plan's arguments with the paths of where the study was made.
+    finish("seed0/finetune/b")
+    finish("seed0/evaluate/c", ["/elsewhere/advss_tf/evaluate.py", "--attacks=pgd20,autoattack"])
+    for rid in ("seed0/pretrain/p", "seed0/finetune/q"):
+        finish(rid)
+    finish("seed0/evaluate/r", ["/elsewhere/advss_tf/evaluate.py", "--attacks=pgd20,fgsm"])  # made otherwise
+    state = plan.states(runs, wd)
+    assert state == {
+        "seed0/pretrain/a": plan.NOT_NEEDED,
+        "seed0/finetune/b": plan.FINISHED,
+        "seed0/evaluate/c": plan.FINISHED,
+        "seed0/pretrain/p": plan.REMAKE,  # q and s need its export, which is not there
+        "seed0/finetune/q": plan.REMAKE,  # r needs its export
+        "seed0/evaluate/r": plan.REMAKE,
+        "seed0/finetune/s": plan.TO_RUN,
+        "seed0/evaluate/t": plan.TO_RUN,
+    }
+    # The paths that locate a run compare from its id on: a folder moved elsewhere is the same study.
+    moved = dataclasses.replace(evaluate, args=(f"--model={wd}/runs/seed0/finetune/b/export/best_ra",))
+    finish("seed0/evaluate/c", ["/x/evaluate.py", "--model=/old/place/runs/seed0/finetune/b/export/best_ra"])
+    assert not moved.made_otherwise(wd)
+    finish("seed0/evaluate/c", ["/elsewhere/advss_tf/evaluate.py", "--attacks=pgd20,autoattack"])
+
+    monkeypatch.setattr(plan.Run, "command", _recording_stand_in(tmp_path, lambda run: run.id))
+    said = []
+    assert runner.Executor(wd, runs, jobs=1, say=said.append).run() == 0
+    made = (tmp_path / "events").read_text().split()
+    assert sorted(made) == sorted(r for r, s in state.items() if s in (plan.TO_RUN, plan.REMAKE))
+    assert "study: 8 runs, 2 already finished, 5 to run, 1 not needed (every run that needs them has finished)" in said
+    lost = "a run to run needs its export, which this folder does not hold"
+    for rid, why in [("seed0/pretrain/p", lost), ("seed0/finetune/q", lost), ("seed0/evaluate/r", "made with other ")]:
+        assert (tmp_path / "runs" / rid / "results.kept.json").exists()  # the old results kept beside
+        assert any(line.startswith(f"study: re-make {rid}: {why}") for line in said)
+
+
+def test_the_runner_finishes_what_it_started_first_and_does_not_rerun_what_another_process_finished(
+    tmp_path, monkeypatch
+):
+    # Each records its start; b also finishes d, as a second process (--only, SLURM) would.
+    also = lambda run: [str(tmp_path / "runs/seed0/pretrain/d")] if run.row == "b" else []  # noqa: E731
+    monkeypatch.setattr(plan.Run, "command", _recording_stand_in(tmp_path, lambda run: run.row, also))
+    monkeypatch.setattr(plan.Run, "exported", plan.Run.finished)  # the stand-ins export nothing
     runs = _four_runs()
     said = []
     assert runner.Executor(str(tmp_path), runs, jobs=1, say=said.append).run() == 0

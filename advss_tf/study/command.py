@@ -110,7 +110,8 @@ def keep_finished(workdir: str, dest: str, say: Callable[[str], None] = print) -
 def estimate(runs: list[plan.Run], jobs: int, workdir: str) -> str:
     """One line: the expected run time and wall time of the runs still to run (`plan.simulate` on Run.weight, the
     tiny scale's costs measured on the 2-core Xeon: at other scales only the proportions hold)."""
-    todo = [r for r in runs if not r.finished(workdir)]
+    state = plan.states(runs, workdir)
+    todo = [r for r in runs if state[r.id] in (plan.TO_RUN, plan.REMAKE)]
     hours = lambda s: f"{s / 3600:.1f} h"  # noqa: E731
     return (
         f"study: {len(todo)} of {len(runs)} runs to run: expected {hours(sum(r.weight for r in todo))} of run time, "
@@ -166,8 +167,9 @@ def run_study(
             raise UsageError(f"{only} needs {', '.join(missing)} finished first")
         runs = chosen
     if dry_run:
+        state = plan.states(runs, workdir)
         for r in runs:
-            say(f"{r.id}  [{'finished' if r.finished(workdir) else 'to run'}]  {shlex.join(r.command())}")
+            say(f"{r.id}  [{state[r.id]}]  {shlex.join(r.command())}")
         say(estimate(runs, jobs, workdir))
         return 0
     runner.prepare(workdir, identity(study, scale, seeds, data, cifar10c, autoattack), overwrite)
@@ -180,7 +182,8 @@ def run_study(
         base = [sys.executable, "-m", "advss_tf.study", f"--study={study}", f"--scale={scale}", f"--seeds={seeds}"]
         base += [f"--workdir={workdir}", *data.flags(), f"--autoattack={autoattack}"]
         base += ["--cifar10c"] if cifar10c else []
-        runner.emit_slurm(workdir, runs, base, list(slurm_options), say)
+        state = runner.set_aside_remakes(workdir, runs, lambda m: say(f"study: {m}"))
+        runner.emit_slurm(workdir, [r for r in runs if state[r.id] == plan.TO_RUN], base, list(slurm_options), say)
         return 0
     if start is None:
         start = functools.partial(runner.start_subprocess, env=runner.job_environment(jobs))

@@ -9,6 +9,7 @@ and re-running a binary's command resumes it, so the study resumes by constructi
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -83,6 +84,40 @@ class Run:
     def finished(self, workdir: str) -> bool:
         marker = "saved_model.pb" if self.kind == "ensemble" else "results.json"
         return os.path.exists(os.path.join(self.directory(workdir), marker))
+
+    def made_otherwise(self, workdir: str) -> bool:
+        """Whether a finished evaluation's results.json records other arguments than the plan's (an attack added to
+        the row since, a scale's AutoAttack policy): its numbers are not what the study now asks for. Paths compare
+        from their run id on (a kept copy of a study is elsewhere); pretraining and fine-tuning record no command."""
+        if self.kind != "evaluate":
+            return False
+        try:
+            with open(os.path.join(self.directory(workdir), "results.json"), encoding="utf-8") as f:
+                recorded = json.load(f).get("command")
+        except (OSError, ValueError):
+            return False
+        return isinstance(recorded, list) and _comparable(recorded[1:]) != _comparable(self.args)
+
+    def exported(self, workdir: str) -> bool:
+        """Whether what its dependants read is there: a `study keep` folder holds results without exports."""
+        if self.kind == "pretrain":
+            return os.path.exists(os.path.join(self.directory(workdir), "export", "pretrain", "saved_model.pb"))
+        if self.kind == "finetune":
+            return os.path.isdir(os.path.join(self.directory(workdir), "export"))
+        return self.finished(workdir)
+
+
+def _comparable(args: list[str] | tuple[str, ...]) -> list[str]:
+    """Command-line arguments with their paths cut to what identifies them: a flagfile's name, a run's id."""
+    out = []
+    for a in args:
+        name, _, value = a.partition("=")
+        if name == "--flagfile":
+            value = os.path.basename(value)
+        elif f"{os.sep}{RUNS}{os.sep}seed" in value:
+            value = value[value.rindex(f"{os.sep}{RUNS}{os.sep}seed") + 1 :]
+        out.append(f"{name}={value}" if _ else name)
+    return out
 
 
 def run_id(seed: int, kind: str, name: str) -> str:
@@ -273,6 +308,30 @@ def dependants(runs: list[Run]) -> dict[str, list[str]]:
             if d in out:
                 out[d].append(r.id)
     return out
+
+
+# A run's state in a study folder (`states`).
+FINISHED, NOT_NEEDED, TO_RUN, REMAKE = "finished", "not needed", "to run", "to re-make"
+
+
+def states(runs: list[Run], workdir: str) -> dict[str, str]:
+    """Each run's id → FINISHED, TO_RUN, NOT_NEEDED (not finished, but every run in `runs` that needs it, directly
+    or not, has finished: a `study keep` folder, or a study to which rows were added, holds results without the
+    exports they came from — the pretraining need not run again for them) or REMAKE (finished, but an evaluation
+    made with other arguments than the plan's, `Run.made_otherwise`, or a run whose export is not in the folder
+    while a run that has to run needs it: made again from its command, the old results.json kept beside as
+    results.kept.json). A run nothing in `runs` needs (an evaluation) runs unless finished."""
+    needed_by = dependants(runs)
+    state: dict[str, str] = {}
+    for r in reversed(order(runs)):
+        users = needed_by[r.id]
+        wanted = not users or any(state[c] in (TO_RUN, REMAKE) for c in users)
+        if r.finished(workdir):
+            stale = r.made_otherwise(workdir) or (users and wanted and not r.exported(workdir))
+            state[r.id] = REMAKE if stale else FINISHED
+        else:
+            state[r.id] = TO_RUN if wanted else NOT_NEEDED
+    return state
 
 
 def bottom_levels(runs: list[Run]) -> dict[str, int]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from advss_tf.errors import UsageError
 from advss_tf.machine import cpu_model
-from advss_tf.study.plan import RUNS, Run, critical_path, levels
+from advss_tf.study.plan import NOT_NEEDED, REMAKE, RUNS, TO_RUN, Run, critical_path, levels, states
 
 STUDY_FILE = "study.json"
 LOGS = "logs"
@@ -161,12 +161,31 @@ def _last_error(log_path: str) -> str:
     return lines[-1] if lines else "no error line"
 
 
+def set_aside_remakes(workdir: str, runs: list[Run], say: Callable[[str], None]) -> dict[str, str]:
+    """`plan.states` of `runs`, after moving each REMAKE run's results.json to results.kept.json so that it runs
+    again (an evaluation made with other arguments than the plan's, or a run whose export a run to run needs and
+    the folder does not hold); those runs are then TO_RUN."""
+    planned = states(runs, workdir)
+    for r in runs:
+        if planned[r.id] == REMAKE:
+            why = (
+                "made with other arguments than the plan's"
+                if r.made_otherwise(workdir)
+                else "a run to run needs its export, which this folder does not hold"
+            )
+            os.replace(*(os.path.join(r.directory(workdir), f) for f in ("results.json", "results.kept.json")))
+            say(f"re-make {r.id}: {why}")
+            planned[r.id] = TO_RUN
+    return planned
+
+
 class Executor:
-    """Runs `runs` (already in dependency order) with at most `jobs` at once; finished ones are skipped.
+    """Runs `runs` (already in dependency order) with at most `jobs` at once; finished ones are skipped, and so
+    are those not needed (`plan.states`: every run that needs them has finished).
 
     A run starts when every run it needs has finished (among those, by `plan.priority`: the longest weighted path
-    to the end of the study first, then furthest down the pipeline, then heaviest); a failed run's dependants are skipped; one found finished when its turn comes
-    (another process ran it) is not run again. Returns the exit status: 0 all finished, 1 a run failed (or was
+    to the end of the study first, then furthest down the pipeline, then heaviest); a failed run's dependants are
+    skipped; one found finished when its turn comes (another process ran it) is not run again. Returns the exit status: 0 all finished, 1 a run failed (or was
     busy elsewhere), 128+signal when stopped by a signal.
     """
 
@@ -205,9 +224,14 @@ class Executor:
         return self.start(run.command(), log_path), log_path
 
     def run(self) -> int:
-        state = {r.id: "done" if r.finished(self.workdir) else "todo" for r in self.runs}
+        planned = set_aside_remakes(self.workdir, self.runs, self._say)
+        state = {r.id: "todo" if planned[r.id] == TO_RUN else "done" for r in self.runs}
         todo = sum(s == "todo" for s in state.values())
-        self._say(f"{len(self.runs)} runs, {len(self.runs) - todo} already finished, {todo} to run")
+        unneeded = sum(s == NOT_NEEDED for s in planned.values())
+        self._say(
+            f"{len(self.runs)} runs, {len(self.runs) - todo - unneeded} already finished, {todo} to run"
+            + (f", {unneeded} not needed (every run that needs them has finished)" if unneeded else "")
+        )
         running: dict[str, tuple[Any, Any, str, float]] = {}
         key = critical_path(self.runs)
 

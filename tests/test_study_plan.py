@@ -595,26 +595,30 @@ def test_k_runs_at_once_share_the_cores_unless_the_user_set_the_threads(tmp_path
     assert mine == {"OMP_NUM_THREADS": "3"}  # the user's choice, untouched
 
 
-def test_the_readme_results_are_the_report_of_the_committed_tiny_study(tmp_path):
-    """README's results table and question lines are what `study report` makes of docs/study_tiny: the tiny study's
+@pytest.mark.parametrize("folder,study", [("study_tiny", "paper"), ("robustssl_tiny", "robustssl")])
+def test_the_readme_results_are_the_report_of_the_committed_tiny_study(tmp_path, folder, study):
+    """README's results tables and question lines are what `study report` makes of docs/<folder>: the tiny studies'
     per-run results.json (the runs themselves are too large to keep), so the numbers cannot drift from their runs."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    source = os.path.join(root, "docs", "study_tiny")
+    source = os.path.join(root, "docs", folder)
     shutil.copytree(source, tmp_path / "study", ignore=shutil.ignore_patterns(report.REPORT))
     made = command_lib.write_report(str(tmp_path / "study"), say=lambda _: None)
     # every row the tiny scale runs is in the table, or listed as not run yet (rows added since the study ran)
     reported = {r["id"] for r in made["rows"]}
     assert reported.isdisjoint(made["not_run_yet"])
+    the_study = catalogue.STUDIES[study]
     assert reported | set(made["not_run_yet"]) == {
-        r.id for r in plan.select_rows(PAPER, catalogue.SCALES["tiny"], None)[0]
+        r.id for r in plan.select_rows(the_study, the_study.scale("tiny"), None)[0]
     }
     assert all(r["metrics"]["standard"]["interval"]["n"] == 3 for r in made["rows"])  # 3 seeds each
     text = (tmp_path / "study" / report.REPORT / report.MARKDOWN).read_text(encoding="utf-8")
     with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
         readme = f.read()
-    table = [line for line in text.split("## The questions")[0].splitlines() if line.startswith("| ")]
-    answers = [line for line in text.splitlines() if line.startswith(("- `", "  - seeds"))]
-    assert len(table) >= 9 and len(answers) >= 8
+    # the paper study's rows table; the robustssl study's pretraining x protocol table (its rows table: the report)
+    tables = text.split("## The questions")[0].split("By protocol")
+    table = [line for line in tables[-1].splitlines() if line.startswith("| ")]
+    answers = [line for line in text.splitlines() if line.startswith(("- `", "  - seeds", "Outside the grid"))]
+    assert len(table) >= 7 and len(answers) >= 8
     for line in table + answers:
         assert line in readme, line
     with open(os.path.join(source, report.REPORT, report.MARKDOWN), encoding="utf-8") as f:

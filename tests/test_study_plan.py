@@ -101,6 +101,27 @@ def test_the_plan_runs_pretraining_before_its_fine_tunings_and_evaluates_the_rig
     assert {r.kind for r in levels[-1]} == {"evaluate"}
 
 
+@pytest.mark.parametrize("scale", sorted(catalogue.SCALES))
+def test_the_ensembles_selfie_head_is_the_selfie_rows_at_every_scale(scale):
+    """Q4 compares ensemble pretraining with the single tasks: at every scale the ensemble's Selfie transformer has
+    the Selfie pretraining's settings (the tiny scale once trained the paper's 13-layer one inside the ensemble)."""
+    runs = plan.build(PAPER, catalogue.SCALES[scale], 1, "/w", plan.Data("sample"), list(PAPER.rows))
+    pretrainings = {r.id.split("/")[-1]: r for r in runs if r.kind == "pretrain"}
+
+    def selfie_settings(run):
+        flags = {}
+        for a in run.args:  # the flagfile's values, then the command line's (the binary's order)
+            if a.startswith("--flagfile="):
+                with open(a.split("=", 1)[1], encoding="utf-8") as f:
+                    lines = [ln.strip() for ln in f if ln.startswith("--selfie_")]
+                flags.update(ln.split("=", 1) for ln in lines)
+            elif a.startswith("--selfie_"):
+                flags.update([a.split("=", 1)])
+        return {k: v for k, v in flags.items() if k != "--selfie_dropout"}
+
+    assert selfie_settings(pretrainings["selfie_adv"]) == selfie_settings(pretrainings["ensemble_adv"])
+
+
 def test_scales_set_the_attacks_and_tiny_says_which_rows_it_leaves_out_and_why():
     runs, excluded = _plan(scale="tiny", seeds=1)
     reasons = {r.id: why for r, why in excluded}

@@ -544,6 +544,8 @@ _TINY_PRETRAIN = ("--batch_size=128", "--epochs=4", "--steps_per_loop=6", "--che
 # the epoch-0 warm-up of Rotation and Jigsaw shortened with their epochs; Selfie's recipe has none
 _TINY_PRETEXT = (
     ("selfie", _TINY_SELFIE),
+    # the ensemble's Selfie head is the Selfie row's (Q4 compares them): not the paper's 13-layer transformer
+    ("ensemble", _TINY_SELFIE),
     ("rotation", ("--warmup_steps=36",)),
     ("jigsaw", ("--warmup_steps=36",)),
 )

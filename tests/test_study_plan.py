@@ -161,10 +161,14 @@ def test_scales_set_the_attacks_and_tiny_says_which_rows_it_leaves_out_and_why()
     # the runner's choice among ready runs: the longest weighted path to the end of the study first
     key = plan.critical_path(runs)
     first = sorted(range(len(runs)), key=lambda i: key(runs[i], i))
-    # first a member's pretraining: its path runs through the ensemble of three's AutoAttack (3 models)
-    assert runs[first[0]].id in {f"seed0/pretrain/{t}_adv" for t in catalogue.TASKS}
-    longest = plan.PRETRAIN_SECONDS[True] + plan.FINETUNE_SECONDS["adversarial"] + plan.EXPORT_SECONDS
-    assert plan.bottom_levels(runs)[runs[first[0]].id] == longest + weight["ensemble_of_three"]
+    # first the ensemble's pretraining (the heaviest run), then a member's pretraining: its path runs through the
+    # ensemble of three's AutoAttack (3 models)
+    ensemble = plan.PRETRAIN_SECONDS[True] * plan.ENSEMBLE_PRETRAIN_FACTOR + plan.FINETUNE_SECONDS["adversarial"]
+    assert runs[first[0]].id == "seed0/pretrain/ensemble_adv"
+    assert plan.bottom_levels(runs)[runs[first[0]].id] == ensemble + weight["ensemble_advpre_full_advft"]
+    assert runs[first[1]].id in {f"seed0/pretrain/{t}_adv" for t in catalogue.TASKS}
+    member = plan.PRETRAIN_SECONDS[True] + plan.FINETUNE_SECONDS["adversarial"] + plan.EXPORT_SECONDS
+    assert plan.bottom_levels(runs)[runs[first[1]].id] == member + weight["ensemble_of_three"]
     assert runs[first[-1]].kind == "evaluate"
     smoke, _ = _plan(rows=["at_e2e", "rotation_aux"])
     assert all("autoattack" not in a for r in smoke for a in r.args)

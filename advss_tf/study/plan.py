@@ -25,7 +25,9 @@ KINDS = ("pretrain", "finetune", "ensemble", "evaluate")
 # one thread per run, as docs/study.md measured them (2026-12-04) — at other scales only their ratios matter. A
 # factor marked "not measured" is an estimate from what the run does more per step.
 PRETRAIN_SECONDS = {True: 240, False: 50}  # adversarial (190-275 s) / standard (48 s) pretraining, one task
-ENSEMBLE_PRETRAIN_FACTOR = 4  # not measured: joint PGD through three heads + the second-order diversity term
+# measured 2026-12-07 (tiny study, Xeon, --jobs=2): ~17.5 s a step against adversarial Rotation's ~1.7 — joint PGD
+# through three heads and the diversity term's second-order backprop
+ENSEMBLE_PRETRAIN_FACTOR = 10
 # Not measured: a contrastive pretraining per epoch against an adversarial Rotation one (PGD-10 on B images, then
 # the clean and adversarial passes on B: ~12 forward-backward passes of B per step) — ACL's PGD-5 on both views
 # (2B) then the clean and adversarial views (4B): ~14; DynACL adds the key encoder's forward passes; AIR the

@@ -599,7 +599,7 @@ SCALES = {
                 RESOLUTION_ROW,
                 f"at {ABLATION_IMAGE_SIZE}×{ABLATION_IMAGE_SIZE} every run costs ~4× its 32×32 twin: ~3.2 h of the "
                 "2-core Xeon's run time for 3 seeds (plan.simulate), which would take the study past ~6 h of wall "
-                "time with --jobs=2 for one comparison (Q7); the other rows answer Q1-Q6 and Q8 in ~5 h",
+                "time with --jobs=2 for one comparison (Q7); the other rows answer Q1-Q6 and Q8 in ~5.6 h",
             ),
         ),
         questions_only=(

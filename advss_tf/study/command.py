@@ -107,10 +107,10 @@ def keep_finished(workdir: str, dest: str, say: Callable[[str], None] = print) -
     return [r.id for r in kept]
 
 
-def estimate(runs: list[plan.Run], jobs: int, workdir: str) -> str:
-    """One line: the expected run time and wall time of the runs still to run (`plan.simulate` on Run.weight, the
-    tiny scale's costs measured on the 2-core Xeon: at other scales only the proportions hold)."""
-    state = plan.states(runs, workdir)
+def estimate(runs: list[plan.Run], jobs: int, state: dict[str, str]) -> str:
+    """One line: the expected run time and wall time of the runs still to run by `state` (`plan.states`;
+    `plan.simulate` on Run.weight, the tiny scale's costs measured on the 2-core Xeon: at other scales only the
+    proportions hold)."""
     todo = [r for r in runs if state[r.id] in (plan.TO_RUN, plan.REMAKE)]
     hours = lambda s: f"{s / 3600:.1f} h"  # noqa: E731
     return (
@@ -170,7 +170,7 @@ def run_study(
         state = plan.states(runs, workdir)
         for r in runs:
             say(f"{r.id}  [{state[r.id]}]  {shlex.join(r.command())}")
-        say(estimate(runs, jobs, workdir))
+        say(estimate(runs, jobs, state))
         return 0
     runner.prepare(workdir, identity(study, scale, seeds, data, cifar10c, autoattack), overwrite)
     reasons: dict[str, list[str]] = {}

@@ -185,8 +185,8 @@ class Executor:
 
     A run starts when every run it needs has finished (among those, by `plan.priority`: the longest weighted path
     to the end of the study first, then furthest down the pipeline, then heaviest); a failed run's dependants are
-    skipped; one found finished when its turn comes (another process ran it) is not run again. Returns the exit status: 0 all finished, 1 a run failed (or was
-    busy elsewhere), 128+signal when stopped by a signal.
+    skipped; one found finished when its turn comes (another process ran it) is not run again. Returns the exit
+    status: 0 all finished, 1 a run failed (or was busy elsewhere), 128+signal when stopped by a signal.
     """
 
     def __init__(

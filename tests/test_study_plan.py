@@ -408,6 +408,28 @@ def test_keep_copies_the_finished_chains_results_and_the_copy_reports_and_resume
         command_lib.keep_finished(str(src), str(tmp_path / "other"))
 
 
+def test_keeping_a_kept_folder_again_keeps_the_ensemble_members_whose_export_it_never_held(tmp_path):
+    """A kept folder holds no ensemble export; its ensemble's evaluation finished, so the export is not needed
+    (`plan.states`), and it does not hold back its members' fine-tunings when the folder, grown, is kept again (as
+    the tiny study was: kept 2026-12-04, grown and kept again 2026-12-08)."""
+    src, dest = tmp_path / "study", tmp_path / "kept"
+    ident = command_lib.identity("paper", "smoke", 1, plan.Data("sample"), False, "none")
+    runner.prepare(str(src), ident, overwrite=False)
+    members = [f"{task}_advpre_full_advft" for task in ("selfie", "rotation", "jigsaw")]
+    finished = [f"seed0/{kind}/{m}" for m in members for kind in ("finetune", "evaluate")]
+    finished.append("seed0/evaluate/ensemble_of_three")
+    for run_id in finished:
+        path = src / "runs" / run_id / "results.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(_evaluation(0.5, 0.3) if "/evaluate/" in run_id else {}))
+    state = plan.states(command_lib._planned(str(src))[-1], str(src))
+    assert state["seed0/ensemble/ensemble_of_three"] == plan.NOT_NEEDED
+    lines = []
+    assert sorted(command_lib.keep_finished(str(src), str(dest), say=lines.append)) == sorted(finished)
+    assert len(lines) == 1  # nothing finished was left behind
+    assert sorted(command_lib.keep_finished(str(dest), str(tmp_path / "again"), say=lines.append)) == sorted(finished)
+
+
 def test_q5_judges_the_pipeline_and_the_one_shot_baseline_by_each_unforeseen_attack_and_their_worst(tmp_path):
     """Known accuracies under FGSM and L2 PGD for Q5's two rows: a difference per attack, the worst unforeseen
     attack per seed (the lowest of them), and what the scale did not run said as such."""

@@ -79,18 +79,23 @@ def keep_finished(workdir: str, dest: str, say: Callable[[str], None] = print) -
 
     A run is kept only with all its dependants because `dest` holds no export: a kept pretraining whose
     fine-tuning still had to run would leave that fine-tuning nothing to start from. An ensemble's export is a
-    SavedModel, not a result: its evaluation is kept, the export itself re-made if a resumed study needs it.
+    SavedModel, not a result: its evaluation is kept, the export itself re-made if a resumed study needs it (so a
+    kept folder's ensemble export is "not needed", `plan.states`, and keeping that folder again keeps its members).
     """
     workdir, dest = os.path.abspath(workdir), os.path.abspath(dest)
     if dest == workdir or dest.startswith(workdir + os.sep):
         raise UsageError(f"--to {dest} is inside the study folder {workdir}: give a folder outside it")
     runs = _planned(workdir)[-1]
     done = {r.id for r in runs if r.finished(workdir)}
+    state = plan.states(runs, workdir)
     needed_by = plan.dependants(runs)
-    complete: dict[str, bool] = {}  # finished, and so is every run that needs it, directly or not
+    # finished (or not needed: a kept folder's ensemble export, whose evaluation finished), and so is every run that
+    # needs it, directly or not
+    complete: dict[str, bool] = {}
     for r in reversed(plan.order(runs)):
-        complete[r.id] = r.id in done and all(complete[c] for c in needed_by[r.id])
-    kept = [r for r in runs if complete[r.id] and r.kind != "ensemble"]
+        here = r.id in done or state[r.id] == plan.NOT_NEEDED
+        complete[r.id] = here and all(complete[c] for c in needed_by[r.id])
+    kept = [r for r in runs if complete[r.id] and r.id in done and r.kind != "ensemble"]
     runner.prepare(dest, runner.read_identity(workdir), overwrite=False)
     for r in kept:
         out = r.directory(dest)

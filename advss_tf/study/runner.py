@@ -287,7 +287,9 @@ class Executor:
                         self._say(f"done {rid} in {seconds:.0f} s")
                     else:
                         state[rid] = "failed"
-                        self._say(f"FAILED {rid} (exit status {proc.returncode}): {_last_error(log_path)} ({log_path})")
+                        # stopped with the runner (the signal forwarded to it), or failed on its own
+                        word = "FAILED" if self.signum is None else "stopped"
+                        self._say(f"{word} {rid} (exit status {proc.returncode}): {_last_error(log_path)} ({log_path})")
                     outcome = state[rid] if state[rid] == "done" or self.signum is None else "stopped"
                     ended = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
                     entry = {"run": rid, "kind": run.kind, "seconds": round(seconds, 1), "outcome": outcome}

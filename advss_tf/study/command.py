@@ -86,8 +86,8 @@ def keep_finished(workdir: str, dest: str, say: Callable[[str], None] = print) -
     if dest == workdir or dest.startswith(workdir + os.sep):
         raise UsageError(f"--to {dest} is inside the study folder {workdir}: give a folder outside it")
     runs = _planned(workdir)[-1]
-    done = {r.id for r in runs if r.finished(workdir)}
     state = plan.states(runs, workdir)
+    done = {r.id for r in runs if state[r.id] in (plan.FINISHED, plan.REMAKE)}  # what states found finished
     needed_by = plan.dependants(runs)
     # finished (or not needed: a kept folder's ensemble export, whose evaluation finished), and so is every run that
     # needs it, directly or not

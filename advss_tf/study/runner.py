@@ -283,14 +283,14 @@ class Executor:
                     run = next(r for r in self.runs if r.id == rid)
                     seconds = time.monotonic() - t0
                     if proc.returncode == 0 and run.finished(self.workdir):
-                        state[rid] = "done"
+                        state[rid] = outcome = "done"
                         self._say(f"done {rid} in {seconds:.0f} s")
                     else:
                         state[rid] = "failed"
                         # stopped with the runner (the signal forwarded to it), or failed on its own
-                        word = "FAILED" if self.signum is None else "stopped"
+                        outcome = "failed" if self.signum is None else "stopped"
+                        word = "FAILED" if outcome == "failed" else "stopped"
                         self._say(f"{word} {rid} (exit status {proc.returncode}): {_last_error(log_path)} ({log_path})")
-                    outcome = state[rid] if state[rid] == "done" or self.signum is None else "stopped"
                     ended = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
                     entry = {"run": rid, "kind": run.kind, "seconds": round(seconds, 1), "outcome": outcome}
                     record_attempt(self.workdir, {**entry, **self.machine, "jobs": self.jobs, "ended": ended})
